@@ -1,0 +1,28 @@
+"""lightning-per: prioritized sampling, importance sampling and experience replay for PyTorch Lightning."""
+
+from lightning_per import functional
+from lightning_per.callbacks import LossTracker, ScoreKind
+from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch, weighted_mean
+from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.sampler import PrioritizedSampler
+from lightning_per.scores import ScoreTable
+from lightning_per.strategy import SamplingPlan, SamplingStrategy, StrategyName, build_plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IndexedCollate",
+    "IndexedDataset",
+    "LossTracker",
+    "PrioritizedBatch",
+    "PrioritizedDataModule",
+    "PrioritizedSampler",
+    "SamplingPlan",
+    "SamplingStrategy",
+    "ScoreKind",
+    "ScoreTable",
+    "StrategyName",
+    "build_plan",
+    "functional",
+    "weighted_mean",
+]

@@ -1,0 +1,143 @@
+"""The batch type that carries dataset indices and importance weights next to the user's own batch.
+
+A training batch from :class:`~lightning_per.PrioritizedDataModule` is a :class:`PrioritizedBatch`. It unpacks,
+indexes and iterates like the batch the user's collate function made (``x, y = batch``, ``batch["image"]``), and
+adds ``batch.index`` (int64 dataset indices) and ``batch.weight`` (float32 importance weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+
+__all__ = ["IndexedDataset", "PrioritizedBatch", "IndexedCollate", "weighted_mean"]
+
+
+@dataclass
+class PrioritizedBatch:
+    """A collated batch with the dataset index and the importance weight of every sample.
+
+    Args:
+        data: the batch the user's collate function made from the samples (tuple, list, dict, tensor, ...).
+        index: int64 dataset indices, one per sample.
+        weight: float32 importance weights, one per sample (1 for uniform sampling).
+
+    Example::
+
+        >>> batch = PrioritizedBatch((torch.zeros(2, 3), torch.tensor([0, 1])), torch.tensor([4, 7]), torch.ones(2))
+        >>> x, y = batch
+        >>> x.shape, batch.index.tolist()
+        (torch.Size([2, 3]), [4, 7])
+    """
+
+    data: Any
+    index: Tensor
+    weight: Tensor
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.data)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.data[key]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.data
+
+    def keys(self) -> Any:
+        """The keys of a dict batch."""
+        return self.data.keys()
+
+    def values(self) -> Any:
+        """The values of a dict batch."""
+        return self.data.values()
+
+    def items(self) -> Any:
+        """The items of a dict batch."""
+        return self.data.items()
+
+    def to(self, device: torch.device | str | int, non_blocking: bool = False) -> PrioritizedBatch:
+        """A copy on ``device`` (Lightning calls this to move the batch; the data is moved recursively)."""
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+
+        return PrioritizedBatch(
+            data=move_data_to_device(self.data, device),
+            index=self.index.to(device, non_blocking=non_blocking),
+            weight=self.weight.to(device, non_blocking=non_blocking),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        """Number of samples in the batch."""
+        return int(self.index.shape[0])
+
+
+def weighted_mean(losses: Tensor, batch: Any) -> Tensor:
+    """The mean of per-sample ``losses`` weighted by ``batch.weight``; a plain mean for a batch without weights.
+
+    This is the one call that keeps the gradient unbiased under prioritized or importance sampling.
+
+    Example::
+
+        >>> batch = PrioritizedBatch(None, torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
+        >>> weighted_mean(torch.tensor([2.0, 2.0]), batch)
+        tensor(4.)
+    """
+    weight = getattr(batch, "weight", None)
+    if weight is None:
+        return losses.mean()
+    if weight.shape[0] != losses.shape[0]:
+        raise ValueError(
+            f"`losses` has {losses.shape[0]} rows but the batch has {weight.shape[0]} weights: compute the loss "
+            "per sample (e.g. `F.cross_entropy(logits, y, reduction='none')`) on the batch as it arrived."
+        )
+    return (losses * weight.to(losses.dtype)).mean()
+
+
+class IndexedDataset(Dataset):
+    """Wraps a map-style dataset so that each item also carries its index and its importance weight.
+
+    The sampler yields either an int index (weight 1) or an ``(index, weight)`` pair; the wrapper returns
+    ``(index, weight, sample)``. Weights are computed by the sampler in the main process, so they are always
+    current, also with persistent DataLoader workers.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, float]) -> tuple[int, float, Any]:
+        if isinstance(key, tuple):
+            index, weight = key
+        else:
+            index, weight = key, 1.0
+        return index, weight, self.dataset[index]
+
+
+class IndexedCollate:
+    """Collates ``(index, weight, sample)`` items into a :class:`PrioritizedBatch` (picklable for workers).
+
+    Args:
+        collate_fn: collates the samples themselves; defaults to :func:`torch.utils.data.default_collate`.
+    """
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, items: Sequence[tuple[int, float, Any]]) -> PrioritizedBatch:
+        """Collate the samples with ``collate_fn``; indices become int64, weights float32."""
+        indices, weights, samples = zip(*items, strict=True)
+        return PrioritizedBatch(
+            data=self.collate_fn(list(samples)),
+            index=torch.tensor(indices, dtype=torch.int64),
+            weight=torch.tensor(weights, dtype=torch.float32),
+        )

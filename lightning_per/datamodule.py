@@ -1,0 +1,231 @@
+"""PrioritizedDataModule: a LightningDataModule whose training sampler is re-weighted every epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from lightning_per.data import IndexedCollate, IndexedDataset
+from lightning_per.sampler import PrioritizedSampler
+from lightning_per.scores import ScoreTable
+from lightning_per.strategy import SamplingPlan, SamplingStrategy, StrategyName
+
+__all__ = ["PrioritizedDataModule"]
+
+
+class PrioritizedDataModule(LightningDataModule):
+    """Serves training batches drawn by a :class:`SamplingStrategy` from per-sample scores.
+
+    Give it your map-style datasets (or subclass it and set ``train_dataset`` / ``val_dataset`` /
+    ``test_dataset`` in ``setup``), add :class:`~lightning_per.LossTracker` to the Trainer, and training batches
+    arrive as :class:`~lightning_per.PrioritizedBatch`: your batch, plus ``batch.index`` and ``batch.weight``.
+    The score table and the sampler's epoch are saved in checkpoints; validation and test loaders are plain.
+
+    Args:
+        train_dataset: map-style training set (``None``: set ``self.train_dataset`` in ``setup``).
+        val_dataset: validation set, or ``None``.
+        test_dataset: test set, or ``None``.
+        batch_size: training batch size per process.
+        strategy: a :class:`SamplingStrategy`, a strategy name, or ``None`` for uniform.
+        num_workers: DataLoader workers.
+        eval_batch_size: batch size of the validation and test loaders (``None``: ``batch_size``).
+        seed: seed of the sampler (``None``: the global torch seed, e.g. from ``seed_everything``, taken from
+            rank 0 so all ranks agree).
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers`` (with ``num_workers > 0``).
+        drop_last: drop the last incomplete training batch.
+        collate_fn: collates samples (``None``: ``default_collate``); import path in YAML.
+
+    Raises:
+        ValueError: a bad argument (named in the message).
+
+    Example::
+
+        dm = PrioritizedDataModule(train_ds, val_ds, batch_size=64, strategy=SamplingStrategy("rank", alpha=0.7))
+        trainer = Trainer(callbacks=[LossTracker()], max_epochs=10)
+        trainer.fit(model, datamodule=dm)
+    """
+
+    def __init__(
+        self,
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+        test_dataset: Dataset | None = None,
+        batch_size: int = 32,
+        strategy: SamplingStrategy | StrategyName | None = None,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+        seed: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = False,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size <= 0:
+            raise ValueError(f"`batch_size` must be > 0, got {batch_size}.")
+        if eval_batch_size is not None and eval_batch_size <= 0:
+            raise ValueError(f"`eval_batch_size` must be > 0, got {eval_batch_size}.")
+        if num_workers < 0:
+            raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
+        if isinstance(strategy, str):
+            strategy = SamplingStrategy(name=strategy)
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.test_dataset = test_dataset
+        self.batch_size = batch_size
+        self.strategy: SamplingStrategy = strategy or SamplingStrategy("uniform")
+        self.num_workers = num_workers
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.drop_last = drop_last
+        self.collate_fn = collate_fn
+        self._scores: ScoreTable | None = None
+        self._sampler: PrioritizedSampler | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------------------------------------- state
+    @property
+    def scores(self) -> ScoreTable:
+        """The per-sample score table (created on first use, sized to the training set)."""
+        if self._scores is None:
+            self._scores = ScoreTable(self._train_length())
+            if self._pending_state is not None:
+                self._scores.load_state_dict(self._pending_state["scores"])
+        return self._scores
+
+    @property
+    def sampler(self) -> PrioritizedSampler:
+        """The training sampler (created on first use)."""
+        if self._sampler is None:
+            world, rank = self._world()
+            self._sampler = PrioritizedSampler(
+                self.train_dataset,  # type: ignore[arg-type]
+                scores=self.scores,
+                strategy=self.strategy,
+                num_replicas=world,
+                rank=rank,
+                seed=self._resolve_seed(),
+                max_epochs=self.trainer.max_epochs if self.trainer is not None else None,
+            )
+            if self._pending_state is not None:
+                self._sampler.load_state_dict(self._pending_state["sampler"])
+        return self._sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """Score table and sampler state; tensors and plain values only."""
+        if self._scores is None:
+            return dict(self._pending_state or {})
+        return {"scores": self._scores.state_dict(), "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the score table and sampler state (checked against the training set's length).
+
+        Raises:
+            ValueError: the checkpoint was made with a training set of another length.
+        """
+        if "scores" not in state_dict:
+            return
+        self._pending_state = state_dict
+        self._scores, self._sampler = None, None
+        if self.train_dataset is not None:
+            _ = self.scores  # validates the length now
+
+    def prepare_epoch(self, epoch: int) -> SamplingPlan:
+        """Set the sampler to ``epoch`` and build its plan now (called by the callbacks at epoch end)."""
+        self.sampler.set_epoch(epoch)
+        return self.sampler.plan()
+
+    # ---------------------------------------------------------------------------------------------- loaders
+    def train_dataloader(self) -> DataLoader:
+        """The prioritized training loader: batches are :class:`~lightning_per.PrioritizedBatch`."""
+        sampler = self.sampler
+        per_rank = len(sampler)
+        if self.drop_last and per_rank < self.batch_size:
+            raise ValueError(
+                f"`batch_size={self.batch_size}` with `drop_last=True` leaves no batch: each process gets "
+                f"{per_rank} samples. Lower `batch_size` or set `drop_last=False`."
+            )
+        if self.trainer is not None and self.trainer.max_epochs is not None:
+            sampler.max_epochs = self.trainer.max_epochs
+        return DataLoader(
+            IndexedDataset(self.train_dataset),  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=IndexedCollate(self.collate_fn),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=self.drop_last,
+        )
+
+    def val_dataloader(self) -> Any:
+        """A plain loader over ``val_dataset`` (an empty list, so no validation, when there is none)."""
+        return self._eval_loader(self.val_dataset)
+
+    def test_dataloader(self) -> Any:
+        """A plain loader over ``test_dataset`` (an empty list when there is none)."""
+        return self._eval_loader(self.test_dataset)
+
+    def _eval_loader(self, dataset: Dataset | None) -> Any:
+        if dataset is None:
+            return []
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    # ---------------------------------------------------------------------------------------------- helpers
+    def _train_length(self) -> int:
+        dataset = self.train_dataset
+        if dataset is None:
+            raise ValueError(
+                f"{type(self).__name__} has no `train_dataset`: pass one to the constructor or set "
+                "`self.train_dataset` in `setup`."
+            )
+        if isinstance(dataset, IterableDataset):
+            raise TypeError(
+                f"`train_dataset` is an IterableDataset ({type(dataset).__name__}): prioritized sampling picks "
+                "samples by index, so it needs a map-style Dataset with `__len__` and `__getitem__`. Wrap a "
+                "finite stream in a map-style dataset, or use experience replay (`lightning_per.replay`) for streams."
+            )
+        if not hasattr(dataset, "__len__"):
+            raise TypeError(f"`train_dataset` ({type(dataset).__name__}) must define `__len__`.")
+        length = len(dataset)
+        if length == 0:
+            raise ValueError("`train_dataset` is empty.")
+        return length
+
+    def _world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _resolve_seed(self) -> int:
+        if self.seed is not None:
+            return self.seed
+        seed = torch.initial_seed() % (2**31)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            seed = int(self.trainer.strategy.broadcast(seed, src=0))
+        return seed
+
+    def teardown(self, stage: str) -> None:
+        """Keep the score table across ``fit`` calls; nothing to release."""
+        prioritized = self.strategy.name != "uniform"
+        if stage == "fit" and prioritized and self._scores is not None and self._scores.seen == 0:
+            rank_zero_warn(
+                "No per-sample score was recorded during fit: add `LossTracker()` to the Trainer's callbacks "
+                "so that PrioritizedDataModule can re-weight its sampler."
+            )

@@ -1,0 +1,32 @@
+"""Collectives that tolerate a different number of elements on each rank."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["all_gather_variable"]
+
+
+def all_gather_variable(tensor: Tensor, world_size: int) -> Tensor:
+    """Concatenate the 1-D ``tensor`` of every rank, in rank order; sizes may differ between ranks.
+
+    Gathers the sizes, pads to the largest, gathers and trims (the shape-first recipe of torchmetrics).
+    Without an initialised process group, or with one process, the tensor is returned as is.
+
+    Example::
+
+        >>> all_gather_variable(torch.arange(3), world_size=1)
+        tensor([0, 1, 2])
+    """
+    if world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return tensor
+    size = torch.tensor([tensor.numel()], dtype=torch.int64, device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size)]
+    torch.distributed.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(counts), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.numel()] = tensor
+    gathered = [torch.zeros_like(padded) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, padded)
+    return torch.cat([g[:c] for g, c in zip(gathered, counts, strict=True)])

@@ -1,0 +1,326 @@
+"""Pure tensor functions: priorities from scores, importance weights, sampling, tau and gradient-norm bounds.
+
+Nothing here holds state or touches Lightning; the stateful classes call these. Probabilities and cumulative
+sums are computed in float64 so that a table of 10^8 scores keeps its resolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "effective_sample_size",
+    "fill_unseen",
+    "importance_weights",
+    "inverse_cdf_sample",
+    "margin_score",
+    "mix_uniform",
+    "mse_grad_norm",
+    "prediction_deviation",
+    "proportional_priorities",
+    "prune_keep_mask",
+    "rank_priorities",
+    "sigmoid_bce_grad_norm",
+    "softmax_ce_grad_norm",
+    "tau",
+    "tau_ema",
+    "to_probabilities",
+]
+
+
+def fill_unseen(scores: Tensor, default: float | None = None) -> Tensor:
+    """Replace NaN entries (samples never scored) by ``default``, or by the largest seen score.
+
+    Giving unseen samples the current maximum, as prioritized replay does, guarantees they are drawn.
+
+    Args:
+        scores: 1-D float tensor, NaN where a sample has no score yet.
+        default: the value for unseen samples; ``None`` means the max of the seen scores (0 if none is seen).
+
+    Example::
+
+        >>> fill_unseen(torch.tensor([1.0, float("nan"), 3.0]))
+        tensor([1., 3., 3.])
+    """
+    unseen = torch.isnan(scores)
+    if not bool(unseen.any()):
+        return scores
+    if default is None:
+        default = float(scores[~unseen].max()) if bool((~unseen).any()) else 0.0
+    return scores.masked_fill(unseen, default)
+
+
+def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-6) -> Tensor:
+    """Priorities ``(s + eps) ** alpha`` in float64 (``alpha = 0`` is uniform).
+
+    Args:
+        scores: 1-D tensor of non-negative, finite scores.
+        alpha: the exponent; 0 gives uniform priorities.
+        eps: added to every score so that a zero score still has a chance.
+
+    Raises:
+        ValueError: a score is negative or not finite.
+
+    Example::
+
+        >>> proportional_priorities(torch.tensor([0.0, 1.0, 3.0]), alpha=1.0, eps=1.0)
+        tensor([1., 2., 4.], dtype=torch.float64)
+    """
+    if scores.numel() and not bool(torch.isfinite(scores).all()):
+        raise ValueError("`scores` must be finite for proportional priorities; fill unseen entries first.")
+    if scores.numel() and float(scores.min()) < 0:
+        raise ValueError(
+            f"`proportional` priorities need non-negative scores, got a minimum of {float(scores.min()):.4g}. "
+            "Use `strategy='rank'`, which accepts any real scores, or report a non-negative score."
+        )
+    priorities = scores.to(torch.float64).add_(eps)
+    if alpha == 0:
+        return torch.ones_like(priorities)
+    if alpha != 1:
+        priorities.pow_(alpha)
+    return priorities
+
+
+def rank_priorities(scores: Tensor, alpha: float = 1.0) -> Tensor:
+    """Priorities ``rank ** -alpha`` in float64, rank 1 being the largest score (ties broken by index).
+
+    Robust to outlier scores: only the order matters.
+
+    Example::
+
+        >>> rank_priorities(torch.tensor([0.1, 5.0, 2.0]), alpha=1.0)
+        tensor([0.3333, 1.0000, 0.5000], dtype=torch.float64)
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    ranks = torch.empty(scores.numel(), dtype=torch.float64)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    return ranks.pow_(-alpha)
+
+
+def to_probabilities(priorities: Tensor) -> Tensor:
+    """Normalise non-negative priorities to a float64 distribution; uniform when they sum to zero or to inf.
+
+    Example::
+
+        >>> to_probabilities(torch.tensor([1.0, 3.0]))
+        tensor([0.2500, 0.7500], dtype=torch.float64)
+        >>> to_probabilities(torch.zeros(4))
+        tensor([0.2500, 0.2500, 0.2500, 0.2500], dtype=torch.float64)
+    """
+    p = priorities.to(torch.float64)
+    total = float(p.sum())
+    if not math.isfinite(total) or total <= 0:
+        return torch.full_like(p, 1.0 / max(p.numel(), 1))
+    return p / total
+
+
+def mix_uniform(p: Tensor, lam: float) -> Tensor:
+    """``(1 - lam) * p + lam / N``: move a distribution toward uniform (annealing; bounds every weight).
+
+    Example::
+
+        >>> mix_uniform(torch.tensor([1.0, 0.0], dtype=torch.float64), 0.5)
+        tensor([0.7500, 0.2500], dtype=torch.float64)
+    """
+    if lam == 0:
+        return p
+    return p.mul(1.0 - lam).add_(lam / p.numel())
+
+
+def importance_weights(p: Tensor, n: int, beta: float = 1.0, max_weight: float | None = None) -> Tensor:
+    """Importance weights ``(n * p) ** -beta``, optionally divided by ``max_weight``.
+
+    With ``beta = 1`` the weighted gradient of points drawn with probabilities ``p`` is an unbiased estimate
+    of the uniform average over the ``n`` points.
+
+    Args:
+        p: the probabilities of the drawn points.
+        n: the size of the population they were drawn from.
+        beta: 1 is unbiased; smaller values trade bias for variance.
+        max_weight: divide by this (the largest weight of the distribution) for stability (Schaul et al.).
+
+    Example::
+
+        >>> importance_weights(torch.tensor([0.5, 0.25], dtype=torch.float64), n=4)
+        tensor([0.5000, 1.0000], dtype=torch.float64)
+    """
+    w = p.to(torch.float64).mul(n).pow_(-beta)
+    if max_weight is not None:
+        w.div_(max_weight)
+    return w
+
+
+def effective_sample_size(p: Tensor) -> float:
+    """Kish's effective sample size of a distribution as a fraction of its support: ``1 / (N * sum p^2)``.
+
+    Example::
+
+        >>> effective_sample_size(torch.full((8,), 1 / 8, dtype=torch.float64))
+        1.0
+    """
+    if p.numel() == 0:
+        return 0.0
+    return float(1.0 / (p.numel() * p.to(torch.float64).square().sum()))
+
+
+def inverse_cdf_sample(cdf: Tensor, uniforms: Tensor) -> Tensor:
+    """Draw indices by inverse-CDF lookup: no ``torch.multinomial`` 2^24-category limit.
+
+    Args:
+        cdf: float64 cumulative sums of the (unnormalised) priorities, non-decreasing.
+        uniforms: float64 values in ``[0, 1)``, one per draw.
+
+    Returns:
+        int64 indices ``i`` with ``cdf[i-1] <= u * cdf[-1] < cdf[i]``; zero-priority entries are never drawn.
+
+    Example::
+
+        >>> cdf = torch.tensor([0.0, 1.0, 1.0, 4.0], dtype=torch.float64)
+        >>> inverse_cdf_sample(cdf, torch.tensor([0.0, 0.2, 0.3, 0.99], dtype=torch.float64))
+        tensor([1, 1, 3, 3])
+    """
+    targets = uniforms.to(torch.float64) * cdf[-1]
+    idx = torch.searchsorted(cdf, targets, right=True)
+    return idx.clamp_(max=cdf.numel() - 1)
+
+
+def prune_keep_mask(scores: Tensor, ratio: float, threshold: float, uniforms: Tensor) -> tuple[Tensor, Tensor]:
+    """InfoBatch's rule: keep every score at or above ``threshold``; keep each one below with probability ``1 - r``.
+
+    The kept below-threshold samples get loss weight ``1 / (1 - r)`` so the expected gradient is unchanged.
+    ``ratio = 1`` keeps only the samples at or above the threshold (biased: a hard threshold).
+
+    Args:
+        scores: 1-D scores.
+        ratio: ``r``, the share of below-threshold samples pruned.
+        threshold: the cut.
+        uniforms: one value in ``[0, 1)`` per sample.
+
+    Returns:
+        ``(keep, below)`` boolean masks.
+
+    Example::
+
+        >>> keep, below = prune_keep_mask(torch.tensor([0.1, 0.2, 5.0]), 0.5, 1.0, torch.tensor([0.9, 0.1, 0.0]))
+        >>> keep.tolist(), below.tolist()
+        ([True, False, True], [True, True, False])
+    """
+    below = scores < threshold
+    keep = ~below | (uniforms >= ratio)
+    return keep, below
+
+
+def tau(scores: Tensor, rooted: bool = True) -> Tensor:
+    """The variance-reduction estimate of Katharopoulos & Fleuret (2018) for one step's scores.
+
+    With ``g`` the normalised scores and ``u = 1/n``: ``(1 - ||g - u||^2 / ||g||^2) ** -1/2`` when ``rooted``
+    (what the reference code and the paper's experiments use), else ``1 / (1 - ||g - u||^2 / ||g||^2)``,
+    which equals ``n * sum(g^2)``. Uniform scores give 1.
+
+    Example::
+
+        >>> tau(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+        tensor(1.)
+        >>> round(float(tau(torch.tensor([1.0, 0.0, 0.0, 0.0]), rooted=False)), 4)
+        4.0
+    """
+    g = scores / scores.sum()
+    u = 1.0 / scores.numel()
+    ratio = 1.0 - (g - u).square().sum() / g.square().sum()
+    return ratio.rsqrt() if rooted else ratio.reciprocal()
+
+
+def tau_ema(previous: float, step_value: float, a_tau: float) -> float:
+    """``a_tau * previous + (1 - a_tau) * step_value``.
+
+    Example::
+
+        >>> tau_ema(0.0, 2.0, 0.9)
+        0.19999999999999996
+    """
+    return a_tau * previous + (1.0 - a_tau) * step_value
+
+
+def softmax_ce_grad_norm(
+    logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, class_weights: Tensor | None = None
+) -> Tensor:
+    """``||d CE / d logits||_2`` per row, in closed form.
+
+    With ``q`` the (smoothed) target distribution and ``a = w * q`` (``w`` the class weights, 1 by default),
+    ``CE = -sum_k a_k log softmax(z)_k`` and its gradient is ``sum(a) * softmax(z) - a``; without class
+    weights this is ``softmax(z) - q``.
+
+    Args:
+        logits: ``(n, C)`` pre-softmax outputs.
+        targets: ``(n,)`` class indices, or ``(n, C)`` class probabilities.
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+        class_weights: optional ``(C,)`` per-class loss weights, as in ``cross_entropy(weight=...)``.
+
+    Example::
+
+        >>> softmax_ce_grad_norm(torch.tensor([[0.0, 0.0]]), torch.tensor([0]))
+        tensor([0.7071])
+    """
+    num_classes = logits.shape[-1]
+    probs = logits.detach().float().softmax(-1)
+    q = targets.float() if targets.dtype.is_floating_point else F.one_hot(targets.long(), num_classes).float()
+    if label_smoothing:
+        q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+    if class_weights is None:
+        return (probs - q).norm(dim=-1)
+    a = q * class_weights.float()
+    return (a.sum(-1, keepdim=True) * probs - a).norm(dim=-1)
+
+
+def sigmoid_bce_grad_norm(logits: Tensor, targets: Tensor) -> Tensor:
+    """``||d BCE-with-logits / d logits||_2`` per row: ``||sigmoid(z) - y||`` (summed over outputs).
+
+    Example::
+
+        >>> sigmoid_bce_grad_norm(torch.tensor([[0.0]]), torch.tensor([[1.0]]))
+        tensor([0.5000])
+    """
+    diff = logits.detach().float().sigmoid() - targets.float()
+    return diff.reshape(diff.shape[0], -1).norm(dim=-1)
+
+
+def mse_grad_norm(outputs: Tensor, targets: Tensor) -> Tensor:
+    """``||d MSE / d outputs||_2`` per row for a per-sample loss ``mean_j (z_j - y_j)^2``: ``2 ||z - y|| / d``.
+
+    Example::
+
+        >>> mse_grad_norm(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]]))
+        tensor([1.4142])
+    """
+    diff = (outputs.detach().float() - targets.float()).reshape(outputs.shape[0], -1)
+    return diff.norm(dim=-1) * (2.0 / diff.shape[1])
+
+
+def prediction_deviation(logits: Tensor, targets: Tensor) -> Tensor:
+    """``1 - p_y``: how far the predicted probability of the true class is from 1.
+
+    Example::
+
+        >>> prediction_deviation(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+        tensor([0.5000])
+    """
+    probs = logits.detach().float().softmax(-1)
+    return 1.0 - probs.gather(-1, targets.long().view(-1, 1)).squeeze(-1)
+
+
+def margin_score(logits: Tensor, targets: Tensor) -> Tensor:
+    """``1 - (p_y - max_{k != y} p_k)``, in ``[0, 2]``: large when the sample is misclassified or on the border.
+
+    Example::
+
+        >>> margin_score(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
+        tensor([1.])
+    """
+    probs = logits.detach().float().softmax(-1)
+    true = probs.gather(-1, targets.long().view(-1, 1)).squeeze(-1)
+    others = probs.scatter(-1, targets.long().view(-1, 1), -1.0).amax(-1)
+    return 1.0 - (true - others)

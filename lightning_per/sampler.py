@@ -1,0 +1,159 @@
+"""PrioritizedSampler: a seeded, self-sharding ``DistributedSampler`` that draws from a score table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from lightning_per.scores import ScoreTable
+from lightning_per.strategy import SamplingPlan, SamplingStrategy, build_plan
+
+__all__ = ["PrioritizedSampler"]
+
+
+class PrioritizedSampler(DistributedSampler):
+    """Draws one epoch of indices from a :class:`~lightning_per.ScoreTable` with a :class:`SamplingStrategy`.
+
+    Every rank builds the same plan from the same table, generator seeded by ``seed`` and the epoch, and keeps
+    the positions ``rank, rank + world, ...`` of it: the ranks' shares are disjoint parts of one epoch's draw.
+    Because it subclasses ``DistributedSampler``, Lightning leaves it alone under DDP (no ``list(sampler)``).
+
+    Indices are produced lazily in chunks, by inverse-CDF lookup for draws with replacement, so there is no
+    2^24-category limit and no epoch-sized Python list. Weighted strategies yield ``(index, weight)`` pairs,
+    the uniform strategy plain ints; :class:`~lightning_per.data.IndexedDataset` accepts both.
+
+    Args:
+        data_source: the training set (only its length is used).
+        scores: the score table (``None``: uniform).
+        strategy: the sampling strategy (``None``: uniform).
+        num_replicas: number of ranks.
+        rank: this rank.
+        seed: base seed, shared by all ranks.
+        max_epochs: the Trainer's ``max_epochs`` for annealing schedules (``None``: no annealing).
+        chunk_size: draws generated per chunk.
+
+    Example::
+
+        >>> sampler = PrioritizedSampler(range(10), seed=0)
+        >>> sorted(sampler) == list(range(10))
+        True
+    """
+
+    def __init__(
+        self,
+        data_source: Sized,
+        scores: ScoreTable | None = None,
+        strategy: SamplingStrategy | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        max_epochs: int | None = None,
+        chunk_size: int = 1 << 16,
+    ) -> None:
+        if num_replicas < 1:
+            raise ValueError(f"`num_replicas` must be >= 1, got {num_replicas}.")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"`rank` must be in [0, {num_replicas}), got {rank}.")
+        if len(data_source) == 0:
+            raise ValueError("The training set is empty: `data_source` has length 0.")
+        if scores is not None and len(scores) != len(data_source):
+            raise ValueError(f"`scores` has {len(scores)} entries but `data_source` has {len(data_source)} samples.")
+        # DistributedSampler's own __init__ asks torch.distributed for the world; set its attributes directly.
+        self.dataset = data_source  # type: ignore[assignment]
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.seed = seed
+        self.shuffle = True
+        self.drop_last = False
+        self.scores = scores
+        self.strategy = strategy or SamplingStrategy("uniform")
+        self.max_epochs = max_epochs
+        self.chunk_size = chunk_size
+        self._plan_key: tuple[int, int] | None = None
+        self._plan: SamplingPlan | None = None
+
+    @property
+    def num_samples(self) -> int:
+        """Indices this rank yields in the current epoch."""
+        return math.ceil(self.plan().num_draws / self.num_replicas)
+
+    @num_samples.setter
+    def num_samples(self, value: int) -> None:  # DistributedSampler assigns it; the plan decides
+        pass
+
+    @property
+    def total_size(self) -> int:
+        """Indices all ranks yield together (the plan's size rounded up to a multiple of the world size)."""
+        return self.num_samples * self.num_replicas
+
+    @total_size.setter
+    def total_size(self, value: int) -> None:
+        pass
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (Lightning calls this at every epoch start; the plan is rebuilt lazily)."""
+        self.epoch = epoch
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def plan(self) -> SamplingPlan:
+        """The current epoch's plan, cached until the epoch or the score table changes."""
+        key = (self.epoch, self.scores.version if self.scores is not None else 0)
+        if self._plan is None or key != self._plan_key:
+            self._plan = build_plan(
+                self.scores.scores if self.scores is not None else None,
+                self.strategy,
+                self.epoch,
+                self.max_epochs,
+                self._generator(),
+                len(self.dataset),  # type: ignore[arg-type]
+            )
+            self._plan_key = key
+        return self._plan
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[Any]:
+        plan = self.plan()
+        per_rank = self.num_samples
+        if plan.order is not None:
+            order = plan.order
+            padding = per_rank * self.num_replicas - order.numel()
+            if padding > 0:  # as DistributedSampler: repeat from the start so every rank gets the same count
+                order = torch.cat([order, order.repeat(math.ceil(padding / order.numel()))[:padding]])
+            mine = order[self.rank :: self.num_replicas]
+            for start in range(0, per_rank, self.chunk_size):
+                yield from self._emit(plan, mine[start : start + self.chunk_size])
+            return
+        assert plan.cdf is not None
+        from lightning_per.functional import inverse_cdf_sample
+
+        generator = self._generator()
+        # chunks of the global draw stream, a multiple of the world size so positions map to ranks by stride
+        step = self.chunk_size * self.num_replicas
+        total = per_rank * self.num_replicas
+        for start in range(0, total, step):
+            uniforms = torch.rand(min(step, total - start), dtype=torch.float64, generator=generator)
+            yield from self._emit(plan, inverse_cdf_sample(plan.cdf, uniforms[self.rank :: self.num_replicas]))
+
+    @staticmethod
+    def _emit(plan: SamplingPlan, index: torch.Tensor) -> Iterator[Any]:
+        if not plan.weighted:
+            return iter(index.tolist())
+        return zip(index.tolist(), plan.weights(index).tolist(), strict=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch and seed (the plan itself is rebuilt from the score table)."""
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the epoch and seed."""
+        self.epoch = int(state.get("epoch", self.epoch))
+        self.seed = int(state.get("seed", self.seed))

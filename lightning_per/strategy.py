@@ -1,0 +1,268 @@
+"""Sampling strategies: how a table of per-sample scores becomes one epoch's sampling plan.
+
+A plan is a pure function of the score table, the strategy, the epoch and the seed, so every DDP rank that holds
+the same table builds the same plan, and a resumed run rebuilds the plan the uninterrupted run used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_per import functional as PF
+
+__all__ = ["SamplingPlan", "SamplingStrategy", "StrategyName", "build_plan"]
+
+StrategyName = Literal["uniform", "proportional", "rank", "prune"]
+_NAMES = ("uniform", "proportional", "rank", "prune")
+
+
+@dataclass
+class SamplingStrategy:
+    """How training samples are drawn each epoch, chosen by ``name``.
+
+    - ``uniform``: a shuffled pass over the data, weights 1 (plain Lightning training).
+    - ``proportional``: ``p_i ∝ (s_i + eps)^alpha``, ``num_samples`` draws with replacement.
+    - ``rank``: ``p_i ∝ rank_i^-alpha`` (rank 1 = highest score), robust to outliers, with replacement.
+    - ``prune``: InfoBatch (ICLR 2024). Samples scoring below the threshold (the mean, or ``prune_quantile``) are
+      dropped with probability ``prune_ratio`` and the kept ones weighted ``1 / (1 - prune_ratio)``; a shuffled
+      pass over what is kept, so epochs get shorter. ``prune_ratio = 1`` is a hard threshold (biased).
+
+    Drawn samples get importance weights ``(N p_i)^-beta`` (1 for ``uniform``). Annealing: ``alpha``, ``beta``
+    and ``uniform_mix`` move linearly to their ``*_final`` values over the prioritized epochs, and the last
+    ``final_uniform_epochs`` epochs are plain uniform passes (default: 0, or 1/8 of ``max_epochs`` for ``prune``,
+    as in InfoBatch).
+
+    Args:
+        name: ``uniform``, ``proportional``, ``rank`` or ``prune``.
+        alpha: priority exponent (>= 0; 0 is uniform).
+        beta: importance-weight exponent in [0, 1]; 1 is unbiased.
+        eps: added to scores for ``proportional`` (> 0 keeps every sample drawable).
+        uniform_mix: ``λ`` in ``p = (1 - λ) p_prio + λ / N``; bounds every weight by ``1 / λ``.
+        alpha_final: anneal ``alpha`` to this value (``None``: constant).
+        beta_final: anneal ``beta`` to this value, usually 1 (``None``: constant).
+        uniform_mix_final: anneal ``uniform_mix`` to this value (``None``: constant).
+        final_uniform_epochs: uniform epochs at the end of training (``None``: 0, or ``max_epochs // 8`` for prune).
+        normalize_weights: divide weights by the largest weight of the distribution (Schaul et al.; then <= 1).
+        num_samples: draws per epoch for ``proportional``/``rank`` (``None``: the dataset size).
+        prune_ratio: ``r`` in [0, 1], share of below-threshold samples pruned.
+        prune_quantile: threshold as a quantile of the scores in (0, 1) (``None``: their mean, as InfoBatch).
+
+    Raises:
+        ValueError: an argument is out of range; the message names it and the value.
+
+    Example::
+
+        >>> SamplingStrategy("rank", alpha=0.7).name
+        'rank'
+    """
+
+    name: StrategyName = "proportional"
+    alpha: float = 1.0
+    beta: float = 1.0
+    eps: float = 1e-6
+    uniform_mix: float = 0.1
+    alpha_final: float | None = None
+    beta_final: float | None = None
+    uniform_mix_final: float | None = None
+    final_uniform_epochs: int | None = None
+    normalize_weights: bool = False
+    num_samples: int | None = None
+    prune_ratio: float = 0.5
+    prune_quantile: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in _NAMES:
+            raise ValueError(f"`name` must be one of {', '.join(_NAMES)}; got {self.name!r}.")
+        for key in ("alpha", "alpha_final"):
+            value = getattr(self, key)
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"`{key}` must be a finite number >= 0, got {value}.")
+        for key in ("beta", "beta_final", "uniform_mix", "uniform_mix_final", "prune_ratio"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{key}` must be in [0, 1], got {value}.")
+        if not self.eps >= 0:
+            raise ValueError(f"`eps` must be >= 0, got {self.eps}.")
+        if self.final_uniform_epochs is not None and self.final_uniform_epochs < 0:
+            raise ValueError(f"`final_uniform_epochs` must be >= 0, got {self.final_uniform_epochs}.")
+        if self.num_samples is not None and self.num_samples <= 0:
+            raise ValueError(f"`num_samples` must be > 0, got {self.num_samples}.")
+        if self.prune_quantile is not None and not 0.0 < self.prune_quantile < 1.0:
+            raise ValueError(f"`prune_quantile` must be in (0, 1), got {self.prune_quantile}.")
+        if self.name == "prune" and self.prune_ratio == 1.0:
+            rank_zero_warn(
+                "`prune_ratio=1` is a hard threshold: only samples scoring at or above it are drawn and the rest "
+                "get no weight to make up for them, so the gradient is biased. Use `prune_ratio < 1` for InfoBatch's "
+                "unbiased rule."
+            )
+
+    @property
+    def with_replacement(self) -> bool:
+        """Whether the strategy draws with replacement (``proportional``, ``rank``)."""
+        return self.name in ("proportional", "rank")
+
+    def uniform_epochs_at_end(self, max_epochs: int | None) -> int:
+        """How many of the last epochs are uniform."""
+        if self.final_uniform_epochs is not None:
+            return self.final_uniform_epochs
+        if self.name == "prune" and max_epochs:
+            return max_epochs // 8
+        return 0
+
+    def scheduled(self, epoch: int, max_epochs: int | None) -> tuple[float, float, float]:
+        """``(alpha, beta, uniform_mix)`` at ``epoch``, moving linearly to the ``*_final`` values."""
+        progress = 0.0
+        if max_epochs is not None and max_epochs > 0:
+            prioritized = max_epochs - self.uniform_epochs_at_end(max_epochs)
+            progress = min(1.0, epoch / max(1, prioritized - 1))
+
+        def at(start: float, final: float | None) -> float:
+            return start if final is None else start + (final - start) * progress
+
+        return (
+            at(self.alpha, self.alpha_final),
+            at(self.beta, self.beta_final),
+            at(self.uniform_mix, self.uniform_mix_final),
+        )
+
+
+@dataclass
+class SamplingPlan:
+    """One epoch's plan: either a shuffled pass over ``order`` or ``num_draws`` draws from ``cdf``.
+
+    Attributes:
+        order: int64 indices visited in this order (without replacement), or ``None`` for a draw.
+        cdf: float64 cumulative priorities for draws with replacement, or ``None``.
+        num_draws: number of draws (global, before sharding).
+        beta: importance-weight exponent of the draws.
+        max_weight: divisor of the weights (``None``: no normalisation).
+        below: for ``prune``, a mask of the below-threshold samples (weighted ``below_weight``), else ``None``.
+        below_weight: ``1 / (1 - r)``.
+        stats: numbers logged under ``per/`` (``ess``, ``max_weight``, ``pruned_fraction``, ...).
+    """
+
+    order: Tensor | None
+    cdf: Tensor | None
+    num_draws: int
+    beta: float = 1.0
+    max_weight: float | None = None
+    below: Tensor | None = None
+    below_weight: float = 1.0
+    stats: dict[str, float] | None = None
+
+    @property
+    def weighted(self) -> bool:
+        """Whether samples carry weights other than 1."""
+        return self.cdf is not None or (self.below is not None and self.below_weight != 1.0)
+
+    def weights(self, index: Tensor) -> Tensor:
+        """Importance weights of the samples at ``index`` (float64)."""
+        if self.cdf is not None:
+            cdf = self.cdf
+            p = (cdf[index] - torch.where(index > 0, cdf[(index - 1).clamp_(min=0)], 0.0)) / cdf[-1]
+            return PF.importance_weights(p, cdf.numel(), self.beta, self.max_weight)
+        if self.below is not None:
+            return torch.where(self.below[index], self.below_weight, 1.0).to(torch.float64)
+        return torch.ones(index.shape, dtype=torch.float64)
+
+
+def _uniform_plan(n: int, generator: torch.Generator) -> SamplingPlan:
+    return SamplingPlan(
+        order=torch.randperm(n, generator=generator),
+        cdf=None,
+        num_draws=n,
+        stats={"ess": 1.0, "max_weight": 1.0},
+    )
+
+
+def build_plan(
+    scores: Tensor | None,
+    strategy: SamplingStrategy,
+    epoch: int,
+    max_epochs: int | None,
+    generator: torch.Generator,
+    num_samples: int,
+) -> SamplingPlan:
+    """Build the plan of ``epoch`` from the score table (NaN = never scored).
+
+    Args:
+        scores: float32 scores, one per sample, NaN for unseen; ``None`` or all-NaN gives a uniform pass.
+        strategy: the strategy.
+        epoch: the epoch the plan is for (drives annealing).
+        max_epochs: the Trainer's ``max_epochs`` (``None`` or -1: no annealing, no final uniform epochs).
+        generator: seeded generator; the plan consumes it deterministically.
+        num_samples: the dataset size.
+    """
+    if max_epochs is not None and max_epochs < 0:
+        max_epochs = None
+    final = strategy.uniform_epochs_at_end(max_epochs)
+    in_final = max_epochs is not None and epoch >= max_epochs - final
+    if strategy.name == "uniform" or in_final or scores is None or bool(torch.isnan(scores).all()):
+        return _uniform_plan(num_samples, generator)
+    alpha, beta, lam = strategy.scheduled(epoch, max_epochs)
+    filled = PF.fill_unseen(scores)
+    if strategy.name == "prune":
+        return _prune_plan(filled, strategy, generator)
+    if strategy.name == "proportional":
+        priorities = PF.proportional_priorities(filled, alpha, strategy.eps)
+    else:
+        priorities = PF.rank_priorities(filled, alpha)
+    del filled
+    p = PF.mix_uniform(PF.to_probabilities(priorities), lam)
+    del priorities
+    n = p.numel()
+    min_p = float(p.min())
+    ess = PF.effective_sample_size(p)
+    largest = float((n * min_p) ** -beta) if min_p > 0 else math.inf
+    max_weight = largest if strategy.normalize_weights and math.isfinite(largest) else None
+    cdf = p.cumsum_(0)
+    return SamplingPlan(
+        order=None,
+        cdf=cdf,
+        num_draws=strategy.num_samples or n,
+        beta=beta,
+        max_weight=max_weight,
+        stats={"ess": ess, "max_weight": largest / (max_weight or 1.0), "alpha": alpha, "beta": beta},
+    )
+
+
+def _prune_plan(scores: Tensor, strategy: SamplingStrategy, generator: torch.Generator) -> SamplingPlan:
+    if strategy.prune_quantile is None:
+        threshold = float(scores.double().mean())
+    else:
+        threshold = _quantile(scores, strategy.prune_quantile, generator)
+    uniforms = torch.rand(scores.numel(), generator=generator)
+    keep, below = PF.prune_keep_mask(scores, strategy.prune_ratio, threshold, uniforms)
+    del uniforms
+    kept = keep.nonzero().squeeze(1)
+    del keep
+    order = kept[torch.randperm(kept.numel(), generator=generator)]
+    r = strategy.prune_ratio
+    below_weight = 1.0 / (1.0 - r) if r < 1.0 else 1.0
+    n = scores.numel()
+    return SamplingPlan(
+        order=order,
+        cdf=None,
+        num_draws=order.numel(),
+        below=below,
+        below_weight=below_weight,
+        stats={
+            "ess": order.numel() / n,
+            "max_weight": below_weight,
+            "pruned_fraction": 1.0 - order.numel() / n,
+            "prune_threshold": threshold,
+        },
+    )
+
+
+def _quantile(values: Tensor, q: float, generator: torch.Generator, max_points: int = 1 << 20) -> float:
+    """Quantile of ``values``; estimated from a fixed-size random subset above ``max_points`` entries."""
+    if values.numel() > max_points:
+        values = values[torch.randint(values.numel(), (max_points,), generator=generator)]
+    return float(torch.quantile(values.double(), q))

@@ -1,0 +1,109 @@
+"""Test helpers: tiny data, a tiny classifier that records what it was fed, small Trainers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
+
+import lightning_per as lp
+
+
+def blobs(n: int = 64, features: int = 4, classes: int = 3, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(classes, (n,), generator=g)
+    centers = torch.randn(classes, features, generator=g) * 2
+    x = centers[y] + torch.randn(n, features, generator=g)
+    return TensorDataset(x, y)
+
+
+class DictDataset(Dataset):
+    def __init__(self, base: TensorDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        x, y = self.base[i]
+        return {"x": x, "y": y}
+
+
+class ListDataset(DictDataset):
+    def __getitem__(self, i: int) -> list[Tensor]:  # type: ignore[override]
+        x, y = self.base[i]
+        return [x, y]
+
+
+class TinyClassifier(LightningModule):
+    """Linear classifier that records the indices and weights of every training batch."""
+
+    def __init__(self, features: int = 4, classes: int = 3, lr: float = 0.1, return_mode: str = "ok") -> None:
+        super().__init__()
+        self.net = nn.Linear(features, classes)
+        self.lr = lr
+        self.return_mode = return_mode
+        self.seen_index: list[list[int]] = []
+        self.seen_weight: list[list[float]] = []
+        self.epoch_index: dict[int, list[int]] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        if isinstance(batch.data, dict):
+            return batch["x"], batch["y"]
+        x, y = batch
+        return x, y
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        x, y = self._unpack(batch)
+        logits = self(x)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        if self.training and torch.is_grad_enabled():
+            self.seen_index.append(batch.index.tolist())
+            self.seen_weight.append(batch.weight.tolist())
+            self.epoch_index.setdefault(self.current_epoch, []).extend(batch.index.tolist())
+        if self.return_mode == "tensor":
+            return losses.mean()
+        if self.return_mode == "short":
+            return {"loss": losses.mean(), "per_sample_loss": losses[:-1]}
+        if self.return_mode == "nan":
+            losses = losses.clone()
+            losses[0] = float("nan")
+            return {"loss": losses[1:].mean(), "per_sample_loss": losses}
+        return {
+            "loss": lp.weighted_mean(losses, batch),
+            "per_sample_loss": losses,
+            "logits": logits,
+            "target": y,
+            "embedding": x,
+            "score": losses.detach() + 1,
+        }
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def small_trainer(tmp_path: Any, **kwargs: Any) -> Trainer:
+    defaults: dict[str, Any] = dict(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    defaults.update(kwargs)
+    return Trainer(**defaults)

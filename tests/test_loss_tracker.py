@@ -1,0 +1,185 @@
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import IterableDataset
+
+import lightning_per as lp
+from tests.helpers import DictDataset, ListDataset, TinyClassifier, blobs, small_trainer
+
+
+def _fit(tmp_path, dm, model=None, tracker=None, **trainer_kwargs):
+    model = model or TinyClassifier()
+    tracker = tracker or lp.LossTracker()
+    trainer = small_trainer(tmp_path, callbacks=[tracker], **trainer_kwargs)
+    trainer.fit(model, datamodule=dm)
+    return trainer, model, tracker
+
+
+def test_scores_fill_the_table_and_weights_reach_training_step(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(64), blobs(16, seed=1), batch_size=16, strategy="proportional", seed=0)
+    trainer, model, _ = _fit(tmp_path, dm, max_epochs=3)
+    assert dm.scores.seen == 64
+    first_epoch_weights = [w for ws in model.seen_weight[:4] for w in ws]
+    later_weights = [w for ws in model.seen_weight[4:] for w in ws]
+    assert set(first_epoch_weights) == {1.0}  # epoch 0 has no scores yet: uniform
+    assert len(set(later_weights)) > 1  # prioritized epochs carry importance weights
+    for key in ("per/ess", "per/seen_fraction", "per/max_weight", "per/score_q50", "per/nonfinite"):
+        assert key in trainer.callback_metrics
+    assert 0 < trainer.callback_metrics["per/ess"] <= 1
+
+
+@pytest.mark.parametrize("wrap", [DictDataset, ListDataset])
+def test_dict_and_list_samples_work(tmp_path, wrap):
+    dm = lp.PrioritizedDataModule(wrap(blobs(32)), batch_size=8, strategy="rank")
+    _fit(tmp_path, dm)
+    assert dm.scores.seen == 32
+
+
+@pytest.mark.parametrize("score", ["deviation", "margin", "grad_norm", "novelty", "custom"])
+def test_every_score_kind_records_finite_non_negative_scores(tmp_path, score):
+    dm = lp.PrioritizedDataModule(blobs(32), batch_size=8, strategy="proportional")
+    _fit(tmp_path, dm, tracker=lp.LossTracker(score=score))
+    assert dm.scores.seen == 32 and (dm.scores.scores >= 0).all()
+
+
+def test_class_balance_up_weights_rare_classes(tmp_path):
+    base = blobs(60, classes=2)
+    y = base.tensors[1].clone()
+    y[:] = 0
+    y[:6] = 1  # class 1 is rare
+    data = torch.utils.data.TensorDataset(base.tensors[0], y)
+    dm = lp.PrioritizedDataModule(data, batch_size=10, strategy="proportional")
+    plain = lp.PrioritizedDataModule(data, batch_size=10, strategy="proportional")
+    torch.manual_seed(0)
+    _fit(tmp_path, dm, model=TinyClassifier(classes=2, lr=0.0), tracker=lp.LossTracker(class_balance=1.0), max_epochs=1)
+    torch.manual_seed(0)
+    _fit(tmp_path, plain, model=TinyClassifier(classes=2, lr=0.0), max_epochs=1)
+    ratio = dm.scores.scores / plain.scores.scores  # factor (n_c / mean n_c)^-1 with counts 54 and 6, mean 30
+    assert torch.allclose(ratio[:6], torch.full((6,), 5.0), rtol=1e-4)
+    assert torch.allclose(ratio[6:], torch.full((54,), 30 / 54), rtol=1e-4)
+
+
+def test_refresh_pass_scores_every_sample_in_eval_mode(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(40), batch_size=8, strategy="proportional")
+    _, model, _ = _fit(
+        tmp_path, dm, tracker=lp.LossTracker(refresh_every_n_epochs=1), limit_train_batches=2, max_epochs=1
+    )
+    assert dm.scores.seen == 40  # only 16 were trained on; the refresh pass scored all of them
+    assert sum(len(i) for i in model.seen_index) == 16 and model.training
+
+
+def test_missing_per_sample_losses_name_the_key_and_the_fix(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8)
+    with pytest.raises(KeyError, match=r'per_sample_loss(.|\n)*reduction="none"'):
+        _fit(tmp_path, dm, model=TinyClassifier(return_mode="tensor"))
+
+
+def test_losses_of_the_wrong_length_are_refused(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8)
+    with pytest.raises(ValueError, match=r"'per_sample_loss' with shape \(7,\), but the batch has 8"):
+        _fit(tmp_path, dm, model=TinyClassifier(return_mode="short"))
+
+
+def test_non_finite_losses_never_enter_the_table_and_are_counted(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8, strategy="proportional")
+    with pytest.warns(UserWarning, match="non-finite"):
+        trainer, _, tracker = _fit(tmp_path, dm, model=TinyClassifier(return_mode="nan"), max_epochs=2)
+    assert torch.isfinite(dm.scores.scores[~torch.isnan(dm.scores.scores)]).all()
+    assert trainer.callback_metrics["per/nonfinite"] == 2 and tracker._nonfinite_total == 4
+
+
+def test_negative_scores_with_proportional_get_a_clear_error(tmp_path):
+    class Negative(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            out["score"] = -out["per_sample_loss"].detach()
+            return out
+
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8, strategy="proportional")
+    with pytest.raises(ValueError, match=r"non-negative scores.*strategy='rank'"):
+        _fit(tmp_path, dm, model=Negative(), tracker=lp.LossTracker(score="custom"))
+
+
+def test_iterable_dataset_is_refused_with_the_reason(tmp_path):
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from blobs(8)
+
+    dm = lp.PrioritizedDataModule(Stream(), batch_size=4)
+    with pytest.raises(TypeError, match="map-style Dataset"):
+        _fit(tmp_path, dm)
+
+
+def test_tracker_without_prioritized_datamodule_is_refused(tmp_path):
+    trainer = small_trainer(tmp_path, callbacks=[lp.LossTracker()])
+    loader = torch.utils.data.DataLoader(blobs(8), batch_size=4)
+    with pytest.raises(TypeError, match="PrioritizedDataModule"):
+        trainer.fit(TinyClassifier(), train_dataloaders=loader)
+
+
+def test_batch_size_larger_than_the_dataset_works(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(5), batch_size=64, strategy="rank")
+    _, model, _ = _fit(tmp_path, dm)
+    assert [len(i) for i in model.seen_index] == [5, 5]
+    with pytest.raises(ValueError, match="drop_last=True"):
+        _fit(tmp_path, lp.PrioritizedDataModule(blobs(5), batch_size=64, drop_last=True))
+
+
+def test_prune_shortens_epochs_and_ends_with_full_epochs(tmp_path):
+    dm = lp.PrioritizedDataModule(
+        blobs(80), batch_size=10, strategy=lp.SamplingStrategy("prune", final_uniform_epochs=1)
+    )
+    _, model, _ = _fit(tmp_path, dm, max_epochs=4)
+    lengths = [len(model.epoch_index[e]) for e in range(4)]
+    assert lengths[0] == 80 and lengths[3] == 80 and all(n < 80 for n in lengths[1:3])
+
+
+def _ckpt_run(tmp_path, max_epochs, ckpt_path=None, every=None):
+    torch.manual_seed(0)
+    dm = lp.PrioritizedDataModule(blobs(48), batch_size=8, strategy="proportional", seed=5)
+    model = TinyClassifier()
+    callbacks = [lp.LossTracker(ema=0.5)]
+    if every:
+        callbacks.append(
+            ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
+        )
+    trainer = small_trainer(tmp_path, callbacks=callbacks, max_epochs=max_epochs, enable_checkpointing=bool(every))
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    return model, dm
+
+
+def test_kill_and_resume_draws_exactly_what_the_uninterrupted_run_draws(tmp_path):
+    full, full_dm = _ckpt_run(tmp_path / "a", 4)
+    _ckpt_run(tmp_path / "b", 2, every=True)
+    ckpt = tmp_path / "b" / "epoch=1-step=12.ckpt"
+    state = torch.load(ckpt, weights_only=True)  # the whole checkpoint loads with weights_only
+    assert "PrioritizedDataModule" in state
+    resumed, resumed_dm = _ckpt_run(tmp_path / "c", 4, ckpt_path=str(ckpt))
+    assert resumed.epoch_index[2] == full.epoch_index[2] and resumed.epoch_index[3] == full.epoch_index[3]
+    assert torch.equal(resumed_dm.scores.scores, full_dm.scores.scores)
+
+
+def test_resume_with_a_dataset_of_another_length_names_both_lengths(tmp_path):
+    _ckpt_run(tmp_path, 1, every=True)
+    dm = lp.PrioritizedDataModule(blobs(50), batch_size=8, strategy="proportional")
+    trainer = small_trainer(tmp_path, callbacks=[lp.LossTracker()], max_epochs=2)
+    with pytest.raises(ValueError, match="48 samples but the training set has 50"):
+        trainer.fit(TinyClassifier(), datamodule=dm, ckpt_path=str(tmp_path / "epoch=0-step=6.ckpt"))
+
+
+def test_bad_tracker_arguments():
+    with pytest.raises(ValueError, match="`score` must be one of"):
+        lp.LossTracker(score="bogus")
+    with pytest.raises(ValueError, match=r"`ema` must be in \[0, 1\), got 1.0"):
+        lp.LossTracker(ema=1.0)
+    with pytest.raises(ValueError, match="`batch_size` must be > 0, got 0"):
+        lp.PrioritizedDataModule(batch_size=0)
+
+
+def test_tracker_state_loads_weights_only(tmp_path):
+    t = lp.LossTracker(score="novelty")
+    t._novelty_mean = torch.ones(3)
+    torch.save(t.state_dict(), tmp_path / "t.pt")
+    u = lp.LossTracker(score="novelty")
+    u.load_state_dict(torch.load(tmp_path / "t.pt", weights_only=True))
+    assert torch.equal(u._novelty_mean, torch.ones(3))
