@@ -1,0 +1,133 @@
+"""Every public class builds from LightningCLI YAML / flags; bad input gets LightningCLI's own message."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import lightning_per as lp
+from lightning_per.cli import main
+from lightning_per.examples import Classifier, DigitsDataModule, MNIST1DDataModule
+from lightning_per.examples.data import resolve_data_dir
+
+CONFIGS = sorted(Path("examples/configs").glob("mnist1d*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_mnist1d_config_builds(config, tmp_path):
+    cli = main(["--config", str(config), f"--data.data_dir={tmp_path}"], run=False)
+    assert isinstance(cli.model, Classifier) and isinstance(cli.datamodule, MNIST1DDataModule)
+    assert isinstance(cli.datamodule.strategy, lp.SamplingStrategy)
+
+
+def test_main_config_trains_with_the_plugin(tmp_path):
+    cli = main(["--config", "examples/configs/mnist1d.yaml", f"--data.data_dir={tmp_path}"], run=False)
+    assert cli.datamodule.strategy.name == "proportional"
+    assert any(isinstance(c, lp.LossTracker) for c in cli.trainer.callbacks)
+
+
+def test_cli_fits_a_tiny_run_with_trainer_flags_and_every_tracker_option(tmp_path):
+    args = [
+        "fit",
+        "--config=examples/configs/mnist1d_rank.yaml",
+        f"--data.data_dir={tmp_path}",
+        "--data.train_size=200",
+        "--data.val_size=100",
+        "--data.test_size=0",
+        "--data.strategy.alpha=0.5",
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks=lightning_per.LossTracker",
+        "--trainer.callbacks.score=margin",
+        "--trainer.callbacks.ema=0.5",
+        "--trainer.callbacks.refresh_every_n_epochs=1",
+    ]
+    cli = main(args)
+    tracker = [c for c in cli.trainer.callbacks if isinstance(c, lp.LossTracker)][-1]
+    assert tracker.score == "margin" and tracker.ema == 0.5
+    assert cli.datamodule.strategy.alpha == 0.5 and cli.datamodule.scores.seen == 200
+    assert "per/ess" in cli.trainer.callback_metrics
+
+
+def test_prioritized_datamodule_and_strategy_by_name_from_yaml(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        """
+model:
+  class_path: lightning_per.examples.Classifier
+  init_args: {arch: mlp, in_features: 64}
+data:
+  class_path: lightning_per.examples.DigitsDataModule
+  init_args:
+    strategy: prune
+"""
+    )
+    cli = main(["--config", str(cfg)], run=False)
+    assert isinstance(cli.datamodule, DigitsDataModule) and cli.datamodule.strategy.name == "prune"
+    cfg.write_text(
+        """
+model: {class_path: lightning_per.examples.Classifier}
+data:
+  class_path: lightning_per.PrioritizedDataModule
+  init_args:
+    batch_size: 7
+    seed: 3
+    strategy: {name: rank, alpha: 0.3, beta: 0.5, beta_final: 1.0, normalize_weights: true}
+"""
+    )
+    cli = main(["--config", str(cfg)], run=False)
+    assert isinstance(cli.datamodule, lp.PrioritizedDataModule) and cli.datamodule.batch_size == 7
+    assert cli.datamodule.strategy == lp.SamplingStrategy(
+        "rank", alpha=0.3, beta=0.5, beta_final=1.0, normalize_weights=True
+    )
+
+
+def test_unknown_key_and_bad_value_fail_with_the_cli_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--config", "examples/configs/mnist1d.yaml", "--data.no_such_key=1"], run=False)
+    assert err.value.code != 0
+    assert "no_such_key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--config", "examples/configs/mnist1d.yaml", "--data.strategy.name=bogus"], run=False)
+    assert "bogus" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_data_dir_names_the_directory_and_the_option(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(PermissionError, match=r"ro.*data\.data_dir"):
+        resolve_data_dir(str(ro / "sub"), "data.data_dir")
+
+
+def test_data_dir_that_is_a_file_names_the_directory_and_the_option(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match=r"file.*data\.data_dir"):
+        resolve_data_dir(str(blocker / "sub"), "data.data_dir")
+
+
+def test_mnist1d_is_generated_once_cached_and_leaves_numpy_state_alone(tmp_path):
+    import numpy as np
+
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    dm = MNIST1DDataModule(train_size=100, val_size=20, test_size=30, data_dir=str(tmp_path))
+    dm.setup("fit")
+    assert np.random.rand() == expected
+    assert [len(d) for d in (dm.train_dataset, dm.val_dataset, dm.test_dataset)] == [100, 20, 30]
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    again = MNIST1DDataModule(train_size=100, val_size=20, test_size=30, data_dir=str(tmp_path))
+    again.setup("fit")
+    assert torch.equal(again.train_dataset.tensors[0], dm.train_dataset.tensors[0])
+
+
+def test_bad_example_arguments():
+    with pytest.raises(ValueError, match="`train_size` must be > 0, got 0"):
+        MNIST1DDataModule(train_size=0)
+    with pytest.raises(ValueError, match="`val_fraction` must be in"):
+        DigitsDataModule(val_fraction=1.5)

@@ -1,0 +1,74 @@
+"""Two processes on CPU (gloo): the same semantics as one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("ddp_core_script.py")
+ROOT = SCRIPT.parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _check(out: Path) -> None:
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    # every rank holds the same score table and sampler state after each epoch
+    assert ranks[0]["scores"] == ranks[1]["scores"]
+    assert ranks[0]["sampler"] == ranks[1]["sampler"]
+    for epoch in ("0", "1", "2"):
+        plan0, plan1 = ranks[0]["plans"][epoch], ranks[1]["plans"][epoch]
+        assert plan0 == plan1  # the same plan on both ranks
+        # rank r trained exactly positions r, r+2, ... of the world's draw: disjoint shares of one draw
+        assert ranks[0]["trained"][epoch] == plan0[0::2]
+        assert ranks[1]["trained"][epoch] == plan0[1::2]
+    trained = {i for r in ranks for i in r["trained"]["2"]}
+    assert all(ranks[0]["scores"][i] >= 0 for i in trained)  # both ranks' samples reached the table
+    assert all(isinstance(i, int) for i in ranks[0]["trained"]["2"])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_semantics(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "ddp"],
+        env=_env(MASTER_PORT=str(_free_port())),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    _check(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_of_one_process_each(tmp_path):
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), str(tmp_path), "nodes"],
+            env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node), LOCAL_RANK="0", WORLD_SIZE="2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    _check(tmp_path)
