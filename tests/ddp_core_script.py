@@ -14,8 +14,8 @@ from lightning.pytorch import Callback, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import lightning_per as lp  # noqa: E402
-from tests.helpers import TinyClassifier, blobs, small_trainer  # noqa: E402
+import lightning_per as lp
+from tests.helpers import TinyClassifier, blobs, small_trainer
 
 
 class RecordPlans(Callback):
