@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from lightning_per import functional as PF
 from lightning_per.scores import ScoreTable
 from lightning_per.strategy import SamplingPlan, SamplingStrategy, build_plan
 
@@ -23,7 +24,7 @@ class PrioritizedSampler(DistributedSampler):
     Because it subclasses ``DistributedSampler``, Lightning leaves it alone under DDP (no ``list(sampler)``).
 
     Indices are produced lazily in chunks, by inverse-CDF lookup for draws with replacement, so there is no
-    2^24-category limit and no epoch-sized Python list. Weighted strategies yield ``(index, weight)`` pairs,
+    2^24-category limit and no epoch-sized Python list or tensor. Weighted strategies yield ``(index, weight)`` pairs,
     the uniform strategy plain ints; :class:`~lightning_per.data.IndexedDataset` accepts both.
 
     Args:
@@ -52,7 +53,7 @@ class PrioritizedSampler(DistributedSampler):
         rank: int = 0,
         seed: int = 0,
         max_epochs: int | None = None,
-        chunk_size: int = 1 << 16,
+        chunk_size: int = 1 << 18,
     ) -> None:
         if num_replicas < 1:
             raise ValueError(f"`num_replicas` must be >= 1, got {num_replicas}.")
@@ -133,15 +134,15 @@ class PrioritizedSampler(DistributedSampler):
                 yield from self._emit(plan, mine[start : start + self.chunk_size])
             return
         assert plan.cdf is not None
-        from lightning_per.functional import inverse_cdf_sample
-
         generator = self._generator()
-        # chunks of the global draw stream, a multiple of the world size so positions map to ranks by stride
+        # chunks of one global draw sequence, a multiple of the world size; each rank keeps its stride of it
         step = self.chunk_size * self.num_replicas
         total = per_rank * self.num_replicas
+        n = plan.cdf.numel()
         for start in range(0, total, step):
-            uniforms = torch.rand(min(step, total - start), dtype=torch.float64, generator=generator)
-            yield from self._emit(plan, inverse_cdf_sample(plan.cdf, uniforms[self.rank :: self.num_replicas]))
+            index, p = PF.draw_from_cdf(plan.cdf, min(step, total - start), generator, self.rank, self.num_replicas)
+            weights = PF.importance_weights(p, n, plan.beta, plan.max_weight)
+            yield from zip(index.tolist(), weights.tolist(), strict=True)
 
     @staticmethod
     def _emit(plan: SamplingPlan, index: torch.Tensor) -> Iterator[Any]:

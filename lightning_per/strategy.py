@@ -214,7 +214,8 @@ def build_plan(
     else:
         priorities = PF.rank_priorities(filled, alpha)
     del filled
-    p = PF.mix_uniform(PF.to_probabilities(priorities), lam)
+    # in place from here on: the plan holds one float64 per sample at its peak (8 bytes, then the CDF)
+    p = PF.mix_uniform(PF.to_probabilities(priorities, inplace=True), lam, inplace=True)
     del priorities
     n = p.numel()
     min_p = float(p.min())

@@ -64,6 +64,30 @@ def test_inverse_cdf_has_no_2_pow_24_category_limit():
     assert draws.dtype == torch.int64 and (draws == n - 1).float().mean() > 0.9
 
 
+def test_draw_from_cdf_frequencies_match_p_and_probabilities_are_exact():
+    g = torch.Generator().manual_seed(4)
+    priorities = torch.tensor([1.0, 0.0, 2.0, 5.0, 2.0], dtype=torch.float64)
+    index, p = PF.draw_from_cdf(priorities.cumsum(0), 100_000, g)
+    expected_p = priorities / priorities.sum()
+    assert torch.equal(p, expected_p[index])  # each draw carries its own probability
+    counts = torch.bincount(index, minlength=5).double()
+    assert counts[1] == 0  # zero priority: never drawn
+    keep = expected_p > 0
+    assert chisquare(counts[keep].numpy(), (expected_p[keep] * 100_000).numpy()).pvalue > 1e-3
+    # the order is random, not sorted: consecutive draws are independent (lag-1 correlation ~ 0, |r| < 0.02)
+    x = index.double()
+    r = torch.corrcoef(torch.stack([x[:-1], x[1:]]))[0, 1]
+    assert abs(float(r)) < 0.02
+
+
+def test_draw_from_cdf_ranks_hold_disjoint_shares_of_one_draw():
+    cdf = torch.rand(1000, generator=torch.Generator().manual_seed(5), dtype=torch.float64).cumsum(0)
+    whole, p_whole = PF.draw_from_cdf(cdf, 999, torch.Generator().manual_seed(6))
+    for rank in range(3):
+        mine, p_mine = PF.draw_from_cdf(cdf, 999, torch.Generator().manual_seed(6), rank=rank, world=3)
+        assert torch.equal(mine, whole[rank::3]) and torch.equal(p_mine, p_whole[rank::3])
+
+
 def test_weighted_minibatch_gradient_is_unbiased_for_the_full_batch_gradient():
     # least squares: per-sample gradient g_i = 2 (w.x_i - y_i) x_i. Draw 4000 minibatches of 32 with the
     # proportional plan (with replacement), weight (N p)^-1, and average: within 2% (relative L2) of the

@@ -3,6 +3,7 @@ import torch
 from scipy.stats import chisquare
 
 from lightning_per import PrioritizedSampler, SamplingStrategy, ScoreTable
+from lightning_per import functional as PF
 
 
 def _table(n, seed=0):
@@ -34,9 +35,10 @@ def test_ranks_draw_disjoint_shares_of_one_epoch(name):
     ]
     assert len({len(s) for s in shards}) == 1
     interleaved = [shards[p % world][p // world] for p in range(len(shards[0]) * world)]
-    if name in ("proportional", "rank"):  # i.i.d. draws: the world draws the padded stream of one process
-        ref = list(PrioritizedSampler(range(n), table, strategy, num_replicas=1, seed=7, chunk_size=1 << 16))
-        assert _indices(interleaved)[: len(ref)] == _indices(ref)[: len(interleaved)]
+    if name in ("proportional", "rank"):  # i.i.d. draws: the ranks hold the strides of one draw of the epoch
+        sampler = PrioritizedSampler(range(n), table, strategy, num_replicas=world, seed=7)
+        whole, _ = PF.draw_from_cdf(sampler.plan().cdf, len(interleaved), sampler._generator())
+        assert _indices(interleaved) == whole.tolist()
     else:  # a pass without replacement: the shards partition the epoch (plus the DistributedSampler padding)
         assert _indices(interleaved)[: len(single)] == _indices(single)
         assert set(_indices(interleaved)) == set(_indices(single))

@@ -1,0 +1,70 @@
+"""What every benchmark shares: the environment record, JSON output, and quiet Lightning runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+
+__all__ = ["environment", "median", "quiet", "save_json", "spread"]
+
+
+def environment() -> dict[str, Any]:
+    """The machine and library versions a figure was measured with."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def save_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (with the environment added) to ``path``, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**payload, "env": environment()}, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of a non-empty sequence."""
+    return float(statistics.median(values))
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of a non-empty sequence."""
+    return {
+        "mean": float(statistics.fmean(values)),
+        "std": float(statistics.stdev(values)) if len(values) > 1 else 0.0,
+        "min": float(min(values)),
+        "max": float(max(values)),
+    }
+
+
+def quiet() -> None:
+    """Silence Lightning's banners and the warnings small CPU runs trigger (few workers, few batches)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*number of training batches.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")

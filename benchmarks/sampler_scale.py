@@ -1,0 +1,162 @@
+"""Sampler scale: one epoch's draw of N weighted indices, against torch's own samplers.
+
+Protocol. The score table holds N log-normal scores (float32, what ``LossTracker`` keeps). Each method runs in
+its own fresh process and is timed from an empty state to the last index consumed by a Python ``for`` loop (what
+a DataLoader does with a sampler):
+
+* ``lightning_per``: ``PrioritizedSampler`` with ``strategy="proportional"`` (build the plan: priorities, CDF;
+  draw N indices with replacement; yield ``(index, weight)`` pairs chunk by chunk);
+* ``randperm``: ``torch.utils.data.RandomSampler`` (``torch.randperm(N).tolist()``), the floor for a uniform
+  shuffle, which needs no weights at all;
+* ``multinomial``: ``torch.utils.data.WeightedRandomSampler`` (``torch.multinomial``), ``null`` where it fails
+  (it accepts at most 2^24 categories).
+
+Peak extra memory is the growth of the process's peak resident set over the state before the draw (the score
+table included there), divided by N.
+
+    python -m benchmarks.sampler_scale --n 10000000 --out bench_out/sampler_scale.json
+    python -m benchmarks.sampler_scale --n 1000000 10000000 100000000 --out bench_out/sampler_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import save_json
+
+METHODS = ("lightning_per", "randperm", "multinomial")
+
+
+def _fill_scores(n: int, seed: int = 0) -> torch.Tensor:
+    """N log-normal scores, generated in chunks so that no temporary raises the peak memory."""
+    from lightning_per.scores import ScoreTable
+
+    table = ScoreTable(n)
+    generator = torch.Generator().manual_seed(seed)
+    chunk = 1 << 22
+    for start in range(0, n, chunk):
+        part = table.scores[start : start + chunk]
+        part.normal_(generator=generator).exp_()
+    return table
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def worker(method: str, n: int) -> dict[str, Any]:
+    """Time one method in this process; returns seconds (None on failure), extra bytes per sample, error."""
+    from torch.utils.data import RandomSampler, WeightedRandomSampler
+
+    from lightning_per import PrioritizedSampler, SamplingStrategy
+
+    table = _fill_scores(n)
+    before = _peak_rss_bytes()
+    count = 0
+    start = time.perf_counter()
+    try:
+        if method == "lightning_per":
+            sampler: Any = PrioritizedSampler(range(n), scores=table, strategy=SamplingStrategy("proportional"))
+        elif method == "randperm":
+            sampler = RandomSampler(range(n), generator=torch.Generator().manual_seed(0))
+        else:
+            sampler = WeightedRandomSampler(table.scores, n, generator=torch.Generator().manual_seed(0))
+        for _ in sampler:
+            count += 1
+    except RuntimeError as err:
+        return {"seconds": None, "bytes_per_sample": None, "error": str(err).splitlines()[0]}
+    seconds = time.perf_counter() - start
+    if count != n:
+        raise AssertionError(f"{method} yielded {count} indices, expected {n}")
+    extra = max(0, _peak_rss_bytes() - before)
+    return {"seconds": seconds, "bytes_per_sample": extra / n, "error": None}
+
+
+def run(n: int, repeats: int) -> dict[str, Any]:
+    """All methods at size ``n``, each in fresh processes; the median of ``repeats`` runs."""
+    seconds: dict[str, float | None] = {}
+    memory: dict[str, float | None] = {}
+    errors: dict[str, str] = {}
+    for method in METHODS:
+        runs = []
+        for _ in range(repeats):
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.sampler_scale", "--worker", method, "--n", str(n)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            if runs[-1]["seconds"] is None:
+                break
+        times = [r["seconds"] for r in runs if r["seconds"] is not None]
+        seconds[method] = sorted(times)[len(times) // 2] if times else None
+        memory[method] = min(r["bytes_per_sample"] for r in runs) if times else None
+        if not times:
+            errors[method] = runs[-1]["error"]
+        shown = f"{seconds[method]:.3f} s, {memory[method]:.1f} B/sample" if times else f"failed: {errors[method]}"
+        print(f"  n={n:>11,d}  {method:<14s} {shown}", flush=True)
+    floor = seconds["randperm"]
+    ours = seconds["lightning_per"]
+    return {
+        "n": n,
+        "seconds": seconds,
+        "bytes_per_sample": memory["lightning_per"],
+        "bytes_per_sample_by_method": memory,
+        "ratio_to_randperm": ours / floor if ours is not None and floor else None,
+        "errors": errors,
+    }
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Seconds per epoch draw against N, one line per method (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        points = [(r["n"], r["seconds"][method]) for r in results if r["seconds"][method] is not None]
+        if points:
+            ax.loglog(*zip(*points, strict=True), marker="o", label=method)
+    ax.set_xlabel("N (indices per epoch)")
+    ax.set_ylabel("seconds (build + draw + iterate)")
+    ax.set_title("One epoch's weighted draw")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[10**6, 10**7])
+    parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per method (median reported)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/sampler_scale.json"))
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.n[0])))
+        return
+    results = [run(n, args.repeats if n < 10**8 else 1) for n in args.n]
+    payload: dict[str, Any] = results[-1] if len(results) == 1 else {**results[-1], "by_n": results}
+    payload["protocol"] = __doc__.split("\n\n")[1].replace("\n", " ")
+    save_json(args.out, payload)
+    plot(results, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
