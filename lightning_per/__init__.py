@@ -1,7 +1,7 @@
 """lightning-per: prioritized sampling, importance sampling and experience replay for PyTorch Lightning."""
 
 from lightning_per import functional
-from lightning_per.callbacks import LossTracker, ScoreKind
+from lightning_per.callbacks import ImportanceSamplingCallback, LossTracker, ScoreKind
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch, weighted_mean
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.sampler import PrioritizedSampler
@@ -11,6 +11,7 @@ from lightning_per.strategy import SamplingPlan, SamplingStrategy, StrategyName,
 __version__ = "0.1.0"
 
 __all__ = [
+    "ImportanceSamplingCallback",
     "IndexedCollate",
     "IndexedDataset",
     "LossTracker",

@@ -12,6 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_per import functional as PF
+from lightning_per.callbacks._inference import scoring_mode
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.distributed import all_gather_variable
@@ -249,20 +250,12 @@ class LossTracker(Callback):
             collate_fn=IndexedCollate(datamodule.collate_fn),
             num_workers=datamodule.num_workers,
         )
-        was_training = pl_module.training
-        pl_module.eval()
-        pl_module.log = _no_log  # type: ignore[method-assign]
-        pl_module.log_dict = _no_log  # type: ignore[method-assign]
-        try:
-            with torch.no_grad():
-                for i, batch in enumerate(loader):
-                    batch = pl_module._apply_batch_transfer_handler(batch)
-                    outputs = pl_module.training_step(batch, i)
-                    values, targets = self._scores_from(outputs, batch)
-                    self._pending.append((batch.index, values.float(), targets))
-        finally:
-            del pl_module.log, pl_module.log_dict
-            pl_module.train(was_training)
+        with scoring_mode(pl_module):
+            for i, batch in enumerate(loader):
+                batch = pl_module._apply_batch_transfer_handler(batch)
+                outputs = pl_module.training_step(batch, i)
+                values, targets = self._scores_from(outputs, batch)
+                self._pending.append((batch.index, values.float(), targets))
 
     # ------------------------------------------------------------------------------------------- bookkeeping
     def _flush(self) -> None:
@@ -316,10 +309,6 @@ class LossTracker(Callback):
         self._nonfinite_total = int(state_dict.get("nonfinite_total", 0))
         self._novelty_mean = state_dict.get("novelty_mean")
         self._labels = state_dict.get("labels")
-
-
-def _no_log(*args: Any, **kwargs: Any) -> None:
-    """Stands in for ``LightningModule.log`` during a scoring pass."""
 
 
 def _quantiles(scores: Tensor, max_points: int = 1 << 20) -> dict[str, float]:

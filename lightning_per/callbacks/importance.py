@@ -1,0 +1,579 @@
+"""ImportanceSamplingCallback: upper-bound importance sampling with the tau switch (Katharopoulos & Fleuret, 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from lightning_per import functional as PF
+from lightning_per.batching import concat_batches, select
+from lightning_per.callbacks._inference import scoring_step
+from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
+from lightning_per.datamodule import PrioritizedDataModule
+
+__all__ = ["ImportanceSamplingCallback", "ImportanceScore", "draw_importance_sample"]
+
+ImportanceScore = Literal["ce", "bce", "mse", "autograd", "loss", "custom"]
+_SCORES = ("ce", "bce", "mse", "autograd", "loss", "custom")
+_TAU_FORMS = ("rooted", "unrooted")
+
+
+class ImportanceSamplingCallback(Callback):
+    """Importance sampling with the gradient-norm upper bound, switched on only when it pays off.
+
+    Katharopoulos & Fleuret, "Not All Samples Are Created Equal: Deep Learning with Importance Sampling"
+    (ICML 2018). Each training step has ``b`` points (the DataModule's batch). The callback runs in one of two
+    phases:
+
+    - **uniform phase**: the step trains on the ``b`` points of the incoming batch, weight 1, with no extra
+      forward pass; their scores are read from what ``training_step`` returned and update ``tau``.
+    - **importance phase**: the incoming ``b`` points and ``B - b`` extra points drawn uniformly with replacement
+      from this process's shard of the training set form a presample of ``B = presample * b`` points. It is
+      scored by one call of ``training_step`` in eval mode without gradients (logging suppressed, training mode
+      restored afterwards); ``b`` points are drawn from it with replacement with ``p_i ∝ score_i`` and weights
+      ``w_i = 1 / (n p_i)`` (``n``: the presample's points with a finite score, so ``B`` normally), and the
+      incoming batch is replaced in place by them. Only those ``b`` points go through forward and backward, and
+      ``lightning_per.weighted_mean(losses, batch)`` in ``training_step`` makes the gradient an unbiased
+      estimate of the presample's mean gradient.
+
+    The switch: with ``g`` the normalised scores of the points scored this step and ``u = 1/n``,
+    ``tau_step = (1 - ||g - u||^2 / ||g||^2) ** -1/2`` (``tau_form="unrooted"``: without the square root, the
+    paper's form, ``n * sum(g^2)``); under DDP ``tau_step`` is averaged over the processes (one scalar all-reduce
+    per step), then ``tau <- a_tau * tau + (1 - a_tau) * tau_step``, starting from 0. The next step is an
+    importance step exactly when ``tau > tau_th`` and ``trainer.global_step >= warmup_steps``; every process
+    holds the same ``tau``, so all switch on the same step. The default ``tau_th = (B + 3b) / (3b)`` is the
+    cost ratio of an importance step (a forward over ``B`` plus forward and backward over ``b``, a backward
+    costing about two forwards) to a uniform one.
+
+    Epoch accounting: the training loader and its epoch are untouched (``b``-point batches of a shuffled pass
+    over this process's shard, the same number of steps in both phases, so learning-rate schedules and
+    ``estimated_stepping_batches`` hold). In the uniform phase each step trains on exactly the epoch's batch. In
+    the importance phase every point of the epoch is in the presample of its step (so it is scored at least once
+    per epoch); the ``B - b`` extras are uniform draws with replacement from this process's shard (indices
+    ``rank, rank + world, ...``), and the ``b`` trained points are drawn with replacement from the presample, so
+    a point may be trained on more than once in a step or an epoch, and a point of low score may not be trained
+    on in that epoch: that is what sampling with replacement implies, and the weights keep the gradient
+    unbiased. No point is skipped or duplicated otherwise.
+
+    Scores (``score``):
+        - ``ce``: ``||softmax(z) - q||`` for softmax cross-entropy (``q`` the target distribution, with
+          ``label_smoothing``; ``class_weights`` as in ``cross_entropy(weight=...)``), from ``logits_key``
+          (shape ``(n, C)``) and ``target_key`` (class indices ``(n,)`` or probabilities ``(n, C)``).
+        - ``bce``: ``||sigmoid(z) - y||`` for binary cross-entropy with logits, from ``logits_key`` and
+          ``target_key`` (same number of values per sample).
+        - ``mse``: ``2 ||z - y|| / d`` for the per-sample loss ``mean_j (z_j - y_j)^2``.
+        - ``autograd``: ``||d loss_fn(z, y) / dz||`` per row for any ``loss_fn`` (per-sample losses, or a sum or
+          mean of them, which gives proportional scores), by one ``torch.autograd.grad`` to the outputs.
+        - ``loss``: the per-sample loss under ``loss_key`` (a baseline; the paper finds it worse).
+        - ``custom``: ``score_fn(outputs, batch)``, one non-negative score per sample.
+
+    Non-finite scores are never selected; a presample without any finite positive score trains on the
+    incoming batch as a uniform step (warned once if no score was finite).
+
+    Logged every step: ``per/tau`` (also in the progress bar), ``per/is_active`` (1 on an importance step),
+    ``per/max_p`` (the largest selection probability), ``per/unique_fraction`` (distinct points among the ``b``
+    trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample losses, when
+    ``training_step`` returns them under ``loss_key``). ``tau``, the phase and the counters that seed the
+    draws are saved in checkpoints, so a resumed run continues where it stopped.
+
+    Data: train with a :class:`~lightning_per.PrioritizedDataModule` (or a subclass) with ``strategy="uniform"``.
+    :class:`~lightning_per.LossTracker` may be added too: it then records the scores of the trained points (with
+    the duplicates of sampling with replacement) and the uniform strategy ignores them; prioritized strategies
+    are refused because their weights and this callback's would compound.
+
+    Args:
+        presample: ``B / b``, the size of the scored presample in batches (> 1; the paper advises 2 to 6).
+        tau_th: importance sampling runs while ``tau > tau_th`` (> 0; ``None``: ``(presample + 3) / 3``,
+            i.e. ``(B + 3b) / (3b)``).
+        a_tau: weight of the old value in the moving average of ``tau``, in [0, 1).
+        tau_form: ``rooted`` (the reference code) or ``unrooted`` (the paper's formula, ``n * sum(g^2)``).
+        warmup_steps: no importance step before this global step.
+        score: the score kind (see above).
+        loss_key: key of the per-sample losses in the ``training_step`` output (``loss`` score and logging).
+        logits_key: key of the model outputs (logits) in the ``training_step`` output.
+        target_key: key of the targets in the ``training_step`` output.
+        label_smoothing: label smoothing of the cross-entropy (``ce``), in [0, 1].
+        class_weights: per-class loss weights of the cross-entropy (``ce``), as in ``cross_entropy(weight=...)``.
+        loss_fn: ``loss_fn(outputs, targets)`` for ``autograd`` (import path in YAML, e.g.
+            ``torch.nn.functional.cross_entropy``).
+        score_fn: ``score_fn(outputs, batch) -> Tensor[n]`` for ``custom`` (import path in YAML).
+        seed: seed of the extra presample points and of the selection (derived per process and per step).
+
+    Raises:
+        ValueError: a bad argument (named in the message, with the value); at setup, a prioritized strategy or
+            a module with manual optimization.
+        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
+
+    Example::
+
+        dm = PrioritizedDataModule(train_ds, val_ds, batch_size=128, strategy="uniform")
+        trainer = Trainer(callbacks=[ImportanceSamplingCallback(presample=3)], max_epochs=10)
+        trainer.fit(model, datamodule=dm)  # training_step returns {"loss": weighted_mean(...), "logits", "target"}
+    """
+
+    def __init__(
+        self,
+        presample: int = 3,
+        tau_th: float | None = None,
+        a_tau: float = 0.9,
+        tau_form: Literal["rooted", "unrooted"] = "rooted",
+        warmup_steps: int = 0,
+        score: ImportanceScore = "ce",
+        loss_key: str = "per_sample_loss",
+        logits_key: str = "logits",
+        target_key: str = "target",
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        score_fn: Callable[[Any, Any], Tensor] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(presample, bool) or not isinstance(presample, int) or presample <= 1:
+            raise ValueError(
+                f"`presample` must be an integer > 1 (the presample has `presample * batch_size` points), got "
+                f"{presample!r}."
+            )
+        if tau_th is not None and not (tau_th > 0 and np.isfinite(tau_th)):
+            raise ValueError(f"`tau_th` must be > 0 and finite (or None for (presample + 3) / 3), got {tau_th}.")
+        if not 0.0 <= a_tau < 1.0:
+            raise ValueError(f"`a_tau` must be in [0, 1), got {a_tau}.")
+        if tau_form not in _TAU_FORMS:
+            raise ValueError(f"`tau_form` must be 'rooted' or 'unrooted', got {tau_form!r}.")
+        if warmup_steps < 0:
+            raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
+        if score not in _SCORES:
+            raise ValueError(f"`score` must be one of {', '.join(_SCORES)}; got {score!r}.")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}.")
+        if class_weights is not None and (len(class_weights) == 0 or min(class_weights) < 0):
+            raise ValueError(f"`class_weights` must be a non-empty list of non-negative numbers, got {class_weights}.")
+        if score == "autograd" and loss_fn is None:
+            raise ValueError(
+                "`score='autograd'` needs `loss_fn`, a function `loss_fn(outputs, targets)` returning the loss "
+                "(e.g. `loss_fn: torch.nn.functional.cross_entropy` in YAML); got loss_fn=None."
+            )
+        if score == "custom" and score_fn is None:
+            raise ValueError(
+                "`score='custom'` needs `score_fn`, a function `score_fn(outputs, batch)` returning one score per "
+                "sample (an import path in YAML); got score_fn=None."
+            )
+        if seed < 0:
+            raise ValueError(f"`seed` must be >= 0, got {seed}.")
+        self.presample = presample
+        self.tau_th: float = float(tau_th) if tau_th is not None else (presample + 3) / 3
+        self.a_tau = a_tau
+        self.tau_form = tau_form
+        self.warmup_steps = warmup_steps
+        self.score = score
+        self.loss_key = loss_key
+        self.logits_key = logits_key
+        self.target_key = target_key
+        self.label_smoothing = label_smoothing
+        self.class_weights = class_weights
+        self.loss_fn = loss_fn
+        self.score_fn = score_fn
+        self.seed = seed
+        self._tau = 0.0
+        self._active = False
+        self._steps = 0
+        self._importance_steps = 0
+        self._extra_batches = 0
+        self._step_was_importance = False
+        self._step_tau: float | None = None
+        self._step_stats: tuple[float, float] | None = None
+        self._extras: Iterator[PrioritizedBatch] | None = None
+        self._warned_nonfinite = False
+        self._noted_eval = False
+
+    # ------------------------------------------------------------------------------------------- properties
+    @property
+    def tau(self) -> float:
+        """The current moving average of the variance-reduction estimate (the same on every process)."""
+        return self._tau
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the next training step is an importance step."""
+        return self._active
+
+    @property
+    def last_step_was_importance(self) -> bool:
+        """Whether the last (or current) training step trained on points chosen by importance sampling."""
+        return self._step_was_importance
+
+    # ------------------------------------------------------------------------------------------------- hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, PrioritizedDataModule):
+            raise TypeError(
+                "ImportanceSamplingCallback needs the training data to come from a `lightning_per."
+                "PrioritizedDataModule` with `strategy='uniform'`, passed as `trainer.fit(model, datamodule=...)`; "
+                f"got {type(datamodule).__name__}. Wrap your datasets: "
+                "`PrioritizedDataModule(train_dataset, val_dataset, batch_size=..., strategy='uniform')`."
+            )
+        if datamodule.strategy.name != "uniform":
+            raise ValueError(
+                "ImportanceSamplingCallback does its own per-step selection and weighting, so the DataModule must "
+                f"serve uniform batches; got `strategy={datamodule.strategy.name!r}`. Use `strategy='uniform'` with "
+                "this callback, or remove this callback and use `LossTracker` with a prioritized strategy."
+            )
+        if not pl_module.automatic_optimization:
+            # the scoring pass calls `training_step`, which under manual optimization would step the optimizer
+            raise ValueError(
+                "ImportanceSamplingCallback scores each presample by calling `training_step` without gradients, "
+                "which needs automatic optimization (a manual `training_step` runs its own backward and optimizer "
+                "step); got `automatic_optimization=False`."
+            )
+        if not self._noted_eval and any(isinstance(m, _NOISY_LAYERS) for m in pl_module.modules()):
+            self._noted_eval = True
+            rank_zero_info(
+                "ImportanceSamplingCallback: the model has BatchNorm or Dropout layers; presamples are scored in "
+                "eval mode (running statistics, no dropout), as the paper advises, and training mode is restored."
+            )
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close_extras()
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not isinstance(batch, PrioritizedBatch):
+            raise TypeError(
+                f"ImportanceSamplingCallback got a training batch of type {type(batch).__name__} without sample "
+                "indices: train with `trainer.fit(model, datamodule=PrioritizedDataModule(..., strategy='uniform'))`, "
+                "not with your own dataloader."
+            )
+        self._step_was_importance = False
+        self._step_tau = None
+        self._step_stats = None
+        if self._active:
+            self._importance_step(trainer, pl_module, batch, batch_idx)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        b = batch.batch_size
+        if self._step_tau is not None:
+            tau_step = self._step_tau
+        elif outputs is None or (isinstance(outputs, Mapping) and not outputs):
+            # the step was skipped (`training_step` returned None; Lightning then passes `{}`): leave tau as it is
+            tau_step = self._tau
+        else:
+            tau_step = self._tau_of(self._scores_from(outputs, batch))
+        if trainer.world_size > 1:
+            reduced = trainer.strategy.reduce(
+                torch.tensor(tau_step, dtype=torch.float64, device=pl_module.device), reduce_op="mean"
+            )
+            tau_step = float(reduced)
+        self._tau = PF.tau_ema(self._tau, tau_step, self.a_tau)
+        self._steps += 1
+        self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
+        max_p, unique_fraction = self._step_stats or (1.0 / max(b, 1), 1.0)
+        metrics = {
+            "per/is_active": float(self._step_was_importance),
+            "per/max_p": max_p,
+            "per/unique_fraction": unique_fraction,
+        }
+        losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
+        if isinstance(losses, Tensor) and losses.ndim >= 1 and losses.numel():
+            metrics["per/loss_unweighted"] = float(losses.detach().float().mean())
+        pl_module.log("per/tau", self._tau, on_step=True, on_epoch=False, prog_bar=True, batch_size=b)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=b)
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close_extras()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._close_extras()
+
+    # ------------------------------------------------------------------------------------------ the step
+    def _importance_step(self, trainer: Trainer, pl_module: LightningModule, batch: PrioritizedBatch, i: int) -> None:
+        b = batch.batch_size
+        extras = self._next_extras(trainer, pl_module, (self.presample - 1) * b)
+        presample = concat_batches(PrioritizedBatch(batch.data, batch.index, batch.weight), extras)
+        with trainer.precision_plugin.train_step_context():
+            outputs = scoring_step(pl_module, presample, i)
+        scores = self._scores_from(outputs, presample)
+        self._step_tau = self._tau_of(scores)
+        generator = torch.Generator().manual_seed(_derive_seed(self.seed, trainer.global_rank, self._importance_steps))
+        self._importance_steps += 1
+        drawn = draw_importance_sample(scores, b, generator)
+        if drawn is None:
+            if not bool(torch.isfinite(scores).any()) and not self._warned_nonfinite:
+                self._warned_nonfinite = True
+                rank_zero_warn(
+                    f"ImportanceSamplingCallback: no finite score in a presample of {scores.numel()} points (NaN/inf "
+                    "from the model or the score function); this step trained on the incoming batch uniformly. "
+                    "Warned once."
+                )
+            return
+        positions, weights, p = drawn
+        chosen = select(presample, positions)
+        batch.data = chosen.data
+        batch.index = chosen.index
+        batch.weight = weights.to(device=batch.weight.device, dtype=batch.weight.dtype)
+        self._step_was_importance = True
+        self._step_stats = (float(p.max()), float(torch.unique(positions).numel()) / b)
+
+    def _next_extras(self, trainer: Trainer, pl_module: LightningModule, count: int) -> PrioritizedBatch:
+        """``count`` points drawn uniformly with replacement from this process's shard, on the module's device."""
+        parts: list[PrioritizedBatch] = []
+        total = 0
+        while total < count:
+            if self._extras is None:
+                self._extras = iter(self._extras_loader(trainer))
+            part = next(self._extras)
+            self._extra_batches += 1
+            parts.append(part)
+            total += part.batch_size
+        joined = parts[0]
+        for part in parts[1:]:
+            joined = concat_batches(joined, part)
+        if total > count:
+            joined = select(joined, torch.arange(count))
+        joined = trainer.precision_plugin.convert_input(joined)
+        joined = pl_module._on_before_batch_transfer(joined, dataloader_idx=0)
+        return trainer.strategy.batch_to_device(joined, dataloader_idx=0)
+
+    def _extras_loader(self, trainer: Trainer) -> DataLoader:
+        datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
+        dataset = datamodule.train_dataset
+        size = len(dataset)  # type: ignore[arg-type]
+        world, rank = trainer.world_size, trainer.global_rank
+        shard = range(rank, size, world) if rank < size else range(size)
+        batches = _ExtraBatches(
+            shard, (self.presample - 1) * datamodule.batch_size, self.seed, rank, start=self._extra_batches
+        )
+        return DataLoader(
+            IndexedDataset(dataset),  # type: ignore[arg-type]
+            batch_sampler=batches,
+            num_workers=datamodule.num_workers,
+            collate_fn=IndexedCollate(datamodule.collate_fn),
+            pin_memory=datamodule.pin_memory,
+        )
+
+    def _close_extras(self) -> None:
+        self._extras = None  # shuts the workers of the extra-points loader down
+
+    # --------------------------------------------------------------------------------------------- scoring
+    def _tau_of(self, scores: Tensor) -> float:
+        finite = scores[torch.isfinite(scores)].double()
+        if finite.numel() == 0 or float(finite.sum()) <= 0:
+            return 1.0  # no information: the uniform value
+        return float(PF.tau(finite, rooted=self.tau_form == "rooted"))
+
+    def _scores_from(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
+        """One score per sample of ``batch`` from what ``training_step`` returned for it (float32, detached)."""
+        n = batch.batch_size
+        if self.score == "custom":
+            assert self.score_fn is not None
+            values = self.score_fn(outputs, batch)
+            if not isinstance(values, Tensor) or values.reshape(-1).shape[0] != n:
+                got: object = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+                raise ValueError(
+                    f"`score_fn` returned {got} for a batch of {n} samples: it must return a tensor with one "
+                    "non-negative score per sample, in batch order."
+                )
+            return values.detach().float().reshape(-1)
+        if not isinstance(outputs, Mapping):
+            raise ValueError(self._unusable(f"`training_step` returned a {type(outputs).__name__}, not a dict"))
+        if self.score == "loss":
+            losses = outputs.get(self.loss_key)
+            if not isinstance(losses, Tensor) or losses.ndim == 0 or losses.shape[0] != n:
+                got = tuple(losses.shape) if isinstance(losses, Tensor) else f"keys {sorted(outputs)}"
+                raise ValueError(
+                    f"ImportanceSamplingCallback(score='loss') needs one loss per sample under {self.loss_key!r} "
+                    f"in what `training_step` returns (batch of {n}); found {got}. Return "
+                    '`{"loss": lightning_per.weighted_mean(losses, batch), "per_sample_loss": losses}` with '
+                    "`losses = F.cross_entropy(logits, y, reduction='none')`."
+                )
+            return losses.detach().float().reshape(-1)
+        logits, targets = outputs.get(self.logits_key), outputs.get(self.target_key)
+        if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
+            found = {k: (tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__) for k, v in outputs.items()}
+            raise ValueError(
+                self._unusable(
+                    f"it needs tensors under {self.logits_key!r} and {self.target_key!r}, but `training_step` "
+                    f"returned {found}"
+                )
+            )
+        if logits.ndim == 0 or targets.ndim == 0 or logits.shape[0] != n or targets.shape[0] != n:
+            raise ValueError(
+                self._unusable(
+                    f"{self.logits_key!r} has shape {tuple(logits.shape)} and {self.target_key!r} has shape "
+                    f"{tuple(targets.shape)}, but the batch has {n} samples (one row each is needed)"
+                )
+            )
+        logits = logits.detach()
+        if self.score == "autograd":
+            return self._autograd_bound(logits, targets.detach(), n)
+        if self.score == "ce":
+            shape_ok = logits.ndim == 2 and (
+                (targets.ndim == 1 and not targets.dtype.is_floating_point) or targets.shape == logits.shape
+            )
+            if not shape_ok:
+                raise ValueError(
+                    self._unusable(
+                        f"softmax cross-entropy needs logits of shape (n, C) and class indices (n,) or "
+                        f"probabilities (n, C); got {self.logits_key!r} {tuple(logits.shape)} and "
+                        f"{self.target_key!r} {tuple(targets.shape)} ({targets.dtype}). For other shapes use "
+                        "`score='autograd'` with `loss_fn`"
+                    )
+                )
+            weights = None
+            if self.class_weights is not None:
+                if len(self.class_weights) != logits.shape[1]:
+                    raise ValueError(
+                        f"`class_weights` has {len(self.class_weights)} entries but the logits have "
+                        f"{logits.shape[1]} classes."
+                    )
+                weights = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+            return PF.softmax_ce_grad_norm(logits, targets, self.label_smoothing, weights)
+        if logits.reshape(n, -1).shape != targets.reshape(n, -1).shape:
+            raise ValueError(
+                self._unusable(
+                    f"{self.score} needs outputs and targets of the same shape; got {self.logits_key!r} "
+                    f"{tuple(logits.shape)} and {self.target_key!r} {tuple(targets.shape)}"
+                )
+            )
+        targets = targets.reshape(logits.shape)
+        if self.score == "bce":
+            return PF.sigmoid_bce_grad_norm(logits, targets)
+        return PF.mse_grad_norm(logits, targets)
+
+    def _autograd_bound(self, logits: Tensor, targets: Tensor, n: int) -> Tensor:
+        assert self.loss_fn is not None
+        with torch.enable_grad():
+            z = logits.clone().requires_grad_(True)
+            losses = self.loss_fn(z, targets)
+            if not isinstance(losses, Tensor) or not (losses.ndim == 0 or losses.shape[0] == n):
+                got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+                raise ValueError(
+                    f"`loss_fn` returned {got} for a batch of {n} samples: return one loss per sample (e.g. "
+                    "`reduction='none'`) or their sum or mean."
+                )
+            (grad,) = torch.autograd.grad(losses.sum(), z)
+        return grad.reshape(n, -1).float().norm(dim=-1)
+
+    def _unusable(self, found: str) -> str:
+        return (
+            f"ImportanceSamplingCallback(score={self.score!r}) cannot compute the gradient-norm bound: {found}. "
+            f'Return the outputs and targets from `training_step` (`return {{"loss": ..., "{self.logits_key}": '
+            f'logits, "{self.target_key}": y}}`), point `logits_key`/`target_key` at them, or pass your own score '
+            "function: `ImportanceSamplingCallback(score='custom', score_fn=my_score)` (in YAML "
+            "`score: custom` and `score_fn: my_package.my_score`), called as `score_fn(outputs, batch)` and "
+            "returning one non-negative score per sample."
+        )
+
+    # ------------------------------------------------------------------------------------------------ state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tau": self._tau,
+            "active": self._active,
+            "steps": self._steps,
+            "importance_steps": self._importance_steps,
+            "extra_batches": self._extra_batches,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._tau = float(state_dict.get("tau", 0.0))
+        self._active = bool(state_dict.get("active", False))
+        self._steps = int(state_dict.get("steps", 0))
+        self._importance_steps = int(state_dict.get("importance_steps", 0))
+        self._extra_batches = int(state_dict.get("extra_batches", 0))
+        self._close_extras()
+
+
+def draw_importance_sample(
+    scores: Tensor, num: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Draw ``num`` positions with replacement with ``p ∝ scores``; weights ``1 / (n p)`` make the mean unbiased.
+
+    Non-finite scores get probability 0 and do not count in ``n`` (the number of finite scores). For any
+    per-sample values ``v``, ``E[mean_j w_j v_{i_j}] = mean over the finite-score points of v``.
+
+    Args:
+        scores: 1-D non-negative scores (any device; the draw runs on the CPU in float64).
+        num: the number of draws.
+        generator: a CPU generator, for reproducible draws.
+
+    Returns:
+        ``(positions, weights, p)``: int64 positions ``(num,)``, float32 weights ``(num,)`` and the float64
+        probabilities of all points; ``None`` when no score is finite and positive (no distribution to draw from).
+
+    Raises:
+        ValueError: a finite score is negative.
+
+    Example::
+
+        >>> generator = torch.Generator().manual_seed(2)
+        >>> positions, weights, p = draw_importance_sample(torch.tensor([1.0, 3.0]), 4, generator)
+        >>> p.tolist()
+        [0.25, 0.75]
+        >>> positions.tolist(), [round(w, 4) for w in weights.tolist()]
+        ([1, 0, 1, 1], [0.6667, 2.0, 0.6667, 0.6667])
+    """
+    values = scores.detach().reshape(-1).to("cpu", torch.float64)
+    finite = torch.isfinite(values)
+    if bool(finite.any()) and float(values[finite].min()) < 0:
+        raise ValueError(
+            f"Importance scores must be non-negative; got a minimum of {float(values[finite].min()):.4g}. "
+            "A custom `score_fn` must return non-negative values (e.g. a gradient norm or a loss)."
+        )
+    values = torch.where(finite, values, torch.zeros_like(values))
+    total = float(values.sum())
+    if not total > 0 or not np.isfinite(total):
+        return None
+    p = values / total
+    uniforms = torch.rand(num, generator=generator, dtype=torch.float64)
+    positions = PF.inverse_cdf_sample(torch.cumsum(p, 0), uniforms)
+    n = int(finite.sum())
+    weights = (1.0 / (n * p[positions])).float()
+    return positions, weights, p
+
+
+class _ExtraBatches:
+    """Batch sampler without end: batch ``k`` holds ``size`` uniform draws with replacement from ``shard``.
+
+    Batch ``k`` comes from a generator seeded by ``(seed, rank, k)``, so the stream is the same however the
+    DataLoader prefetches, and a resumed run continues it from ``start``.
+    """
+
+    def __init__(self, shard: range, size: int, seed: int, rank: int, start: int = 0) -> None:
+        self.shard = shard
+        self.size = size
+        self.seed = seed
+        self.rank = rank
+        self.start = start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k = self.start
+        while True:
+            generator = torch.Generator().manual_seed(_derive_seed(self.seed, self.rank, k, 1))
+            draws = torch.randint(len(self.shard), (self.size,), generator=generator)
+            yield [self.shard[j] for j in draws.tolist()]
+            k += 1
+
+
+def _derive_seed(*keys: int) -> int:
+    """A 63-bit seed that depends on every key (NumPy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+_NOISY_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
