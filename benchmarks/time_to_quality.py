@@ -1,0 +1,303 @@
+"""Time to quality: every sampling method against uniform training at equal budgets (the paper's protocol).
+
+Protocol. MNIST-1D from the examples' generator (seed 42): 4000 training, 1000 validation and 1000 test signals;
+the examples' 1D CNN; SGD with momentum 0.9, batch 100; random augmentations of the MNIST-1D generator's own
+kinds (circular shift, scale, shear, i.i.d. noise), drawn per sample in every batch (presamples included).
+
+Budget: every method trains for ``--budget-s`` seconds of training wall-clock (evaluations pause the clock), or
+until ``max_epochs`` = the number of uniform epochs that fit in the budget (measured by a short calibration run
+at the start), whichever comes first; so a method with cheaper epochs (prune) may stop early and save compute.
+The learning rate follows a cosine from ``--lr`` to 0 over the run's progress = max(time fraction, epoch
+fraction). ``--lr`` is chosen on the validation split (see ``--help``); the test split is only reported.
+
+Cost is machine-independent: a forward pass counts 1 per sample and a backward 2 per sample (a training step on
+``b`` points costs ``3b``; an importance step adds the ``B`` scoring forwards).
+
+Evaluation points: every ``budget / 20`` seconds of training and at the end, the training loss over the whole
+training set (no augmentation, eval mode) and the test and validation accuracy.
+
+Reported per method over ``--seeds`` seeds (mean and spread): final training loss, final test accuracy, and the
+cost and seconds at which the method first reached uniform's final test accuracy of the same seed (null if it
+never did in some seed).
+
+    python -m benchmarks.time_to_quality --budget-s 25 --seeds 3 --out bench_out/time_to_quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from torch.utils.data import TensorDataset, default_collate
+
+from benchmarks.common import quiet, save_json, spread
+from lightning_per import (
+    ImportanceSamplingCallback,
+    LossTracker,
+    PrioritizedDataModule,
+    SamplingStrategy,
+)
+from lightning_per.examples.data import load_mnist1d, resolve_data_dir
+from lightning_per.examples.models import Classifier
+
+METHODS = ("uniform", "proportional", "rank", "prune", "importance", "importance_loss")
+
+
+class Augment:
+    """Collate, then augment each signal with random shift, scale, shear and noise (the MNIST-1D kinds)."""
+
+    def __init__(self, max_shift: int = 3, scale: float = 0.4, shear: float = 0.75, noise: float = 0.05) -> None:
+        self.max_shift = max_shift
+        self.scale = scale
+        self.shear = shear
+        self.noise = noise
+
+    def __call__(self, samples: list[Any]) -> Any:
+        x, y = default_collate(samples)
+        n, length = x.shape
+        shift = torch.randint(-self.max_shift, self.max_shift + 1, (n, 1))
+        x = x.gather(1, (torch.arange(length) - shift) % length)
+        x = x * (1 + self.scale * (torch.rand(n, 1) - 0.5))
+        x = x - self.shear * (torch.rand(n, 1) - 0.5) * torch.linspace(-0.5, 0.5, length)
+        return x + self.noise * torch.randn_like(x), y
+
+
+class BudgetRun(Callback):
+    """Keeps the training clock, the cost, the learning-rate schedule and the evaluation curve of one run."""
+
+    def __init__(self, budget_s: float, max_epochs: int, lr: float, evals: int, data: dict[str, TensorDataset]):
+        self.budget_s = budget_s
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.eval_every = budget_s / evals
+        self.data = data
+        self.train_seconds = 0.0
+        self.cost = 0.0
+        self.curve: list[dict[str, float]] = []
+        self._since: float | None = None
+        self._next_eval = 0.0
+        self._importance: ImportanceSamplingCallback | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        found = [c for c in trainer.callbacks if isinstance(c, ImportanceSamplingCallback)]  # type: ignore[attr-defined]
+        self._importance = found[0] if found else None
+        self._evaluate(pl_module)
+        self._since = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        epochs = trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
+        progress = min(1.0, max(self.train_seconds / self.budget_s, epochs / self.max_epochs))
+        for group in trainer.optimizers[0].param_groups:
+            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        assert self._since is not None
+        self.train_seconds += time.perf_counter() - self._since
+        b = batch.batch_size
+        self.cost += 3 * b
+        if self._importance is not None and self._importance.last_step_was_importance:
+            self.cost += self._importance.presample * b
+        if self.train_seconds >= self._next_eval:
+            self._evaluate(pl_module)
+        if self.train_seconds >= self.budget_s:
+            trainer.should_stop = True
+        self._since = time.perf_counter()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.curve or self.curve[-1]["seconds"] < self.train_seconds:
+            self._evaluate(pl_module)
+
+    @torch.no_grad()
+    def _evaluate(self, pl_module: LightningModule) -> None:
+        was_training = pl_module.training
+        pl_module.eval()
+        point = {"seconds": self.train_seconds, "cost": self.cost}
+        for name, dataset in self.data.items():
+            x, y = dataset.tensors
+            logits = torch.cat([pl_module(chunk) for chunk in x.split(2000)])
+            if name == "train":
+                point["train_loss"] = float(F.cross_entropy(logits, y))
+            point[f"{name}_acc"] = float((logits.argmax(1) == y).float().mean())
+        self.curve.append(point)
+        self._next_eval = self.train_seconds + self.eval_every
+        pl_module.train(was_training)
+
+
+def splits(data_dir: str | None) -> dict[str, TensorDataset]:
+    """The examples' MNIST-1D splits: 4000 train, 1000 validation, 1000 test (generator seed 42)."""
+    x, y = load_mnist1d(6000, 42, resolve_data_dir(data_dir, "--data-dir"))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    return {
+        "train": TensorDataset(xt[:4000], yt[:4000]),
+        "val": TensorDataset(xt[4000:5000], yt[4000:5000]),
+        "test": TensorDataset(xt[5000:], yt[5000:]),
+    }
+
+
+def run(method: str, seed: int, args: argparse.Namespace, data: dict[str, TensorDataset], max_epochs: int) -> Any:
+    """One budgeted training run; returns its :class:`BudgetRun` (curve, cost, seconds)."""
+    seed_everything(seed, workers=True, verbose=False)
+    model = Classifier(optimizer="sgd", lr=args.lr, momentum=0.9, schedule="none")
+    name = {"importance": "uniform", "importance_loss": "uniform"}.get(method, method)
+    strategy = SamplingStrategy(name)  # type: ignore[arg-type]
+    datamodule = PrioritizedDataModule(
+        data["train"], batch_size=args.batch_size, strategy=strategy, seed=seed, collate_fn=Augment()
+    )
+    budget = BudgetRun(args.budget_s, max_epochs, args.lr, args.evals, data)
+    callbacks: list[Callback] = [budget]
+    if method in ("proportional", "rank", "prune"):
+        callbacks.append(LossTracker())
+    elif method == "importance":
+        callbacks.append(ImportanceSamplingCallback(presample=args.presample, score="ce", seed=seed))
+    elif method == "importance_loss":
+        callbacks.append(ImportanceSamplingCallback(presample=args.presample, score="loss", seed=seed))
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=max_epochs,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return budget
+
+
+def calibrate(args: argparse.Namespace, data: dict[str, TensorDataset]) -> int:
+    """The number of uniform epochs that fit in the budget, from the speed of a short uniform run."""
+    probe = argparse.Namespace(**{**vars(args), "budget_s": 1e9})
+    epochs = 3
+    start = time.perf_counter()
+    result = run("uniform", 0, probe, data, epochs)
+    seconds_per_epoch = result.train_seconds / epochs
+    print(f"calibration: {seconds_per_epoch:.2f} s per uniform epoch ({time.perf_counter() - start:.1f} s)")
+    return max(1, round(args.budget_s / seconds_per_epoch))
+
+
+def first_reach(curve: list[dict[str, float]], target: float) -> dict[str, float] | None:
+    """The first evaluation point with test accuracy >= target."""
+    return next((p for p in curve if p["test_acc"] >= target - 1e-9), None)
+
+
+def summarize(runs: dict[str, list[Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per-method summary against uniform of the same seed."""
+    out: dict[str, Any] = {}
+    uniform_final = [r.curve[-1] for r in runs["uniform"]]
+    for method, results in runs.items():
+        finals = [r.curve[-1] for r in results]
+        reached = [first_reach(r.curve, u["test_acc"]) for r, u in zip(results, uniform_final, strict=True)]
+        loss_ratio = [f["train_loss"] / u["train_loss"] for f, u in zip(finals, uniform_final, strict=True)]
+        done = all(p is not None for p in reached)
+        cost_ratio = [p["cost"] / u["cost"] for p, u in zip(reached, uniform_final, strict=True) if p is not None]
+        out[method] = {
+            "final_train_loss": spread([f["train_loss"] for f in finals]),
+            "final_test_acc": spread([f["test_acc"] for f in finals]),
+            "final_val_acc": spread([f["val_acc"] for f in finals]),
+            "train_loss_ratio_to_uniform": spread(loss_ratio),
+            "cost_to_uniform_acc": spread([p["cost"] for p in reached if p]) if done else None,
+            "seconds_to_uniform_acc": spread([p["seconds"] for p in reached if p]) if done else None,
+            "cost_to_uniform_acc_ratio": spread(cost_ratio) if done else None,
+            "reached_uniform_acc": sum(p is not None for p in reached),
+            "total_cost": spread([f["cost"] for f in finals]),
+            "train_seconds": spread([f["seconds"] for f in finals]),
+            "curves": {str(s): r.curve for s, r in zip(seeds, results, strict=True)},
+        }
+    return out
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Training loss and test accuracy against time and against cost; mean line and min-max band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for method, result in summary.items():
+        curves = list(result["curves"].values())
+        for col, xkey in enumerate(("seconds", "cost")):
+            grid = np.linspace(0, min(c[-1][xkey] for c in curves), 60)
+            for row, ykey in enumerate(("train_loss", "test_acc")):
+                ys = np.stack([np.interp(grid, [p[xkey] for p in c], [p[ykey] for p in c]) for c in curves])
+                ax = axes[row][col]
+                (line,) = ax.plot(grid, ys.mean(0), label=method)
+                ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+                ax.set_xlabel("training seconds" if xkey == "seconds" else "cost (forward = 1, backward = 2)")
+                ax.set_ylabel("training loss" if ykey == "train_loss" else "test accuracy")
+                if ykey == "train_loss":
+                    ax.set_yscale("log")
+                else:
+                    ax.set_ylim(0.5, 1.0)
+    axes[0][0].legend()
+    fig.suptitle("MNIST-1D, equal training budgets (mean over seeds, min-max band)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench_out/time_to_quality.json"))
+    parser.add_argument("--budget-s", type=float, default=25.0, help="training seconds per run")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD peak learning rate (chosen on validation)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--presample", type=int, default=3)
+    parser.add_argument("--evals", type=int, default=20, help="evaluation points per run")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    if "uniform" not in args.methods:
+        args.methods = ["uniform", *args.methods]
+    quiet()
+    data = splits(args.data_dir)
+    max_epochs = calibrate(args, data)
+    print(f"max_epochs = {max_epochs} (uniform epochs in {args.budget_s:g} s)")
+    seeds = list(range(args.seeds))
+    runs: dict[str, list[Any]] = {m: [] for m in args.methods}
+    for seed in seeds:  # seeds outermost: a slow patch of the machine hits every method alike
+        for method in args.methods:
+            result = run(method, seed, args, data, max_epochs)
+            runs[method].append(result)
+            end = result.curve[-1]
+            print(
+                f"seed {seed} {method:<16s} {end['seconds']:5.1f} s  cost {end['cost'] / 1e6:6.2f}M  "
+                f"train loss {end['train_loss']:.4f}  test acc {end['test_acc']:.4f}  val acc {end['val_acc']:.4f}",
+                flush=True,
+            )
+    summary = summarize(runs, seeds)
+    print(f"{'method':<16s} {'train loss':>16s} {'test acc':>16s} {'loss/uniform':>13s} {'cost to unif. acc':>18s}")
+    for method, r in summary.items():
+        cost = r["cost_to_uniform_acc_ratio"]
+        print(
+            f"{method:<16s} {r['final_train_loss']['mean']:8.4f} ± {r['final_train_loss']['std']:.4f} "
+            f"{r['final_test_acc']['mean']:8.4f} ± {r['final_test_acc']['std']:.4f} "
+            f"{r['train_loss_ratio_to_uniform']['mean']:12.3f}  "
+            + (f"{cost['mean']:8.3f}" if cost else f"not reached ({r['reached_uniform_acc']}/{len(seeds)})")
+        )
+    payload = {
+        "methods": summary,
+        "settings": {**vars(args), "out": str(args.out), "max_epochs": max_epochs},
+        "protocol": " ".join(__doc__.split("\n\n")[1:5]).replace("\n", " "),
+    }
+    save_json(args.out, payload)
+    plot(summary, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
