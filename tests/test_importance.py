@@ -575,14 +575,17 @@ def test_batchnorm_and_dropout_get_a_one_time_note_and_presamples_do_not_touch_r
     assert int(model.net[1].num_batches_tracked) == 40
 
 
-def test_metrics_are_logged_every_step(tmp_path):
+def test_metrics_are_logged_as_means_since_the_last_log(tmp_path):
     cb = lp.ImportanceSamplingCallback(tau_th=ALWAYS)
-    trainer, _, _ = _fit(tmp_path, cb, max_epochs=1)
+    trainer, rows, _ = _fit(tmp_path, cb, max_epochs=1, log_every_n_steps=50)  # one log: the epoch's last step
     keys = ("per/tau", "per/is_active", "per/max_p", "per/unique_fraction", "per/loss_unweighted")
     for key in keys:
         assert key in trainer.callback_metrics and key in trainer.logged_metrics, key
     metrics = trainer.callback_metrics
-    assert float(metrics["per/tau"]) == pytest.approx(cb.tau) and metrics["per/is_active"] == 1.0
+    assert float(metrics["per/tau"]) == pytest.approx(cb.tau)
+    # the first step is uniform (tau starts at 0), every later one an importance step
+    assert float(metrics["per/is_active"]) == pytest.approx(sum(r["importance"] for r in rows) / len(rows))
+    assert 0 < float(metrics["per/is_active"]) < 1
     assert 1 / 24 <= float(metrics["per/max_p"]) <= 1
     assert 1 / 8 <= float(metrics["per/unique_fraction"]) <= 1
     assert math.isfinite(float(metrics["per/loss_unweighted"]))

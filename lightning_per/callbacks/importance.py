@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -78,11 +79,13 @@ class ImportanceSamplingCallback(Callback):
     Non-finite scores are never selected; a presample without any finite positive score trains on the
     incoming batch as a uniform step (warned once if no score was finite).
 
-    Logged every step: ``per/tau`` (also in the progress bar), ``per/is_active`` (1 on an importance step),
-    ``per/max_p`` (the largest selection probability), ``per/unique_fraction`` (distinct points among the ``b``
-    trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample losses, when
-    ``training_step`` returns them under ``loss_key``). ``tau``, the phase and the counters that seed the
-    draws are saved in checkpoints, so a resumed run continues where it stopped.
+    Logged on the steps where Lightning writes logs (every ``log_every_n_steps``) and at every epoch's last step,
+    as means over the steps since the last log (``self.log`` costs about a millisecond per call on a CPU, too
+    much for every step): ``per/tau`` (its current value, also in the progress bar), ``per/is_active`` (the
+    fraction of importance steps), ``per/max_p`` (the largest selection probability), ``per/unique_fraction``
+    (distinct points among the ``b`` trained), ``per/loss_unweighted`` (the plain mean of the trained points'
+    per-sample losses, when ``training_step`` returns them under ``loss_key``). ``tau``, the phase and the
+    counters that seed the draws are saved in checkpoints, so a resumed run continues where it stopped.
 
     Data: train with a :class:`~lightning_per.PrioritizedDataModule` (or a subclass) with ``strategy="uniform"``.
     :class:`~lightning_per.LossTracker` may be added too: it then records the scores of the trained points (with
@@ -191,6 +194,7 @@ class ImportanceSamplingCallback(Callback):
         self._step_stats: tuple[float, float] | None = None
         self._extras: Iterator[PrioritizedBatch] | None = None
         self._warned_nonfinite = False
+        self._since_log: dict[str, Any] = _empty_log()
         self._noted_eval = False
 
     # ------------------------------------------------------------------------------------------- properties
@@ -281,16 +285,30 @@ class ImportanceSamplingCallback(Callback):
         self._steps += 1
         self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
         max_p, unique_fraction = self._step_stats or (1.0 / max(b, 1), 1.0)
-        metrics = {
-            "per/is_active": float(self._step_was_importance),
-            "per/max_p": max_p,
-            "per/unique_fraction": unique_fraction,
-        }
+        acc = self._since_log
+        acc["steps"] += 1
+        acc["per/is_active"] += float(self._step_was_importance)
+        acc["per/max_p"] += max_p
+        acc["per/unique_fraction"] += unique_fraction
         losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
         if isinstance(losses, Tensor) and losses.ndim >= 1 and losses.numel():
-            metrics["per/loss_unweighted"] = float(losses.detach().float().mean())
+            acc["loss_steps"] += 1
+            acc["per/loss_unweighted"] = acc["per/loss_unweighted"] + losses.detach().float().mean()  # no host sync
+        if _logs_now(trainer, batch_idx):
+            self._log(pl_module, b)
+
+    def _log(self, pl_module: LightningModule, b: int) -> None:
+        """Log ``tau`` and the means since the last logging step (``self.log`` is too slow to call every step)."""
+        acc = self._since_log
+        steps = max(1.0, acc.pop("steps"))
+        loss_steps = acc.pop("loss_steps")
+        loss = acc.pop("per/loss_unweighted")
+        metrics = {k: v / steps for k, v in acc.items()}
+        if loss_steps:
+            metrics["per/loss_unweighted"] = float(loss) / loss_steps
         pl_module.log("per/tau", self._tau, on_step=True, on_epoch=False, prog_bar=True, batch_size=b)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=b)
+        self._since_log = _empty_log()
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -371,10 +389,14 @@ class ImportanceSamplingCallback(Callback):
 
     # --------------------------------------------------------------------------------------------- scoring
     def _tau_of(self, scores: Tensor) -> float:
-        finite = scores[torch.isfinite(scores)].double()
-        if finite.numel() == 0 or float(finite.sum()) <= 0:
+        # n * sum(g^2) = n * sum(s^2) / sum(s)^2 over the finite scores; one host transfer per step
+        finite = torch.isfinite(scores)
+        s = torch.where(finite, scores, 0.0).double()
+        n, total, squares = torch.stack([finite.sum().double(), s.sum(), torch.dot(s, s)]).tolist()
+        if n == 0 or total <= 0:
             return 1.0  # no information: the uniform value
-        return float(PF.tau(finite, rooted=self.tau_form == "rooted"))
+        unrooted = n * squares / (total * total)
+        return math.sqrt(unrooted) if self.tau_form == "rooted" else unrooted
 
     def _scores_from(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
         """One score per sample of ``batch`` from what ``training_step`` returned for it (float32, detached)."""
@@ -569,6 +591,23 @@ class _ExtraBatches:
             draws = torch.randint(len(self.shard), (self.size,), generator=generator)
             yield [self.shard[j] for j in draws.tolist()]
             k += 1
+
+
+def _empty_log() -> dict[str, Any]:
+    return {
+        "steps": 0.0,
+        "loss_steps": 0.0,
+        "per/is_active": 0.0,
+        "per/max_p": 0.0,
+        "per/unique_fraction": 0.0,
+        "per/loss_unweighted": 0.0,
+    }
+
+
+def _logs_now(trainer: Trainer, batch_idx: int) -> bool:
+    """Whether Lightning writes logs after this step (``log_every_n_steps``), or it is the epoch's last step."""
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True)) or batch_idx + 1 >= trainer.num_training_batches
 
 
 def _derive_seed(*keys: int) -> int:
