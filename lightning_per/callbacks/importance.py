@@ -611,8 +611,14 @@ def _logs_now(trainer: Trainer, batch_idx: int) -> bool:
 
 
 def _derive_seed(*keys: int) -> int:
-    """A 63-bit seed that depends on every key (NumPy's SeedSequence hashing)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    """A 63-bit seed that depends on every key (SplitMix64 finalizer over the keys; cheap enough for every step)."""
+    mask = (1 << 64) - 1
+    state = 0x9E3779B97F4A7C15
+    for key in keys:
+        state = (state ^ (key & mask)) * 0xBF58476D1CE4E5B9 & mask
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & mask
+        state ^= state >> 29
+    return state >> 1
 
 
 _NOISY_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
