@@ -1,0 +1,61 @@
+"""Train through a task sequence with one ``trainer.fit`` per task, keeping model and buffer alive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+
+from lightning_per.replay.data import ContinualDataModule
+
+__all__ = ["fit_tasks"]
+
+
+def fit_tasks(
+    model: pl.LightningModule,
+    datamodule: ContinualDataModule,
+    trainer_fn: Callable[[int], pl.Trainer],
+    start_task: int = 0,
+) -> list[pl.Trainer]:
+    """Fit ``model`` on tasks ``start_task, ..., num_tasks - 1``, each with a fresh Trainer from ``trainer_fn(task)``.
+
+    The model (and its replay buffer) carries over from task to task; each Trainer logs, checkpoints and
+    shows progress for its own task (give each its own ``default_root_dir`` or logger version, and reuse
+    callback instances such as :class:`~lightning_per.replay.TaskAccuracyMatrix` across Trainers).
+    Each Trainer's checkpoint holds the model, its buffer(s) and the callbacks' state (the accuracy matrix is
+    filled before the end-of-task checkpoint is written). To resume after task ``t``::
+
+        state = torch.load(path, weights_only=True)
+        model = ExperienceReplay.load_from_checkpoint(path, weights_only=True)  # weights, buffer, tasks seen
+        matrix.load_state_dict(state["callbacks"][matrix.state_key])
+        fit_tasks(model, datamodule, trainer_fn, start_task=t + 1)
+
+    Args:
+        model: a continual module.
+        datamodule: the sequence; its ``mode`` must be ``"task"``.
+        trainer_fn: builds the Trainer of a task.
+        start_task: first task to train.
+
+    Returns:
+        The Trainers, one per task trained.
+
+    Raises:
+        ValueError: the datamodule is not in ``mode="task"`` or ``start_task`` is out of range.
+
+    Example::
+
+        fit_tasks(model, SplitDigits(mode="task"), lambda t: Trainer(max_epochs=1, default_root_dir=f"runs/task{t}"))
+    """
+    if datamodule.mode != "task":
+        raise ValueError(f"`fit_tasks` needs a datamodule with `mode='task'`, got mode={datamodule.mode!r}.")
+    datamodule.setup("fit")
+    num_tasks = int(datamodule.num_tasks or 0)
+    if not 0 <= start_task < num_tasks:
+        raise ValueError(f"`start_task` must be in [0, {num_tasks}), got {start_task}.")
+    trainers = []
+    for task in range(start_task, num_tasks):
+        datamodule.set_task(task)
+        trainer = trainer_fn(task)
+        trainer.fit(model, datamodule=datamodule)
+        trainers.append(trainer)
+    return trainers

@@ -1,0 +1,81 @@
+"""Run by tests/test_replay.py: 2-process continual fits (prioritized ER, then MER) that dump each rank's buffer.
+
+python tests/ddp_replay_script.py OUT_DIR
+
+Each fit is one pass over a 2-task stream of 80 samples whose first feature is a unique sample id, under
+``Trainer(accelerator="cpu", devices=2, strategy="ddp")``. Rank ``r`` writes ``OUT_DIR/rank{r}.json`` with, per
+method, its buffer's capacity, size, seen count and the ids it holds, a checksum of its weights, and the rows of
+the accuracy matrix; the ER run also saves ``OUT_DIR/er/last.ckpt`` (every rank's buffer inside).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_per.replay import MER, ContinualDataModule, ContinualModule, ExperienceReplay, TaskAccuracyMatrix
+
+PER_TASK = 40
+CAPACITY = 30
+
+
+def tasks() -> list[TensorDataset]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for t in range(2):
+        ids = torch.arange(t * PER_TASK, (t + 1) * PER_TASK, dtype=torch.float32)
+        y = torch.arange(PER_TASK) % 2 + 2 * t
+        x = torch.cat([ids.unsqueeze(1), torch.randn(PER_TASK, 3, generator=g) + y.unsqueeze(1)], dim=1)
+        out.append(TensorDataset(x, y))
+    return out
+
+
+def fit(model: ContinualModule, out: Path, name: str) -> dict:
+    dm = ContinualDataModule(tasks=tasks(), test_tasks=tasks(), classes_per_task=2, batch_size=4)
+    matrix = TaskAccuracyMatrix()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=out / name,
+        callbacks=[matrix, ModelCheckpoint(dirpath=out / name, filename="last")],
+    )
+    trainer.fit(model, datamodule=dm)
+    buffer = model.buffer  # type: ignore[attr-defined]
+    x, _, task = buffer.contents()
+    return {
+        "rank": trainer.global_rank,
+        "world": trainer.world_size,
+        "capacity": buffer.capacity,
+        "size": len(buffer),
+        "seen": buffer.seen,
+        "ids": sorted(int(i) for i in x[:, 0].tolist()),
+        "tasks": sorted(set(task.tolist())),
+        "weights": float(sum(p.detach().double().sum() for p in model.parameters())),
+        "rows": matrix.completed,
+    }
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    seed_everything(0, verbose=False)
+    er = ExperienceReplay(capacity=CAPACITY, replay_batch_size=4, prioritized=True, input_dim=4, num_tasks=2)
+    results = {"er": fit(er, out, "er")}
+    mer = MER(memories=CAPACITY, replay_batch_size=4, batches_per_example=2, beta=0.5, input_dim=4, num_tasks=2)
+    results["mer"] = fit(mer, out, "mer")
+    (out / f"rank{results['er']['rank']}.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,591 @@
+"""Tests of lightning_per.replay: buffers, sum tree, ER, MER, Task-IL / Class-IL, resume, CLI and DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from scipy.stats import chisquare
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_per.cli import main
+from lightning_per.replay import (
+    MER,
+    ContinualDataModule,
+    ContinualModule,
+    ExperienceReplay,
+    PrioritizedReplayBuffer,
+    ReservoirBuffer,
+    SplitDigits,
+    SumTree,
+    TaskAccuracyMatrix,
+    TaskStreamSampler,
+    average_accuracy,
+    backward_transfer,
+    fit_tasks,
+    pool_buffer_states,
+    reservoir_slots,
+    task_class_mask,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _trainer(tmp_path: Path, **kwargs: object) -> Trainer:
+    defaults: dict[str, object] = {
+        "max_epochs": 1,
+        "enable_progress_bar": False,
+        "logger": False,
+        "default_root_dir": tmp_path,
+        "enable_model_summary": False,
+        "accelerator": "cpu",
+        "devices": 1,
+    }
+    defaults.update(kwargs)
+    return Trainer(**defaults)  # type: ignore[arg-type]
+
+
+def _toy_tasks(num_tasks: int = 3, per_task: int = 12, dim: int = 4, classes: int = 2) -> list[TensorDataset]:
+    g = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(num_tasks):
+        y = torch.arange(per_task) % classes + t * classes
+        x = torch.randn(per_task, dim, generator=g) + y.unsqueeze(1).float()
+        tasks.append(TensorDataset(x, y))
+    return tasks
+
+
+def _batch(n: int, task: int, dim: int = 4, label: int | None = None) -> tuple[torch.Tensor, ...]:
+    y = torch.full((n,), task * 2 if label is None else label, dtype=torch.int64)
+    return torch.randn(n, dim), y, torch.full((n,), task, dtype=torch.int64)
+
+
+# ------------------------------------------------------------------------------------------ reservoir
+def test_reservoir_acceptance_is_exactly_k_over_j() -> None:
+    # item j = 20 with k = 10 must be kept with probability 10/20 = 0.5, not 10/21 = 0.476 (the off-by-one).
+    g = torch.Generator().manual_seed(0)
+    trials = 40_000
+    kept = sum(int(reservoir_slots(seen=19, capacity=10, n=1, generator=g)[0] >= 0) for _ in range(trials))
+    rate = kept / trials
+    se = math.sqrt(0.25 / trials)  # 0.0025
+    assert abs(rate - 0.5) < 4 * se  # 0.476 is 9.5 standard errors away
+    assert reservoir_slots(seen=0, capacity=10, n=10).tolist() == list(range(10))  # the first k always kept
+
+
+def test_reservoir_inclusion_probability_is_uniform() -> None:
+    n_items, capacity, runs = 60, 12, 1500
+    counts = torch.zeros(n_items)
+    for run in range(runs):
+        buf = ReservoirBuffer(capacity, seed=run)
+        for start in range(0, n_items, 7):  # batched inserts, uneven last batch
+            ids = torch.arange(start, min(start + 7, n_items))
+            buf.add(ids.float().unsqueeze(1), ids, torch.zeros_like(ids))
+        counts[buf.contents()[1]] += 1
+        assert len(buf) == capacity and buf.seen == n_items
+    expected = runs * capacity / n_items  # 300 per item
+    _, p = chisquare(counts.numpy(), [expected] * n_items)
+    assert p > 1e-3, f"inclusion counts not uniform (p={p:.2e})"
+    assert (counts.sum() / runs) == capacity
+
+
+def test_reservoir_batched_insert_keeps_last_write() -> None:
+    buf = ReservoirBuffer(capacity=3, seed=0)
+    buf.add(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    for _ in range(20):
+        buf.add(torch.randn(50, 1), torch.zeros(50, dtype=torch.long), torch.zeros(50, dtype=torch.long))
+    assert len(buf) == 3 and buf.seen == 1003
+    assert buf._x is not None and buf._x.shape == (3, 1)  # memory bounded by the capacity
+
+
+def test_buffer_holds_copies_not_references() -> None:
+    buf = ReservoirBuffer(capacity=4)
+    x = torch.ones(2, 3)
+    buf.add(x, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    x.fill_(5.0)
+    assert torch.equal(buf.contents()[0], torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("capacity", [0, -3])
+def test_capacity_must_be_positive(capacity: int) -> None:
+    with pytest.raises(ValueError, match=rf"`capacity` must be a positive integer, got {capacity}"):
+        ReservoirBuffer(capacity)
+    with pytest.raises(ValueError, match=rf"`capacity` \(buffer capacity\) must be a positive integer, got {capacity}"):
+        ExperienceReplay(capacity=capacity)
+    with pytest.raises(ValueError, match=rf"`memories` \(buffer capacity\) must be a positive integer, got {capacity}"):
+        MER(memories=capacity)
+
+
+def test_replay_batch_larger_than_buffer_draws_what_there_is() -> None:
+    buf = ReservoirBuffer(capacity=10, seed=0)
+    assert buf.sample(5).x.numel() == 0  # empty: nothing, no error
+    buf.add(*_batch(3, 0))
+    sample = buf.sample(8)
+    assert sample.x.shape == (3, 4) and sorted(sample.slots.tolist()) == [0, 1, 2]
+    per = PrioritizedReplayBuffer(capacity=10)
+    per.add(*_batch(3, 0))
+    assert per.sample(8).slots.shape == (8,)  # with replacement
+    with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than `capacity=4`"):
+        model = ExperienceReplay(capacity=4, replay_batch_size=10, input_dim=4, num_tasks=2)
+    model.buffer.add(*_batch(6, 0))
+    assert model.buffer.sample(model.replay_batch_size).x.shape == (4, 4)  # what there is
+    with pytest.warns(UserWarning, match=r"`replay_batch_size - 1` = 9 replays per draw is more than `memories=3`"):
+        MER(memories=3, replay_batch_size=10)
+
+
+def test_shape_change_between_tasks_is_rejected() -> None:
+    buf = ReservoirBuffer(capacity=5)
+    buf.add(*_batch(2, 0, dim=4))
+    with pytest.raises(ValueError, match=r"task\(s\) \[1\] have shape \(5,\).*shape \(4,\)"):
+        buf.add(*_batch(2, 1, dim=5))
+    tasks = [TensorDataset(torch.randn(4, 3), torch.zeros(4, dtype=torch.long)) for _ in range(2)]
+    tasks[1] = TensorDataset(torch.randn(4, 5), torch.full((4,), 2))
+    dm = ContinualDataModule(tasks=tasks, classes_per_task=2)
+    with pytest.raises(ValueError, match=r"task 1 have shape \(5,\), but task 0's have shape \(3,\)"):
+        dm.setup("fit")
+
+
+def test_buffer_state_dict_round_trip_with_weights_only(tmp_path: Path) -> None:
+    buf = PrioritizedReplayBuffer(capacity=6, alpha=0.7, seed=3)
+    buf.add(*_batch(9, 0))
+    buf.update_priorities(torch.tensor([0, 2]), torch.tensor([3.0, 0.5]))
+    torch.save(buf.state_dict(), tmp_path / "buf.pt")
+    state = torch.load(tmp_path / "buf.pt", weights_only=True)
+    other = PrioritizedReplayBuffer(capacity=6, alpha=0.7)
+    other.load_state_dict(state)
+    for a, b in zip(buf.contents(), other.contents(), strict=True):
+        assert torch.equal(a, b)
+    assert other.seen == 9 and other.max_priority == buf.max_priority
+    assert torch.equal(other.probabilities(), buf.probabilities())
+    assert torch.equal(other.sample(4).slots, buf.sample(4).slots)  # generator state restored
+    uniform = ReservoirBuffer(capacity=6)
+    uniform.add(*_batch(4, 0))
+    other.load_state_dict(uniform.state_dict())  # a uniform buffer's state: every item at the max priority
+    assert torch.allclose(other.probabilities(), torch.full((4,), 0.25, dtype=torch.float64))
+
+
+def test_pooling_buffers_reshards_them_for_another_world_size() -> None:
+    ranks = [PrioritizedReplayBuffer(capacity=5, alpha=1.0, seed=r) for r in range(2)]
+    for r, buf in enumerate(ranks):
+        ids = torch.arange(r * 100, r * 100 + 8)
+        buf.add(ids.float().unsqueeze(1), ids % 2, torch.zeros(8, dtype=torch.long))
+        buf.update_priorities(torch.arange(5), buf.contents()[0][:, 0])  # priority = id + eps
+    states = [b.state_dict() for b in ranks]
+    one = PrioritizedReplayBuffer(capacity=10, alpha=1.0)
+    one.load_state_dict(pool_buffer_states(states, part=0, parts=1, capacity=10))
+    ids = one.contents()[0][:, 0]
+    assert len(one) == 10 and one.seen == 16
+    assert sorted(ids.tolist()) == sorted(torch.cat([b.contents()[0][:, 0] for b in ranks]).tolist())
+    assert torch.allclose(one._tree.values()[:10], ids.double() + 1e-3)  # priorities follow their items
+    shares = [pool_buffer_states(states, part=r, parts=4, capacity=2, seed=r) for r in range(4)]
+    assert [s["size"] for s in shares] == [2, 2, 2, 2] and all(s["seen"] == 4 for s in shares)
+    held = torch.cat([s["x"][:, 0] for s in shares])
+    assert held.unique().numel() == 8  # disjoint shares
+    with pytest.raises(ValueError, match=r"`part` must be in \[0, 4\), got 4"):
+        pool_buffer_states(states, part=4, parts=4, capacity=2)
+
+
+# ------------------------------------------------------------------------------------------ sum tree
+def test_sum_tree_draws_match_probabilities() -> None:
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(13, generator=g, dtype=torch.float64) + 0.05
+    values[4] = 0.0  # never drawn
+    tree = SumTree(13)
+    tree.update(torch.arange(13), values)
+    draws = 200_000
+    idx = tree.find(torch.rand(draws, generator=g, dtype=torch.float64) * tree.total)
+    counts = torch.bincount(idx, minlength=13).double()
+    assert counts[4] == 0
+    nz = values > 0
+    expected = values[nz] / values.sum() * draws
+    _, p = chisquare(counts[nz].numpy(), expected.numpy())
+    assert p > 1e-3, f"sum-tree draws do not follow p (p={p:.2e})"
+
+
+def test_sum_tree_updates_are_exact() -> None:
+    g = torch.Generator().manual_seed(1)
+    tree = SumTree(37)
+    leaves = torch.zeros(37, dtype=torch.float64)
+    for _ in range(200):
+        idx = torch.randperm(37, generator=g)[:5]
+        val = torch.rand(5, generator=g, dtype=torch.float64) * 10
+        tree.update(idx, val)
+        leaves[idx] = val
+    assert torch.equal(tree.values(), leaves)
+    s = tree._sum
+    internal = torch.arange(1, tree._size)
+    assert torch.equal(s[internal], s[2 * internal] + s[2 * internal + 1])  # recomputed, no drift
+    assert tree.total == pytest.approx(math.fsum(leaves.tolist()), rel=1e-14)
+    assert tree.min == float(leaves.min())
+    assert tree.find(torch.tensor([tree.total], dtype=torch.float64)).item() < 37  # rounding edge stays in range
+
+
+def test_prioritized_buffer_alpha_once_and_weights() -> None:
+    buf = PrioritizedReplayBuffer(capacity=4, alpha=0.5, beta=1.0, eps=1e-3, seed=0)
+    buf.add(*_batch(4, 0))
+    assert torch.allclose(buf.probabilities(), torch.full((4,), 0.25, dtype=torch.float64))  # new = max priority
+    buf.update_priorities(torch.tensor([0, 1, 2, 3]), torch.tensor([3.0, 1.0, 0.0, 8.0]))
+    raw = torch.tensor([3.0, 1.0, 0.0, 8.0], dtype=torch.float64) + 1e-3
+    expected_p = raw.pow(0.5) / raw.pow(0.5).sum()  # alpha applied exactly once
+    assert torch.allclose(buf.probabilities(), expected_p, rtol=1e-12)
+    assert buf.max_priority == pytest.approx(8.001)
+    sample = buf.sample(64)
+    p = expected_p[sample.slots]
+    w = (4 * p) ** -1.0 / (4 * expected_p.min()) ** -1.0
+    assert torch.allclose(sample.weight.double(), w, rtol=1e-6)
+    buf.add(*_batch(1, 0))  # a newly written item gets the max priority
+    assert buf.probabilities().max() == pytest.approx(float(raw.max().pow(0.5) / buf._tree.total), rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ Task-IL / Class-IL
+def test_task_il_masks_other_tasks_outputs() -> None:
+    mask = task_class_mask(torch.tensor([0, 2]), 2, 6)
+    assert mask.tolist() == [[True, True, False, False, False, False], [False, False, False, False, True, True]]
+    model = ContinualModule(input_dim=4, num_tasks=3, classes_per_task=2, scenario="task")
+    logits = model.masked_logits(torch.randn(2, 4), torch.tensor([1, 2]))
+    assert torch.isinf(logits[0, [0, 1, 4, 5]]).all() and torch.isfinite(logits[0, 2:4]).all()
+    assert torch.isfinite(logits[1, 4:]).all()
+    assert model.predict_batch(torch.randn(5, 4), torch.full((5,), 2)).ge(4).all()
+
+
+def test_task_il_offsets_for_shared_classes_and_class_il_head() -> None:
+    task_il = ContinualModule(input_dim=4, num_tasks=3, classes_per_task=10, shared_classes=True, scenario="task")
+    assert task_il.num_outputs == 30
+    assert task_il.targets(torch.tensor([3, 3]), torch.tensor([0, 2])).tolist() == [3, 23]
+    pred = task_il.predict_batch(torch.randn(4, 4), torch.full((4,), 2))
+    assert pred.ge(0).all() and pred.lt(10).all()  # mapped back to the data's labels
+    class_il = ContinualModule(input_dim=4, num_tasks=3, classes_per_task=10, shared_classes=True, scenario="class")
+    assert class_il.num_outputs == 10
+    split = ContinualModule(input_dim=4, num_tasks=3, classes_per_task=2, scenario="class")
+    split.observe_tasks(torch.tensor([0, 1]))
+    logits = split.masked_logits(torch.randn(1, 4), torch.tensor([0]))
+    assert torch.isfinite(logits[0, :4]).all() and torch.isinf(logits[0, 4:]).all()  # classes seen so far
+
+
+def test_task_id_outside_declared_tasks_is_rejected() -> None:
+    model = ContinualModule(input_dim=4, num_tasks=2, classes_per_task=2)
+    with pytest.raises(ValueError, match=r"`task` id 2 is outside the declared tasks \[0, 2\)"):
+        model.check_batch(torch.tensor([4]), torch.tensor([2]))
+    with pytest.raises(ValueError, match=r"label 3 of task 0 is outside that task's classes \[0, 2\)"):
+        model.check_batch(torch.tensor([3]), torch.tensor([0]))
+    data = TensorDataset(torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 4, 5]))
+    dm = ContinualDataModule(dataset=data, num_tasks=2, classes_per_task=2)
+    with pytest.raises(ValueError, match=r"task id 2 for sample 4 of `dataset`, outside the declared tasks \[0, 2\)"):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("name", ["beta", "gamma"])
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5])
+def test_reptile_rates_outside_unit_interval_are_rejected(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=rf"`{name}` \(Reptile rate\) must be in \(0, 1\], got {value}"):
+        MER(**{name: value})  # type: ignore[arg-type]
+
+
+def test_prioritized_settings_out_of_range_are_rejected() -> None:
+    with pytest.raises(
+        ValueError, match=r"`priority_beta` \(importance-weight exponent\) must be in \[0, 1\], got 1.5"
+    ):
+        ExperienceReplay(prioritized=True, priority_beta=1.5)
+    with pytest.raises(ValueError, match=r"`alpha` \(priority exponent\) must be >= 0, got -1"):
+        ExperienceReplay(prioritized=True, alpha=-1)
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_one_dataset_plus_task_fn_describes_a_sequence() -> None:
+    data = TensorDataset(torch.randn(12, 4), torch.arange(12) % 4)
+    dm = ContinualDataModule(dataset=data, test_dataset=data, num_tasks=2, classes_per_task=2, batch_size=3)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    tasks = torch.cat([b[2] for b in batches])
+    assert tasks.tolist() == [0] * 6 + [1] * 6  # task after task
+    for _x, y, t in batches:
+        assert (y // 2 == t).all()
+    assert len(dm.val_dataloader()) == 2
+
+
+def test_stream_sampler_shards_every_task_across_ranks_and_resumes() -> None:
+    lengths = [5, 4, 2]  # 11 items: padded to 12 with the last item, which stays in the last task
+    order = TaskStreamSampler(lengths, seed=1).stream_order().tolist()
+    assert [i for i in order if i < 5] == order[:5] and sorted(order) == list(range(11))  # task after task
+    shares = [list(TaskStreamSampler(lengths, seed=1, num_replicas=2, rank=r)) for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 6
+    assert sorted(shares[0] + shares[1]) == sorted([*order, order[-1]])
+    for share in shares:
+        task_ids = [0 if i < 5 else 1 if i < 9 else 2 for i in share]
+        assert task_ids == sorted(task_ids)  # each rank sees its share of every task, in task order
+    resumed = TaskStreamSampler(lengths, seed=1, num_replicas=2, rank=0, start=2)
+    assert len(resumed) == 6 and list(resumed) == shares[0][2:]  # skips what was trained, once
+    assert list(resumed) == shares[0]
+    with pytest.raises(ValueError, match=r"`rank` must be in \[0, 2\), got 2"):
+        TaskStreamSampler(lengths, num_replicas=2, rank=2)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_er_batches_contain_the_requested_mix() -> None:
+    model = ExperienceReplay(capacity=50, replay_batch_size=3, input_dim=4, num_tasks=2, classes_per_task=2)
+    model.buffer.add(*_batch(20, 0))
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = model.per_sample_loss
+
+    def spy(x: torch.Tensor, y: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        seen.append((x.clone(), task.clone()))
+        return original(x, y, task)
+
+    model.per_sample_loss = spy  # type: ignore[method-assign]
+    x, y, t = _batch(4, 1)
+    model.training_step((x, y, t), 0)
+    xs, ts = seen[0]
+    assert xs.shape[0] == 7 and torch.equal(xs[:4], x)  # 4 incoming + 3 replayed
+    assert ts.tolist() == [1, 1, 1, 1, 0, 0, 0]
+    assert model.buffer.seen == 24  # then the buffer is updated with the incoming batch
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_prioritized_er_sets_replayed_priorities_to_their_losses() -> None:
+    model = ExperienceReplay(
+        capacity=20, replay_batch_size=6, prioritized=True, alpha=1.0, input_dim=4, num_tasks=2, classes_per_task=2
+    )
+    model.buffer.add(*_batch(8, 0))  # not full: the incoming batch goes to new slots, not over replayed ones
+    drawn: list[torch.Tensor] = []
+    losses: list[torch.Tensor] = []
+    sample, loss_fn = model.buffer.sample, model.per_sample_loss
+
+    def spy_sample(n: int):  # type: ignore[no-untyped-def]
+        out = sample(n)
+        drawn.append(out.slots.clone())
+        return out
+
+    def spy_loss(x: torch.Tensor, y: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        out = loss_fn(x, y, task)
+        losses.append(out.detach().clone())
+        return out
+
+    model.buffer.sample = spy_sample  # type: ignore[method-assign]
+    model.per_sample_loss = spy_loss  # type: ignore[method-assign]
+    model.training_step(_batch(2, 1), 0)
+    slots, replay_losses = drawn[0], losses[0][2:]
+    tree = model.buffer._tree.values().float()
+    for slot in slots.unique().tolist():
+        last = int(torch.nonzero(slots == slot).max())  # a slot drawn twice keeps its last loss
+        assert tree[slot] == pytest.approx(float(replay_losses[last]) + 1e-3, rel=1e-5)
+    assert tree[8] == tree[9] == pytest.approx(model.buffer.max_priority)  # new items at the max priority
+
+
+# ------------------------------------------------------------------------------------------ MER
+def test_mer_reptile_interpolation_matches_hand_computation(tmp_path: Path) -> None:
+    lr, beta, gamma, s = 0.5, 0.3, 0.6, 2
+    net = nn.Linear(2, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.2, -0.1], [0.0, 0.3]]))
+        net.bias.zero_()
+    model = MER(
+        memories=5, replay_batch_size=3, batches_per_example=s, beta=beta, gamma=gamma, lr=lr,
+        backbone=net, num_tasks=1, classes_per_task=2,
+    )  # fmt: skip
+    memory_x = torch.tensor([[0.5, -1.0], [-2.0, 0.5], [1.5, 1.0]])
+    memory_y = torch.tensor([0, 1, 0])
+    model.buffer.add(memory_x, memory_y, torch.zeros(3, dtype=torch.long))
+    drawn: list[list[int]] = []
+    sample = model.buffer.sample
+
+    def spy(n: int):  # type: ignore[no-untyped-def]
+        out = sample(n)
+        drawn.append(out.slots.tolist())
+        return out
+
+    model.buffer.sample = spy  # type: ignore[method-assign]
+    x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([1])
+    loader = DataLoader(TensorDataset(x, y, torch.zeros(1, dtype=torch.long)), batch_size=1)
+    w0, b0 = net.weight.detach().clone(), net.bias.detach().clone()
+    _trainer(tmp_path, enable_checkpointing=False).fit(model, loader)
+
+    def sgd(w: torch.Tensor, b: torch.Tensor, xi: torch.Tensor, yi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        d = (w @ xi + b).softmax(0) - torch.eye(2)[yi]  # d CE / d logits = softmax - onehot
+        return w - lr * torch.outer(d, xi), b - lr * d  # dW = outer(d, x), db = d
+
+    assert [len(d) for d in drawn] == [2] * s  # k - 1 = 2 distinct replays in each of the s batches
+    w, b = w0.clone(), b0.clone()
+    for slots in drawn:
+        wa, ba = w.clone(), b.clone()
+        for i in slots:  # one SGD step per sample: the replays, then the new example
+            w, b = sgd(w, b, memory_x[i], int(memory_y[i]))
+        w, b = sgd(w, b, x[0], int(y[0]))
+        w, b = wa + beta * (w - wa), ba + beta * (b - ba)  # within-batch Reptile
+    w, b = w0 + gamma * (w - w0), b0 + gamma * (b - b0)  # across-batch Reptile
+    assert torch.allclose(net.weight, w, atol=1e-6) and torch.allclose(net.bias, b, atol=1e-6)
+    assert model.buffer.seen == 4  # reservoir update after the meta-update
+
+
+def test_mer_inner_batch_has_k_minus_one_replays() -> None:
+    model = MER(memories=20, replay_batch_size=4, batches_per_example=1, input_dim=4, num_tasks=2)
+    model.buffer.add(*_batch(10, 0))
+    bx, _by, bt = model._inner_batch(*_batch(1, 1))
+    assert bx.shape[0] == 4 and bt.tolist() == [0, 0, 0, 1]  # k - 1 replays, then the new example
+
+
+@pytest.mark.parametrize("variant", ["example", "batch"])
+def test_mer_trains_through_a_stream(tmp_path: Path, variant: str) -> None:
+    seed_everything(0)
+    dm = ContinualDataModule(tasks=_toy_tasks(), test_tasks=_toy_tasks(), classes_per_task=2, batch_size=4)
+    model = MER(memories=8, replay_batch_size=3, batches_per_example=2, beta=0.5, lr=0.05, variant=variant,
+                input_dim=4, num_tasks=3)  # fmt: skip
+    matrix = TaskAccuracyMatrix()
+    _trainer(tmp_path, callbacks=[matrix], enable_checkpointing=False).fit(model, datamodule=dm)
+    assert model.buffer.seen == 36 and len(model.buffer) == 8
+    assert matrix.completed == 3 and not torch.isnan(matrix.matrix).any()
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_acc_and_bwt() -> None:
+    r = torch.tensor([[0.9, 0.0, 0.0], [0.5, 0.8, 0.0], [0.4, 0.6, 0.7]])
+    assert average_accuracy(r) == pytest.approx((0.4 + 0.6 + 0.7) / 3)
+    assert backward_transfer(r) == pytest.approx(((0.4 - 0.9) + (0.6 - 0.8)) / 2)
+
+
+# ------------------------------------------------------------------------------------------ runs, resume, logging
+def test_stream_run_logs_and_checkpoints(tmp_path: Path) -> None:
+    dm = ContinualDataModule(tasks=_toy_tasks(), test_tasks=_toy_tasks(), classes_per_task=2, batch_size=4)
+    model = ExperienceReplay(capacity=10, replay_batch_size=4, input_dim=4, num_tasks=3, scenario="task")
+    logger = CSVLogger(tmp_path, name="cl")
+    matrix = TaskAccuracyMatrix()
+    trainer = _trainer(tmp_path, logger=logger, callbacks=[matrix], log_every_n_steps=1)
+    trainer.fit(model, datamodule=dm)
+    text = Path(logger.log_dir, "metrics.csv").read_text()
+    for key in ("cl/acc", "cl/bwt", "train/loss", "val/acc_task2"):
+        assert key in text
+    (ckpt,) = Path(tmp_path).rglob("*.ckpt")
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["callbacks"][matrix.state_key]["next_task"] == 3  # every row, written before the checkpoint
+
+
+def test_accuracy_matrix_without_evaluation_sets_stays_empty(tmp_path: Path) -> None:
+    dm = ContinualDataModule(tasks=_toy_tasks(), classes_per_task=2, batch_size=4)  # no `test_tasks`
+    model = ExperienceReplay(capacity=10, replay_batch_size=4, input_dim=4, num_tasks=3)
+    matrix = TaskAccuracyMatrix()
+    _trainer(tmp_path, callbacks=[matrix], enable_checkpointing=False).fit(model, datamodule=dm)
+    assert matrix.completed == 0 and model.buffer.seen == 36
+
+
+def test_resume_per_task_run_restores_buffer(tmp_path: Path) -> None:
+    def sequence() -> ContinualDataModule:
+        return ContinualDataModule(
+            tasks=_toy_tasks(), test_tasks=_toy_tasks(), classes_per_task=2, batch_size=4, mode="task"
+        )
+
+    seed_everything(0)
+    model = ExperienceReplay(capacity=6, replay_batch_size=2, prioritized=True, input_dim=4, num_tasks=3)
+    matrix = TaskAccuracyMatrix()
+    dm = sequence()
+    trainer = _trainer(tmp_path / "t0", callbacks=[matrix])
+    dm.setup("fit")
+    dm.set_task(0)
+    trainer.fit(model, datamodule=dm)
+    ckpt = Path(trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
+    saved = torch.load(ckpt, weights_only=True)  # tensors and plain values only
+    assert saved["replay_buffers"][0]["seen"] == 12
+    assert saved["callbacks"][matrix.state_key]["next_task"] == 1
+    restored = ExperienceReplay.load_from_checkpoint(ckpt, weights_only=True)
+    for a, b in zip(model.buffer.contents(), restored.buffer.contents(), strict=True):
+        assert torch.equal(a, b)
+    assert isinstance(restored.buffer, PrioritizedReplayBuffer)
+    assert torch.equal(restored.buffer.probabilities(), model.buffer.probabilities())
+    assert int(restored.seen_tasks) == 1
+    resumed_matrix = TaskAccuracyMatrix()
+    resumed_matrix.load_state_dict(saved["callbacks"][matrix.state_key])
+    trainers = fit_tasks(
+        restored, sequence(), lambda t: _trainer(tmp_path / f"t{t}", callbacks=[resumed_matrix]), start_task=1
+    )
+    assert len(trainers) == 2 and restored.buffer.seen == 36
+    assert resumed_matrix.completed == 3 and not torch.isnan(resumed_matrix.matrix).any()
+
+
+def _stream_run(root: Path, **trainer_kwargs: object) -> tuple[ExperienceReplay, TaskAccuracyMatrix, Trainer]:
+    seed_everything(0)
+    dm = ContinualDataModule(tasks=_toy_tasks(), test_tasks=_toy_tasks(), classes_per_task=2, batch_size=4)
+    model = ExperienceReplay(capacity=5, replay_batch_size=3, prioritized=True, input_dim=4, num_tasks=3)
+    matrix = TaskAccuracyMatrix()
+    checkpoint = ModelCheckpoint(dirpath=root, every_n_train_steps=4, save_top_k=-1, filename="{step}")
+    ckpt_path = trainer_kwargs.pop("ckpt_path", None)
+    trainer = _trainer(root, callbacks=[matrix, checkpoint], num_sanity_val_steps=0, **trainer_kwargs)
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)  # type: ignore[arg-type]
+    return model, matrix, trainer
+
+
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")
+def test_resume_mid_stream_continues_where_it_stopped(tmp_path: Path) -> None:
+    full, full_matrix, _ = _stream_run(tmp_path / "full")  # 3 tasks x 3 batches, one fit over the stream
+    _stream_run(tmp_path / "cut", max_steps=4)  # stopped after task 0 and one batch of task 1
+    ckpt = tmp_path / "cut" / "step=4.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["replay_buffers"][0]["seen"] == 16
+    resumed, matrix, trainer = _stream_run(tmp_path / "resumed", ckpt_path=ckpt)
+    assert trainer.global_step == 9
+    assert resumed.buffer.seen == full.buffer.seen == 36  # the last 5 batches, not the stream again
+    for a, b in zip(resumed.buffer.contents(), full.buffer.contents(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(resumed.buffer.probabilities(), full.buffer.probabilities())
+    for p, q in zip(resumed.parameters(), full.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert torch.equal(matrix.matrix, full_matrix.matrix) and matrix.completed == 3
+
+
+def test_cli_runs_continual_config(tmp_path: Path) -> None:
+    config = REPO / "examples" / "configs" / "continual_er.yaml"
+    args = [
+        "fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+    ]  # fmt: skip
+    cli = main(args, run=True)
+    assert isinstance(cli.model, ExperienceReplay) and isinstance(cli.datamodule, SplitDigits)
+    assert cli.model.buffer.seen == 50
+    for path in sorted((REPO / "examples" / "configs").glob("continual_*.yaml")):
+        built = main(["--config", str(path)], run=False)
+        assert isinstance(built.model, ContinualModule) and isinstance(built.datamodule, ContinualDataModule)
+
+
+# ------------------------------------------------------------------------------------------ DDP
+DDP_SCRIPT = Path(__file__).with_name("ddp_replay_script.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_share_the_memory_budget(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()))
+    run = subprocess.run(
+        [sys.executable, str(DDP_SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for name in ("er", "mer"):
+        r0, r1 = ranks[0][name], ranks[1][name]
+        assert r0["world"] == r1["world"] == 2
+        assert r0["capacity"] + r1["capacity"] == 30  # the single-process budget, split: 15 slots per rank
+        assert r0["size"] == r1["size"] == 15 and r0["seen"] == r1["seen"] == 40  # each rank saw half the stream
+        assert not set(r0["ids"]) & set(r1["ids"])  # disjoint shards
+        assert r0["tasks"] == r1["tasks"] == [0, 1]
+        assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-9)  # one model, kept in sync
+        assert r0["rows"] == r1["rows"] == 2
+    ckpt = tmp_path / "er" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert [s["size"] for s in saved["replay_buffers"]] == [15, 15]  # every rank's buffer, not only rank 0's
+    with pytest.warns(UserWarning, match="pooled and re-sharded"):
+        one = ExperienceReplay.load_from_checkpoint(ckpt, weights_only=True)
+    assert one.buffer.capacity == 30 and one.buffer.seen == 80  # one process gets the whole budget back
+    ids = sorted(int(i) for i in one.buffer.contents()[0][:, 0].tolist())
+    assert ids == sorted(ranks[0]["er"]["ids"] + ranks[1]["er"]["ids"])
