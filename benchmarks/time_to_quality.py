@@ -8,7 +8,8 @@ Budget: every method trains for ``--budget-s`` seconds of training wall-clock (e
 until ``max_epochs`` = the number of uniform epochs that fit in the budget (measured by a short calibration run
 at the start), whichever comes first; so a method with cheaper epochs (prune) may stop early and save compute.
 The learning rate follows a cosine from ``--lr`` to 0 over the run's progress = max(time fraction, epoch
-fraction). ``--lr`` is chosen on the validation split (see ``--help``); the test split is only reported.
+fraction). ``--lr`` (0.1) was chosen on the validation split with uniform sampling (see ``--help``) and is used
+for every method; the test split is only reported.
 
 Cost is machine-independent: a forward pass counts 1 per sample and a backward 2 per sample (a training step on
 ``b`` points costs ``3b``; an importance step adds the ``B`` scoring forwards).
@@ -256,7 +257,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=25.0, help="training seconds per run")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD peak learning rate (chosen on validation)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=0.1,
+        help="SGD peak learning rate. 0.1 was chosen on the validation split: uniform, seed 0, 25 s budget, "
+        "lr 0.02 / 0.05 / 0.1 / 0.2 gave validation accuracy 93.3 / 96.5 / 96.9 / 96.2 percent",
+    )
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--presample", type=int, default=3)
     parser.add_argument("--evals", type=int, default=20, help="evaluation points per run")
