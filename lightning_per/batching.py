@@ -6,9 +6,11 @@ helpers walk that tree so that the importance-sampling callback can join a presa
 the points it chose, whatever the user's collate function returns.
 
 A list or tuple is read as *fields* (walked element by element) when any element is a tensor, array, dict, list
-or tuple, and as *per-sample values* (joined and indexed as a whole) otherwise. Any other leaf (``None``, a
-number, a string) is batch-level metadata: kept as is by :func:`select`, and required to be equal by
-:func:`concat_batches`.
+or tuple, and as *per-sample values* (joined and indexed as a whole) otherwise; a list or tuple with exactly one
+entry per sample is read as fields only when every entry is a tensor or array batched along dim 0, so a tuple of
+per-sample tensors of different shapes (images of several sizes, detection targets) stays per-sample. Any other
+leaf (``None``, a number, a string) is batch-level metadata: kept as is by :func:`select`, and required to be
+equal by :func:`concat_batches`.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def concat_batches(first: PrioritizedBatch, second: PrioritizedBatch) -> Priorit
         (torch.Size([3, 3]), ['a', 'b', 'c'], [0, 1, 5])
     """
     return PrioritizedBatch(
-        data=_concat(first.data, second.data, "batch"),
+        data=_concat(first.data, second.data, first.batch_size, second.batch_size, "batch"),
         index=torch.cat([first.index, second.index.to(first.index.device)]),
         weight=torch.cat([first.weight, second.weight.to(first.weight.device)]),
     )
@@ -72,13 +74,15 @@ def select(batch: PrioritizedBatch, index: Tensor) -> PrioritizedBatch:
     """
     positions = index.long()
     return PrioritizedBatch(
-        data=_select(batch.data, positions, positions.tolist()),
+        data=_select(batch.data, positions, positions.tolist(), batch.batch_size),
         index=batch.index[positions.to(batch.index.device)],
         weight=batch.weight[positions.to(batch.weight.device)],
     )
 
 
-def _is_fields(value: list[Any] | tuple[Any, ...]) -> bool:
+def _is_fields(value: list[Any] | tuple[Any, ...], n: int) -> bool:
+    if len(value) == n:  # as many entries as samples: fields only if every entry is batched along dim 0
+        return all(isinstance(v, (Tensor, np.ndarray)) and v.ndim >= 1 and v.shape[0] == n for v in value)
     return any(isinstance(v, (Tensor, np.ndarray, Mapping, list, tuple)) for v in value)
 
 
@@ -88,7 +92,7 @@ def _rebuild(template: list[Any] | tuple[Any, ...], items: list[Any]) -> Any:
     return type(template)(items)
 
 
-def _concat(a: Any, b: Any, path: str) -> Any:
+def _concat(a: Any, b: Any, na: int, nb: int, path: str) -> Any:
     if isinstance(a, Tensor) and isinstance(b, Tensor):
         return torch.cat([a, b.to(a.device)])
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
@@ -96,12 +100,13 @@ def _concat(a: Any, b: Any, path: str) -> Any:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         if set(a) != set(b):
             raise TypeError(f"Cannot join batches: {path} has keys {sorted(a)} in one and {sorted(b)} in the other.")
-        return type(a)({k: _concat(a[k], b[k], f"{path}[{k!r}]") for k in a})  # type: ignore[call-arg]
+        return type(a)({k: _concat(a[k], b[k], na, nb, f"{path}[{k!r}]") for k in a})  # type: ignore[call-arg]
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and type(a) is type(b):
-        if _is_fields(a) or _is_fields(b):
+        if _is_fields(a, na) or _is_fields(b, nb):
             if len(a) != len(b):
                 raise TypeError(f"Cannot join batches: {path} has {len(a)} fields in one and {len(b)} in the other.")
-            return _rebuild(a, [_concat(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))])
+            items = [_concat(x, y, na, nb, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True))]
+            return _rebuild(a, items)
         return _rebuild(a, [*a, *b])
     if type(a) is type(b) and a == b:
         return a
@@ -111,15 +116,15 @@ def _concat(a: Any, b: Any, path: str) -> Any:
     )
 
 
-def _select(value: Any, index: Tensor, positions: list[int]) -> Any:
+def _select(value: Any, index: Tensor, positions: list[int], n: int) -> Any:
     if isinstance(value, Tensor):
         return value[index.to(value.device)]
     if isinstance(value, np.ndarray):
         return value[np.asarray(positions, dtype=np.int64)]
     if isinstance(value, Mapping):
-        return type(value)({k: _select(v, index, positions) for k, v in value.items()})  # type: ignore[call-arg]
+        return type(value)({k: _select(v, index, positions, n) for k, v in value.items()})  # type: ignore[call-arg]
     if isinstance(value, (list, tuple)):
-        if _is_fields(value):
-            return _rebuild(value, [_select(v, index, positions) for v in value])
+        if _is_fields(value, n):
+            return _rebuild(value, [_select(v, index, positions, n) for v in value])
         return _rebuild(value, [value[i] for i in positions])
     return value

@@ -1,13 +1,17 @@
 """The batch type that carries dataset indices and importance weights next to the user's own batch.
 
-A training batch from :class:`~lightning_per.PrioritizedDataModule` is a :class:`PrioritizedBatch`. It unpacks,
-indexes and iterates like the batch the user's collate function made (``x, y = batch``, ``batch["image"]``), and
-adds ``batch.index`` (int64 dataset indices) and ``batch.weight`` (float32 importance weights).
+A training batch from :class:`~lightning_per.PrioritizedDataModule` is a :class:`PrioritizedBatch`. It unpacks and
+indexes like the batch the user's collate function made (``x, y = batch``, ``batch["image"]``, ``batch.keys()``),
+and adds ``batch.index`` (int64 dataset indices) and ``batch.weight`` (float32 importance weights).
+
+It deliberately defines no ``__iter__``: Lightning then reads it as a dataclass when it infers the batch size for
+``self.log(..., on_epoch=True)``, which is right for every kind of batch (a dict batch iterated would give its
+keys). Unpacking still works through ``__getitem__``; ``batch.data`` is the user's batch itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +43,6 @@ class PrioritizedBatch:
     index: Tensor
     weight: Tensor
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.data)
-
     def __getitem__(self, key: Any) -> Any:
         return self.data[key]
 
@@ -62,6 +63,14 @@ class PrioritizedBatch:
     def items(self) -> Any:
         """The items of a dict batch."""
         return self.data.items()
+
+    def pin_memory(self) -> PrioritizedBatch:
+        """A copy in pinned memory (``DataLoader(pin_memory=True)`` calls this)."""
+        from torch.utils.data._utils.pin_memory import pin_memory
+
+        return PrioritizedBatch(
+            data=pin_memory(self.data), index=self.index.pin_memory(), weight=self.weight.pin_memory()
+        )
 
     def to(self, device: torch.device | str | int, non_blocking: bool = False) -> PrioritizedBatch:
         """A copy on ``device`` (Lightning calls this to move the batch; the data is moved recursively)."""

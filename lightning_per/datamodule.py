@@ -147,14 +147,16 @@ class PrioritizedDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """The prioritized training loader: batches are :class:`~lightning_per.PrioritizedBatch`."""
         sampler = self.sampler
+        if self.trainer is not None:  # the world may not have been known when the sampler was first used
+            sampler.num_replicas, sampler.rank = self._world()
+            if self.trainer.max_epochs is not None:
+                sampler.max_epochs = self.trainer.max_epochs
         per_rank = len(sampler)
         if self.drop_last and per_rank < self.batch_size:
             raise ValueError(
                 f"`batch_size={self.batch_size}` with `drop_last=True` leaves no batch: each process gets "
                 f"{per_rank} samples. Lower `batch_size` or set `drop_last=False`."
             )
-        if self.trainer is not None and self.trainer.max_epochs is not None:
-            sampler.max_epochs = self.trainer.max_epochs
         return DataLoader(
             IndexedDataset(self.train_dataset),  # type: ignore[arg-type]
             batch_size=self.batch_size,

@@ -77,7 +77,7 @@ def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-
             f"`proportional` priorities need non-negative scores, got a minimum of {float(scores.min()):.4g}. "
             "Use `strategy='rank'`, which accepts any real scores, or report a non-negative score."
         )
-    priorities = scores.to(torch.float64).add_(eps)
+    priorities = scores.to(torch.float64, copy=True).add_(eps)
     if alpha == 0:
         return torch.ones_like(priorities)
     if alpha != 1:
@@ -96,8 +96,8 @@ def rank_priorities(scores: Tensor, alpha: float = 1.0) -> Tensor:
         tensor([0.3333, 1.0000, 0.5000], dtype=torch.float64)
     """
     order = torch.argsort(scores, descending=True, stable=True)
-    ranks = torch.empty(scores.numel(), dtype=torch.float64)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64)
+    ranks = torch.empty(scores.numel(), dtype=torch.float64, device=scores.device)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)
     return ranks.pow_(-alpha)
 
 

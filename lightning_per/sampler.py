@@ -75,7 +75,7 @@ class PrioritizedSampler(DistributedSampler):
         self.strategy = strategy or SamplingStrategy("uniform")
         self.max_epochs = max_epochs
         self.chunk_size = chunk_size
-        self._plan_key: tuple[int, int] | None = None
+        self._plan_key: tuple[int, int, int | None] | None = None
         self._plan: SamplingPlan | None = None
 
     @property
@@ -105,7 +105,7 @@ class PrioritizedSampler(DistributedSampler):
 
     def plan(self) -> SamplingPlan:
         """The current epoch's plan, cached until the epoch or the score table changes."""
-        key = (self.epoch, self.scores.version if self.scores is not None else 0)
+        key = (self.epoch, self.scores.version if self.scores is not None else 0, self.max_epochs)
         if self._plan is None or key != self._plan_key:
             self._plan = build_plan(
                 self.scores.scores if self.scores is not None else None,

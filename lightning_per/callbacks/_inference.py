@@ -7,38 +7,52 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 
-__all__ = ["scoring_mode", "scoring_step"]
+__all__ = ["prepare_batch", "scoring_mode", "scoring_step"]
 
 
 @contextmanager
-def scoring_mode(pl_module: LightningModule) -> Iterator[None]:
+def scoring_mode(pl_module: LightningModule, trainer: Trainer | None = None) -> Iterator[None]:
     """Within this block the module is in eval mode, gradients are off and ``self.log``/``self.log_dict`` do nothing.
 
-    The training mode the module had is restored on exit, also when the block raises.
+    The training flag of every submodule is restored on exit, also when the block raises, so a submodule the user
+    keeps in eval mode (a frozen backbone) stays in eval mode. With ``trainer``, the precision plugin's training
+    context (autocast) is entered as for a training step.
 
     Example::
 
         with scoring_mode(model):
             outputs = model.training_step(batch, 0)
     """
-    was_training = pl_module.training
+    modes = [(module, module.training) for module in pl_module.modules()]
     pl_module.eval()
     pl_module.log = _no_log  # type: ignore[method-assign]
     pl_module.log_dict = _no_log  # type: ignore[method-assign]
     try:
         with torch.no_grad():
-            yield
+            if trainer is None:
+                yield
+            else:
+                with trainer.precision_plugin.train_step_context():
+                    yield
     finally:
         del pl_module.log, pl_module.log_dict
-        pl_module.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
-def scoring_step(pl_module: LightningModule, batch: Any, batch_idx: int) -> Any:
+def scoring_step(pl_module: LightningModule, batch: Any, batch_idx: int, trainer: Trainer | None = None) -> Any:
     """One call of ``pl_module.training_step(batch, batch_idx)`` in :func:`scoring_mode`; returns its output."""
-    with scoring_mode(pl_module):
+    with scoring_mode(pl_module, trainer):
         return pl_module.training_step(batch, batch_idx)
+
+
+def prepare_batch(trainer: Trainer, pl_module: LightningModule, batch: Any) -> Any:
+    """What Lightning's training loop does to a batch from the loader: precision, hooks, device transfer."""
+    batch = trainer.precision_plugin.convert_input(batch)
+    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
 
 
 def _no_log(*args: Any, **kwargs: Any) -> None:

@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from lightning_per import functional as PF
 from lightning_per.batching import concat_batches, select
-from lightning_per.callbacks._inference import scoring_step
+from lightning_per.callbacks._inference import prepare_batch, scoring_step
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 
@@ -323,8 +323,7 @@ class ImportanceSamplingCallback(Callback):
         b = batch.batch_size
         extras = self._next_extras(trainer, pl_module, (self.presample - 1) * b)
         presample = concat_batches(PrioritizedBatch(batch.data, batch.index, batch.weight), extras)
-        with trainer.precision_plugin.train_step_context():
-            outputs = scoring_step(pl_module, presample, i)
+        outputs = scoring_step(pl_module, presample, i, trainer)
         scores = self._scores_from(outputs, presample)
         self._step_tau = self._tau_of(scores)
         generator = torch.Generator().manual_seed(_derive_seed(self.seed, trainer.global_rank, self._importance_steps))
@@ -363,9 +362,7 @@ class ImportanceSamplingCallback(Callback):
             joined = concat_batches(joined, part)
         if total > count:
             joined = select(joined, torch.arange(count))
-        joined = trainer.precision_plugin.convert_input(joined)
-        joined = pl_module._on_before_batch_transfer(joined, dataloader_idx=0)
-        return trainer.strategy.batch_to_device(joined, dataloader_idx=0)
+        return prepare_batch(trainer, pl_module, joined)
 
     def _extras_loader(self, trainer: Trainer) -> DataLoader:
         datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_per import functional as PF
-from lightning_per.callbacks._inference import scoring_mode
+from lightning_per.callbacks._inference import prepare_batch, scoring_mode
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.distributed import all_gather_variable
@@ -109,6 +109,8 @@ class LossTracker(Callback):
         self.flush_every_n_steps = flush_every_n_steps
         self._pending: list[tuple[Tensor, Tensor, Tensor | None]] = []
         self._flushed: list[tuple[Tensor, Tensor, Tensor | None]] = []
+        self._trainer: Trainer | None = None
+        self._module: LightningModule | None = None
         self._novelty_mean: Tensor | None = None
         self._labels: Tensor | None = None
         self._nonfinite_total = 0
@@ -120,6 +122,7 @@ class LossTracker(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._trainer, self._module = trainer, pl_module
         datamodule = getattr(trainer, "datamodule", None)
         if not isinstance(datamodule, PrioritizedDataModule):
             raise TypeError(
@@ -127,10 +130,14 @@ class LossTracker(Callback):
                 f"passed as `trainer.fit(model, datamodule=...)`; got {type(datamodule).__name__}. Wrap your "
                 "datasets: `PrioritizedDataModule(train_dataset, val_dataset, batch_size=...)`."
             )
-        if datamodule.strategy.name == "prune" and trainer.reload_dataloaders_every_n_epochs != 1:  # type: ignore[attr-defined]
-            # a pruned epoch is shorter: Lightning must re-read the loader's length every epoch
+        strategy = datamodule.strategy
+        varies = strategy.name == "prune" or (strategy.num_samples is not None and strategy.name != "uniform")
+        if varies and trainer.reload_dataloaders_every_n_epochs != 1:  # type: ignore[attr-defined]
+            # the epoch length changes (a pruned epoch, or `num_samples` draws after the uniform epoch 0):
+            # Lightning must re-read the loader's length every epoch
             trainer.reload_dataloaders_every_n_epochs = 1  # type: ignore[attr-defined]
-            rank_zero_info("LossTracker: `prune` changes the epoch length; set `reload_dataloaders_every_n_epochs=1`.")
+            why = "`prune`" if strategy.name == "prune" else "`num_samples`"
+            rank_zero_info(f"LossTracker: {why} changes the epoch length; set `reload_dataloaders_every_n_epochs=1`.")
         if self.refresh_every_n_epochs and not pl_module.automatic_optimization:
             raise ValueError(
                 "`refresh_every_n_epochs` calls `training_step` without optimizer steps, which needs automatic "
@@ -151,6 +158,8 @@ class LossTracker(Callback):
                 f"LossTracker got a training batch of type {type(batch).__name__} without sample indices: train "
                 "with `trainer.fit(model, datamodule=PrioritizedDataModule(...))`, not with your own dataloader."
             )
+        if outputs is None or (isinstance(outputs, Mapping) and not outputs):
+            return  # a skipped step (`training_step` returned None): nothing was trained, nothing to record
         values, targets = self._scores_from(outputs, batch)
         self._pending.append((batch.index.detach(), values.detach().float(), targets))
         if len(self._pending) >= self.flush_every_n_steps:
@@ -180,12 +189,18 @@ class LossTracker(Callback):
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
 
     # --------------------------------------------------------------------------------------------- scoring
+    @property
+    def _needs_targets(self) -> bool:
+        return self.score in ("deviation", "margin", "grad_norm") or bool(self.class_balance)
+
     def _scores_from(self, outputs: Any, batch: PrioritizedBatch) -> tuple[Tensor, Tensor | None]:
         n = batch.batch_size
         kind = self.score
-        targets = None
-        if kind in ("deviation", "margin", "grad_norm") or self.class_balance:
-            targets = self._get(outputs, self.target_key, n).reshape(-1)
+        raw = targets = None
+        if self._needs_targets:
+            raw = self._get(outputs, self.target_key, n)
+            soft = raw.is_floating_point() and raw.ndim == 2  # class probabilities (mixup, label smoothing)
+            targets = raw.argmax(-1) if soft else raw.reshape(-1)  # class labels, kept for `class_balance`
         if kind == "loss":
             return self._get(outputs, self.loss_key, n).reshape(-1), targets
         if kind == "custom":
@@ -193,13 +208,13 @@ class LossTracker(Callback):
         if kind == "novelty":
             return self._novelty(self._get(outputs, self.embedding_key, n)), targets
         logits = self._get(outputs, self.logits_key, n)
-        assert targets is not None
+        assert raw is not None and targets is not None
         fn: Callable[[Tensor, Tensor], Tensor] = {
             "deviation": PF.prediction_deviation,
             "margin": PF.margin_score,
             "grad_norm": PF.softmax_ce_grad_norm,
         }[kind]
-        return fn(logits.detach(), targets), targets
+        return fn(logits.detach(), raw if kind == "grad_norm" else targets), targets
 
     def _get(self, outputs: Any, key: str, n: int) -> Tensor:
         if not isinstance(outputs, dict) or key not in outputs:
@@ -250,9 +265,9 @@ class LossTracker(Callback):
             collate_fn=IndexedCollate(datamodule.collate_fn),
             num_workers=datamodule.num_workers,
         )
-        with scoring_mode(pl_module):
+        with scoring_mode(pl_module, trainer):
             for i, batch in enumerate(loader):
-                batch = pl_module._apply_batch_transfer_handler(batch)
+                batch = prepare_batch(trainer, pl_module, batch)
                 outputs = pl_module.training_step(batch, i)
                 values, targets = self._scores_from(outputs, batch)
                 self._pending.append((batch.index, values.float(), targets))
@@ -268,7 +283,14 @@ class LossTracker(Callback):
         self._pending.clear()
 
     def _merge(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Tensor, Tensor, Tensor | None]:
-        """This epoch's records of every rank, concatenated in rank order (the same on all ranks)."""
+        """This epoch's records of every rank, concatenated in rank order (the same on all ranks); clears them."""
+        merged = self._gather(trainer, pl_module)
+        self._flushed.clear()
+        return merged
+
+    def _gather(
+        self, trainer: Trainer | None, pl_module: LightningModule | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         if self._flushed:
             index = torch.cat([f[0] for f in self._flushed])
             values = torch.cat([f[1] for f in self._flushed])
@@ -276,10 +298,10 @@ class LossTracker(Callback):
         else:
             index = torch.empty(0, dtype=torch.int64)
             values = torch.empty(0)
-            targets = torch.empty(0, dtype=torch.int64) if (self.class_balance or self.score == "grad_norm") else None
-        self._flushed.clear()
-        world = trainer.world_size
+            targets = torch.empty(0, dtype=torch.int64) if self._needs_targets else None
+        world = trainer.world_size if trainer is not None else 1
         if world > 1:
+            assert pl_module is not None
             device = pl_module.device
             index = all_gather_variable(index.to(device), world).cpu()
             values = all_gather_variable(values.to(device), world).cpu()
@@ -298,10 +320,18 @@ class LossTracker(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        # Records not yet merged into the score table (a checkpoint saved before this epoch's end, e.g. at a
+        # mid-epoch validation or by `every_n_train_steps`) are saved too, gathered from every rank: Lightning
+        # builds the checkpoint on every rank, so the collective is safe.
+        self._flush()
+        records = self._gather(self._trainer, self._module) if self._flushed else None
         return {
             "nonfinite_total": self._nonfinite_total,
             "novelty_mean": self._novelty_mean.cpu() if self._novelty_mean is not None else None,
             "labels": self._labels,
+            "unmerged_index": records[0] if records else None,
+            "unmerged_values": records[1] if records else None,
+            "unmerged_targets": records[2] if records else None,
         }
 
     @override
@@ -309,6 +339,13 @@ class LossTracker(Callback):
         self._nonfinite_total = int(state_dict.get("nonfinite_total", 0))
         self._novelty_mean = state_dict.get("novelty_mean")
         self._labels = state_dict.get("labels")
+        self._pending.clear()
+        self._flushed.clear()
+        index = state_dict.get("unmerged_index")
+        if index is not None and index.numel():
+            # every rank restores all ranks' records; the epoch-end merge averages the resulting duplicates,
+            # which leaves each score unchanged
+            self._flushed.append((index, state_dict["unmerged_values"], state_dict.get("unmerged_targets")))
 
 
 def _quantiles(scores: Tensor, max_points: int = 1 << 20) -> dict[str, float]:

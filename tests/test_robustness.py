@@ -1,0 +1,126 @@
+"""Ordinary user set-ups that must not break: frozen submodules, dict batches with epoch logging, variable epoch
+lengths, checkpoints saved before an epoch's end, per-sample tuples, skipped steps, soft targets."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+import lightning_per as lp
+from lightning_per import functional as PF
+from lightning_per.batching import concat_batches, select
+from lightning_per.callbacks._inference import scoring_mode
+from tests.helpers import DictDataset, TinyClassifier, blobs, small_trainer
+
+
+def test_scoring_mode_restores_every_submodule_flag():
+    model = TinyClassifier()
+    model.frozen = nn.Sequential(nn.BatchNorm1d(4), nn.Dropout(0.5))
+    model.train()
+    model.frozen.eval()  # a frozen backbone the user keeps in eval mode
+    with scoring_mode(model):
+        assert not model.training and not model.net.training
+    assert model.training and model.net.training
+    assert not model.frozen.training and not any(m.training for m in model.frozen.modules())
+
+
+class EpochLogging(TinyClassifier):
+    """Logs an epoch mean in `training_step`, which makes Lightning infer the batch size."""
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        self.log("train/loss_epoch", out["per_sample_loss"].mean(), on_step=False, on_epoch=True)
+        return out
+
+
+def test_dict_batches_with_epoch_logging_infer_the_batch_size(tmp_path):
+    model = EpochLogging()
+    dm = lp.PrioritizedDataModule(DictDataset(blobs(60)), batch_size=16, strategy="proportional", seed=0)
+    trainer = small_trainer(tmp_path, callbacks=[lp.LossTracker()])
+    trainer.fit(model, datamodule=dm)  # used to fail: Lightning iterated the dict's keys for a batch size
+    assert "train/loss_epoch" in trainer.callback_metrics
+    assert lp.data.PrioritizedBatch.__dict__.get("__iter__") is None
+
+
+class StepCounter(TinyClassifier):
+    def on_train_epoch_end(self):
+        self.steps_per_epoch = [*getattr(self, "steps_per_epoch", []), self.trainer.num_training_batches]
+
+
+def test_num_samples_epochs_are_reloaded_at_their_own_length(tmp_path):
+    model = StepCounter()
+    strategy = lp.SamplingStrategy("proportional", num_samples=128)  # 128 draws from 64 samples
+    dm = lp.PrioritizedDataModule(blobs(64), batch_size=16, strategy=strategy, seed=0)
+    trainer = small_trainer(tmp_path, max_epochs=3, callbacks=[lp.LossTracker()])
+    trainer.fit(model, datamodule=dm)
+    assert model.steps_per_epoch == [4, 8, 8]  # epoch 0 is a uniform pass over the 64 samples
+
+
+def test_checkpoint_before_the_epoch_end_keeps_the_unmerged_scores(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(64), batch_size=8, strategy="proportional", seed=0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1, save_on_train_epoch_end=False)
+    trainer = small_trainer(tmp_path, max_epochs=1, callbacks=[lp.LossTracker(), ckpt], enable_checkpointing=True)
+    trainer.fit(TinyClassifier(), datamodule=dm)
+    state = torch.load(tmp_path / "epoch=0-step=3.ckpt", weights_only=True)["callbacks"]["LossTracker"]
+    assert state["unmerged_index"].numel() == 3 * 8 and state["unmerged_values"].shape == (24,)
+    tracker = lp.LossTracker()
+    tracker.load_state_dict(state)
+    index, values, _ = tracker._gather(None, None)  # restored: merged into the table at the next epoch end
+    assert torch.equal(index, state["unmerged_index"]) and torch.equal(values, state["unmerged_values"])
+
+
+def test_per_sample_tuples_of_different_shapes_are_not_read_as_fields():
+    # a detection-style collate: (tuple of images of different sizes, tuple of per-sample dicts)
+    def make(n, start):
+        images = tuple(torch.zeros(3, 4 + i, 5) for i in range(n))
+        targets = tuple({"boxes": torch.ones(i + 1, 4)} for i in range(n))
+        return lp.PrioritizedBatch((images, targets), torch.arange(start, start + n), torch.ones(n))
+
+    joined = concat_batches(make(2, 0), make(4, 10))
+    assert joined.batch_size == 6 and len(joined.data[0]) == 6 and len(joined.data[1]) == 6
+    picked = select(joined, torch.tensor([5, 0]))
+    assert [tuple(im.shape) for im in picked.data[0]] == [(3, 7, 5), (3, 4, 5)]
+    assert picked.data[1][0]["boxes"].shape == (4, 4) and picked.index.tolist() == [13, 0]
+    # the usual (x, y) fields with as many fields as samples are still fields
+    xy = lp.PrioritizedBatch((torch.arange(2), torch.arange(2) + 5), torch.arange(2), torch.ones(2))
+    assert select(xy, torch.tensor([1])).data[1].tolist() == [6]
+
+
+class SkipsSteps(TinyClassifier):
+    def training_step(self, batch, batch_idx):
+        return None if batch_idx % 2 else super().training_step(batch, batch_idx)
+
+
+def test_loss_tracker_ignores_skipped_steps(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(64), batch_size=8, strategy="proportional", seed=0)
+    small_trainer(tmp_path, max_epochs=1, callbacks=[lp.LossTracker()]).fit(SkipsSteps(), datamodule=dm)
+    assert dm.scores.seen == 32  # only the trained half of the batches was recorded
+
+
+class SoftTargets(TinyClassifier):
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        out["target"] = F.one_hot(out["target"], 3).float() * 0.9 + 0.1 / 3  # label-smoothed probabilities
+        return out
+
+
+def test_grad_norm_score_accepts_class_probabilities(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(48), batch_size=8, strategy="proportional", seed=0)
+    tracker = lp.LossTracker(score="grad_norm", class_balance=0.5)
+    small_trainer(tmp_path, max_epochs=1, callbacks=[tracker]).fit(SoftTargets(), datamodule=dm)
+    assert dm.scores.seen == 48 and bool(torch.isfinite(dm.scores.scores).all())
+
+
+def test_plan_follows_max_epochs_and_priorities_leave_their_input_alone():
+    table = lp.ScoreTable(10)
+    table.update(torch.arange(10), torch.rand(10, generator=torch.Generator().manual_seed(0)))
+    strategy = lp.SamplingStrategy("proportional", final_uniform_epochs=1)
+    sampler = lp.PrioritizedSampler(range(10), table, strategy, seed=0, max_epochs=None)
+    sampler.set_epoch(1)
+    assert sampler.plan().cdf is not None
+    sampler.max_epochs = 2  # epoch 1 is now the final uniform epoch
+    assert sampler.plan().cdf is None
+    scores = torch.tensor(np.array([1.0, 2.0]))  # float64 input
+    PF.proportional_priorities(scores, alpha=2.0, eps=1.0)
+    assert scores.tolist() == [1.0, 2.0]
