@@ -123,7 +123,7 @@ class BudgetRun(Callback):
         point = {"seconds": self.train_seconds, "cost": self.cost}
         for name, dataset in self.data.items():
             x, y = dataset.tensors
-            logits = torch.cat([pl_module(chunk) for chunk in x.split(2000)])
+            logits = torch.cat([pl_module(chunk.to(pl_module.device)).cpu() for chunk in x.split(2000)])
             if name == "train":
                 point["train_loss"] = float(F.cross_entropy(logits, y))
             point[f"{name}_acc"] = float((logits.argmax(1) == y).float().mean())
@@ -161,7 +161,7 @@ def run(method: str, seed: int, args: argparse.Namespace, data: dict[str, Tensor
     elif method == "importance_loss":
         callbacks.append(ImportanceSamplingCallback(presample=args.presample, score="loss", seed=seed))
     trainer = Trainer(
-        accelerator="cpu",
+        accelerator=args.accelerator,
         devices=1,
         max_epochs=max_epochs,
         limit_val_batches=0,
@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--presample", type=int, default=3)
+    parser.add_argument("--accelerator", default="cpu", help="cpu, gpu, ... (one device)")
     parser.add_argument("--evals", type=int, default=20, help="evaluation points per run")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
