@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from typing import Any
 import lightning
 import torch
 
-__all__ = ["environment", "median", "quiet", "save_json", "spread"]
+__all__ = ["bench_trainer", "environment", "median", "parser", "quiet", "save_figure", "save_json", "spread"]
 
 
 def environment() -> dict[str, Any]:
@@ -68,3 +69,36 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*number of training batches.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose help is the script's docstring (its protocol)."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out, save as PNG and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def bench_trainer(accelerator: str, callbacks: list[Any], **limits: Any) -> Any:
+    """A single-device Trainer with no validation, logger, checkpoints, progress bar or summary."""
+    from lightning.pytorch import Trainer
+
+    return Trainer(
+        accelerator=accelerator,
+        devices=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **limits,
+    )

@@ -31,7 +31,8 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer, seed_everything
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.common import median, quiet, save_json, spread
+from benchmarks.common import bench_trainer, median, quiet, save_figure, save_json, spread
+from benchmarks.common import parser as make_parser
 from lightning_per import ImportanceSamplingCallback, LossTracker, PrioritizedDataModule
 from lightning_per.examples.data import load_mnist1d, resolve_data_dir
 from lightning_per.examples.models import Classifier
@@ -83,18 +84,7 @@ def run_setup(setup: str, dataset: TensorDataset, args: argparse.Namespace) -> f
         datamodule = PrioritizedDataModule(dataset, batch_size=args.batch_size, strategy="uniform", seed=0)
         tau_th = 1e9 if setup == "importance_uniform_phase" else 1e-9
         callbacks.append(ImportanceSamplingCallback(presample=args.presample, tau_th=tau_th))
-    trainer = Trainer(
-        accelerator=args.accelerator,
-        devices=1,
-        max_steps=args.steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = bench_trainer(args.accelerator, callbacks, max_steps=args.steps)
     trainer.fit(model, datamodule=datamodule)
     ends = clock.ends[args.warmup :]
     return (ends[-1] - ends[0]) / (len(ends) - 1)
@@ -118,15 +108,12 @@ def plot(ratios: dict[str, dict[str, float]], theory: float, path: Path) -> None
     ax.set_ylabel("step time / plain Lightning step time")
     ax.set_title("Per-step overhead (median over rounds, min-max bars)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench_out/overhead.json"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=300, help="steps per set-up and round")

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import save_json
+from benchmarks.common import parser as make_parser
+from benchmarks.common import save_figure, save_json
 
 METHODS = ("lightning_per", "randperm", "multinomial")
 
@@ -134,15 +135,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("One epoch's weighted draw")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[10**6, 10**7])
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per method (median reported)")
     parser.add_argument("--out", type=Path, default=Path("bench_out/sampler_scale.json"))

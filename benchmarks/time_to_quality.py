@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch.utils.data import TensorDataset, default_collate
 
-from benchmarks.common import quiet, save_json, spread
+from benchmarks.common import bench_trainer, quiet, save_figure, save_json, spread
+from benchmarks.common import parser as make_parser
 from lightning_per import (
     ImportanceSamplingCallback,
     LossTracker,
@@ -160,18 +161,7 @@ def run(method: str, seed: int, args: argparse.Namespace, data: dict[str, Tensor
         callbacks.append(ImportanceSamplingCallback(presample=args.presample, score="ce", seed=seed))
     elif method == "importance_loss":
         callbacks.append(ImportanceSamplingCallback(presample=args.presample, score="loss", seed=seed))
-    trainer = Trainer(
-        accelerator=args.accelerator,
-        devices=1,
-        max_epochs=max_epochs,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = bench_trainer(args.accelerator, callbacks, max_epochs=max_epochs)
     trainer.fit(model, datamodule=datamodule)
     return budget
 
@@ -244,15 +234,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                     ax.set_ylim(0.5, 1.0)
     axes[0][0].legend()
     fig.suptitle("MNIST-1D, equal training budgets (mean over seeds, min-max band)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench_out/time_to_quality.json"))
     parser.add_argument("--budget-s", type=float, default=25.0, help="training seconds per run")
     parser.add_argument("--seeds", type=int, default=3)
