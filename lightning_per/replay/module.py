@@ -18,20 +18,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lightning_per.examples.models import MLP
 from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReservoirBuffer, pool_buffer_states
 from lightning_per.replay.functional import output_targets, reptile_interpolate_, task_class_mask
 
 __all__ = ["MER", "ContinualModule", "ExperienceReplay", "evaluate_tasks"]
-
-
-def _mlp(input_dim: int, hidden_dim: int, num_hidden_layers: int, num_outputs: int) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = input_dim
-    for _ in range(num_hidden_layers):
-        layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
-        width = hidden_dim
-    layers.append(nn.Linear(width, num_outputs))
-    return nn.Sequential(*layers)
 
 
 class ContinualModule(LightningModule):
@@ -91,9 +82,7 @@ class ContinualModule(LightningModule):
         self.lr = lr
         shared_head = scenario == "class" and shared_classes
         self.num_outputs = classes_per_task if shared_head else num_tasks * classes_per_task
-        self.net = (
-            backbone if backbone is not None else _mlp(input_dim, hidden_dim, num_hidden_layers, self.num_outputs)
-        )
+        self.net = backbone if backbone is not None else MLP(input_dim, hidden_dim, num_hidden_layers, self.num_outputs)
         self.register_buffer("seen_tasks", torch.zeros((), dtype=torch.int64))
 
     # ----------------------------------------------------------------------------------------- outputs
