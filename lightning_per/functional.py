@@ -285,12 +285,17 @@ def prune_keep_mask(scores: Tensor, ratio: float, threshold: float, uniforms: Te
     return keep, below
 
 
-def tau(scores: Tensor, rooted: bool = True) -> Tensor:
+def tau(scores: Tensor, rooted: bool = True, count: Tensor | int | None = None) -> Tensor:
     """The variance-reduction estimate of Katharopoulos & Fleuret (2018) for one step's scores.
 
     With ``g`` the normalised scores and ``u = 1/n``: ``(1 - ||g - u||^2 / ||g||^2) ** -1/2`` when ``rooted``
     (what the reference code and the paper's experiments use), else ``1 / (1 - ||g - u||^2 / ||g||^2)``,
-    which equals ``n * sum(g^2)``. Uniform scores give 1.
+    which equals ``n * sum(g^2) = n * sum(s^2) / sum(s)^2`` (the form computed). Uniform scores give 1.
+
+    Args:
+        scores: 1-D non-negative scores with a positive sum.
+        rooted: the rooted form.
+        count: ``n``, when ``scores`` holds zeros in place of points that do not count (``None``: all of them).
 
     Example::
 
@@ -299,10 +304,9 @@ def tau(scores: Tensor, rooted: bool = True) -> Tensor:
         >>> round(float(tau(torch.tensor([1.0, 0.0, 0.0, 0.0]), rooted=False)), 4)
         4.0
     """
-    g = scores / scores.sum()
-    u = 1.0 / scores.numel()
-    ratio = 1.0 - (g - u).square().sum() / g.square().sum()
-    return ratio.rsqrt() if rooted else ratio.reciprocal()
+    n = scores.numel() if count is None else count
+    unrooted = n * torch.dot(scores, scores) / scores.sum().square()
+    return unrooted.sqrt() if rooted else unrooted
 
 
 def tau_ema(previous: float, step_value: float, a_tau: float) -> float:

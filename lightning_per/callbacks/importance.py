@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -186,7 +185,6 @@ class ImportanceSamplingCallback(Callback):
         self.seed = seed
         self._tau = 0.0
         self._active = False
-        self._steps = 0
         self._importance_steps = 0
         self._extra_batches = 0
         self._step_was_importance = False
@@ -282,7 +280,6 @@ class ImportanceSamplingCallback(Callback):
             )
             tau_step = float(reduced)
         self._tau = PF.tau_ema(self._tau, tau_step, self.a_tau)
-        self._steps += 1
         self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
         max_p, unique_fraction = self._step_stats or (1.0 / max(b, 1), 1.0)
         acc = self._since_log
@@ -386,14 +383,10 @@ class ImportanceSamplingCallback(Callback):
 
     # --------------------------------------------------------------------------------------------- scoring
     def _tau_of(self, scores: Tensor) -> float:
-        # n * sum(g^2) = n * sum(s^2) / sum(s)^2 over the finite scores; one host transfer per step
         finite = torch.isfinite(scores)
-        s = torch.where(finite, scores, 0.0).double()
-        n, total, squares = torch.stack([finite.sum().double(), s.sum(), torch.dot(s, s)]).tolist()
-        if n == 0 or total <= 0:
-            return 1.0  # no information: the uniform value
-        unrooted = n * squares / (total * total)
-        return math.sqrt(unrooted) if self.tau_form == "rooted" else unrooted
+        s = torch.where(finite, scores, 0.0).double()  # non-finite points do not count
+        value, total = torch.stack([PF.tau(s, self.tau_form == "rooted", finite.sum()), s.sum()]).tolist()
+        return value if total > 0 else 1.0  # no finite positive score: no information, the uniform value
 
     def _scores_from(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
         """One score per sample of ``batch`` from what ``training_step`` returned for it (float32, detached)."""
@@ -504,7 +497,6 @@ class ImportanceSamplingCallback(Callback):
         return {
             "tau": self._tau,
             "active": self._active,
-            "steps": self._steps,
             "importance_steps": self._importance_steps,
             "extra_batches": self._extra_batches,
         }
@@ -513,7 +505,6 @@ class ImportanceSamplingCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._tau = float(state_dict.get("tau", 0.0))
         self._active = bool(state_dict.get("active", False))
-        self._steps = int(state_dict.get("steps", 0))
         self._importance_steps = int(state_dict.get("importance_steps", 0))
         self._extra_batches = int(state_dict.get("extra_batches", 0))
         self._close_extras()
