@@ -10,9 +10,13 @@ Four set-ups train the same model from the same seed for the same number of step
   (``tau_th`` = 1e9: tau is computed every step, never switches);
 * ``importance_active``: the same callback held in its importance phase (``tau_th`` = 1e-9, ``presample`` = 3).
 
-Each round runs the four set-ups in a shuffled order; a set-up's time is the mean step time over its run after
-``warmup`` steps (wall time from the end of step ``warmup`` to the end of the last step, so epoch boundaries
-count). A ratio is set-up time / plain time within a round; the figure is the median over rounds. The
+The four set-ups run at the same time, in lock step: each in its own thread, and only one thread runs at any
+moment (a turnstile hands the turn on at the end of every training step), so the steps go plain, tracker,
+importance uniform phase, importance active, plain, ... A step's time runs from getting the turn to the end of the
+step (data loading, hooks, epoch ends included); the time spent waiting for the turn is not counted. A slow
+spell of the machine (another process, frequency changes) thus falls on all four set-ups alike instead of on
+whichever ran during it. The timed steps (after ``warmup``) are cut into blocks of one epoch; a ratio is a set-up's
+summed step time / plain's within a block, and the figure is the median over blocks. The
 theoretical cost of an importance step is ``(B + 3b) / (3b)`` uniform steps (a forward over ``B = presample * b``
 points plus a forward and a backward, about two forwards, over ``b``).
 
@@ -22,8 +26,9 @@ points plus a forward and a backward, about two forwards, over ``b``).
 from __future__ import annotations
 
 import argparse
-import random
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +45,54 @@ from lightning_per.examples.models import Classifier
 SETUPS = ("plain", "tracker", "importance_uniform_phase", "importance_active")
 
 
-class StepClock(Callback):
-    """Wall time at the end of every training step."""
+class Turnstile:
+    """Lets one of several threads run at a time, in a fixed cyclic order; a finished thread leaves the cycle."""
 
-    def __init__(self) -> None:
-        self.ends: list[float] = []
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.left = set(names)
+        self.turn = 0
+        self.cond = threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.names[self.turn] == name)
+
+    def pass_on(self, name: str, leave: bool = False) -> None:
+        with self.cond:
+            if leave:
+                self.left.discard(name)
+            if self.names[self.turn] == name and self.left:
+                self.turn = (self.turn + 1) % len(self.names)
+                while self.names[self.turn] not in self.left:
+                    self.turn = (self.turn + 1) % len(self.names)
+            self.cond.notify_all()
+
+
+class StepClock(Callback):
+    """Times every training step from getting the turn to the step's end, then hands the turn on."""
+
+    def __init__(self, turnstile: Turnstile, name: str) -> None:
+        self.turnstile = turnstile
+        self.name = name
+        self.seconds: list[float] = []
+        self._resumed = 0.0
+
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self.turnstile.wait(self.name)
+        self._resumed = time.perf_counter()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.ends.append(time.perf_counter())
+        self.seconds.append(time.perf_counter() - self._resumed)
+        self.turnstile.pass_on(self.name)
+        self.turnstile.wait(self.name)
+        self._resumed = time.perf_counter()
+
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
+        self.turnstile.pass_on(self.name, leave=True)
+
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
+        self.turnstile.pass_on(self.name, leave=True)
 
 
 class PlainData(LightningDataModule):
@@ -68,11 +113,10 @@ def mnist1d_train(size: int, data_dir: str | None) -> TensorDataset:
     return TensorDataset(torch.from_numpy(x[:size]), torch.from_numpy(y[:size]))
 
 
-def run_setup(setup: str, dataset: TensorDataset, args: argparse.Namespace) -> float:
-    """Train ``args.steps`` steps with ``setup``; the mean seconds per step after the warm-up."""
+def make_setup(setup: str, dataset: TensorDataset, args: argparse.Namespace, clock: StepClock) -> Callable[[], None]:
+    """A function that trains ``args.steps`` steps with ``setup``, timed by ``clock``."""
     seed_everything(0, workers=True, verbose=False)
     model = Classifier(width=args.width, schedule="none")
-    clock = StepClock()
     callbacks: list[Callback] = [clock]
     datamodule: LightningDataModule
     if setup == "plain":
@@ -85,13 +129,37 @@ def run_setup(setup: str, dataset: TensorDataset, args: argparse.Namespace) -> f
         tau_th = 1e9 if setup == "importance_uniform_phase" else 1e-9
         callbacks.append(ImportanceSamplingCallback(presample=args.presample, tau_th=tau_th))
     trainer = bench_trainer(args.accelerator, callbacks, max_steps=args.steps)
-    trainer.fit(model, datamodule=datamodule)
-    ends = clock.ends[args.warmup :]
-    return (ends[-1] - ends[0]) / (len(ends) - 1)
+    return lambda: trainer.fit(model, datamodule=datamodule)
+
+
+def run_lockstep(dataset: TensorDataset, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Run the four set-ups in lock step (see the protocol); the seconds of every step of each."""
+    turnstile = Turnstile(list(SETUPS))
+    clocks = {setup: StepClock(turnstile, setup) for setup in SETUPS}
+    fits = {setup: make_setup(setup, dataset, args, clocks[setup]) for setup in SETUPS}
+    errors: list[BaseException] = []
+    threads_per_op = torch.get_num_threads()
+
+    def work(setup: str) -> None:
+        torch.set_num_threads(threads_per_op)  # a new thread would otherwise run torch's kernels single-threaded
+        try:
+            fits[setup]()
+        except BaseException as error:  # re-raised in the main thread
+            errors.append(error)
+            turnstile.pass_on(setup, leave=True)
+
+    threads = [threading.Thread(target=work, args=(setup,)) for setup in SETUPS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return {setup: clock.seconds for setup, clock in clocks.items()}
 
 
 def plot(ratios: dict[str, dict[str, float]], theory: float, path: Path) -> None:
-    """Bar chart of the median ratios with their min-max over rounds, and the theoretical importance cost."""
+    """Bar chart of the median ratios with their min-max over blocks, and the theoretical importance cost."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,7 +174,7 @@ def plot(ratios: dict[str, dict[str, float]], theory: float, path: Path) -> None
     ax.axhline(1.0, color="black", lw=0.8)
     ax.axhline(theory, color="#c44e52", ls="--", lw=1, label=f"importance theory (B+3b)/(3b) = {theory:.2f}")
     ax.set_ylabel("step time / plain Lightning step time")
-    ax.set_title("Per-step overhead (median over rounds, min-max bars)")
+    ax.set_title("Per-step overhead (median over one-epoch blocks, min-max bars)")
     ax.legend()
     save_figure(fig, path)
 
@@ -115,9 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench_out/overhead.json"))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=300, help="steps per set-up and round")
-    parser.add_argument("--warmup", type=int, default=20, help="steps not timed at the start of each run")
+    parser.add_argument("--steps", type=int, default=1040, help="training steps of each set-up")
+    parser.add_argument("--warmup", type=int, default=40, help="steps not timed at the start")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--width", type=int, default=32, help="CNN channels")
     parser.add_argument("--presample", type=int, default=3)
@@ -127,20 +194,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet()
     dataset = mnist1d_train(args.train_size, args.data_dir)
-    order = list(SETUPS)
-    rounds: list[dict[str, float]] = []
-    for r in range(args.rounds):
-        random.Random(r).shuffle(order)
-        seconds = {setup: run_setup(setup, dataset, args) for setup in order}
-        rounds.append(seconds)
-        shown = "  ".join(f"{k}={seconds[k] * 1e3:.2f}ms" for k in SETUPS)
-        print(f"round {r + 1}/{args.rounds}: {shown}", flush=True)
+    seconds = run_lockstep(dataset, args)
+    per_epoch = -(-args.train_size // args.batch_size)
+    timed = {k: v[args.warmup :] for k, v in seconds.items()}
+    blocks = range(0, len(timed["plain"]) - per_epoch + 1, per_epoch)
+    block_sums = {k: [sum(v[i : i + per_epoch]) for i in blocks] for k, v in timed.items()}
+    rounds = [{k: block_sums[k][j] / per_epoch for k in SETUPS} for j in range(len(blocks))]
+    for r, row in enumerate(rounds):
+        shown = "  ".join(f"{k}={row[k] * 1e3:.2f}ms" for k in SETUPS)
+        print(f"block {r + 1}/{len(rounds)}: {shown}", flush=True)
     theory = (args.presample * args.batch_size + 3 * args.batch_size) / (3 * args.batch_size)
     per_round = {k: [row[k] / row["plain"] for row in rounds] for k in SETUPS[1:]}
     ratios = {k: {**spread(v), "median": median(v)} for k, v in per_round.items()}
     payload: dict[str, Any] = {
         "ratio": {**{k: v["median"] for k, v in ratios.items()}, "importance_active_theory": theory},
         "ratio_spread": ratios,
+        "blocks": len(rounds),
         "step_ms": {k: median([row[k] for row in rounds]) * 1e3 for k in SETUPS},
         "targets": {"tracker": 1.02, "importance_uniform_phase": 1.03, "importance_active": theory},
         "settings": vars(args) | {"out": str(args.out)},

@@ -7,10 +7,13 @@ sums are computed in float64 so that a table of 10^8 scores keeps its resolution
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+T = TypeVar("T", float, Tensor)
 
 __all__ = [
     "effective_sample_size",
@@ -28,6 +31,7 @@ __all__ = [
     "softmax_ce_grad_norm",
     "tau",
     "tau_ema",
+    "tau_from_sums",
     "to_probabilities",
 ]
 
@@ -305,8 +309,19 @@ def tau(scores: Tensor, rooted: bool = True, count: Tensor | int | None = None) 
         4.0
     """
     n = scores.numel() if count is None else count
-    unrooted = n * torch.dot(scores, scores) / scores.sum().square()
-    return unrooted.sqrt() if rooted else unrooted
+    return tau_from_sums(scores.sum(), torch.dot(scores, scores), n, rooted)
+
+
+def tau_from_sums(total: T, squares: T, count: T | int, rooted: bool = True) -> T:
+    """:func:`tau` from the sum and the sum of squares of ``count`` scores (floats or tensors).
+
+    Example::
+
+        >>> tau_from_sums(4.0, 4.0, 4)
+        1.0
+    """
+    unrooted = count * squares / (total * total)
+    return unrooted**0.5 if rooted else unrooted
 
 
 def tau_ema(previous: float, step_value: float, a_tau: float) -> float:
@@ -342,6 +357,13 @@ def softmax_ce_grad_norm(
     """
     num_classes = logits.shape[-1]
     probs = logits.detach().float().softmax(-1)
+    if class_weights is None and not targets.dtype.is_floating_point and logits.ndim == 2:
+        # the common case in few small kernels (this runs on every training step): softmax(z) - q is softmax(z)
+        # less the smoothing mass, with (1 - label_smoothing) taken off at the target class
+        if label_smoothing:
+            probs = probs - label_smoothing / num_classes
+        hit = probs.new_full((probs.shape[0], 1), label_smoothing - 1.0)
+        return probs.scatter_add_(1, targets.long().reshape(-1, 1), hit).norm(dim=-1)
     q = targets.float() if targets.dtype.is_floating_point else F.one_hot(targets.long(), num_classes).float()
     if label_smoothing:
         q = q * (1.0 - label_smoothing) + label_smoothing / num_classes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -80,10 +81,11 @@ class ImportanceSamplingCallback(Callback):
 
     Logged on the steps where Lightning writes logs (every ``log_every_n_steps``) and at every epoch's last step,
     as means over the steps since the last log (``self.log`` costs about a millisecond per call on a CPU, too
-    much for every step): ``per/tau`` (its current value, also in the progress bar), ``per/is_active`` (the
-    fraction of importance steps), ``per/max_p`` (the largest selection probability), ``per/unique_fraction``
-    (distinct points among the ``b`` trained), ``per/loss_unweighted`` (the plain mean of the trained points'
-    per-sample losses, when ``training_step`` returns them under ``loss_key``). ``tau``, the phase and the
+    much for every step): ``per/tau`` (its current value, also in the progress bar) and ``per/is_active`` (the
+    fraction of importance steps); when importance steps took place since the last log, also these means over
+    them: ``per/max_p`` (the largest selection probability), ``per/unique_fraction`` (distinct points among the
+    ``b`` trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample losses, when
+    ``training_step`` returns them under ``loss_key``). ``tau``, the phase and the
     counters that seed the draws are saved in checkpoints, so a resumed run continues where it stopped.
 
     Data: train with a :class:`~lightning_per.PrioritizedDataModule` (or a subclass) with ``strategy="uniform"``.
@@ -281,28 +283,28 @@ class ImportanceSamplingCallback(Callback):
             tau_step = float(reduced)
         self._tau = PF.tau_ema(self._tau, tau_step, self.a_tau)
         self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
-        max_p, unique_fraction = self._step_stats or (1.0 / max(b, 1), 1.0)
         acc = self._since_log
         acc["steps"] += 1
-        acc["per/is_active"] += float(self._step_was_importance)
-        acc["per/max_p"] += max_p
-        acc["per/unique_fraction"] += unique_fraction
-        losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
-        if isinstance(losses, Tensor) and losses.ndim >= 1 and losses.numel():
-            acc["loss_steps"] += 1
-            acc["per/loss_unweighted"] = acc["per/loss_unweighted"] + losses.detach().float().mean()  # no host sync
+        if self._step_stats is not None:  # an importance step: its statistics
+            acc["importance_steps"] += 1
+            acc["per/max_p"] += self._step_stats[0]
+            acc["per/unique_fraction"] += self._step_stats[1]
+            losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
+            if isinstance(losses, Tensor) and losses.ndim >= 1 and losses.numel():
+                acc["loss_steps"] += 1
+                acc["per/loss_unweighted"] = acc["per/loss_unweighted"] + losses.detach().float().mean()  # no sync
         if _logs_now(trainer, batch_idx):
             self._log(pl_module, b)
 
     def _log(self, pl_module: LightningModule, b: int) -> None:
         """Log ``tau`` and the means since the last logging step (``self.log`` is too slow to call every step)."""
         acc = self._since_log
-        steps = max(1.0, acc.pop("steps"))
-        loss_steps = acc.pop("loss_steps")
-        loss = acc.pop("per/loss_unweighted")
-        metrics = {k: v / steps for k, v in acc.items()}
-        if loss_steps:
-            metrics["per/loss_unweighted"] = float(loss) / loss_steps
+        metrics = {"per/is_active": acc["importance_steps"] / max(1.0, acc["steps"])}
+        if acc["importance_steps"]:
+            metrics["per/max_p"] = acc["per/max_p"] / acc["importance_steps"]
+            metrics["per/unique_fraction"] = acc["per/unique_fraction"] / acc["importance_steps"]
+        if acc["loss_steps"]:
+            metrics["per/loss_unweighted"] = float(acc["per/loss_unweighted"]) / acc["loss_steps"]
         pl_module.log("per/tau", self._tau, on_step=True, on_epoch=False, prog_bar=True, batch_size=b)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=b)
         self._since_log = _empty_log()
@@ -383,10 +385,16 @@ class ImportanceSamplingCallback(Callback):
 
     # --------------------------------------------------------------------------------------------- scoring
     def _tau_of(self, scores: Tensor) -> float:
-        finite = torch.isfinite(scores)
-        s = torch.where(finite, scores, 0.0).double()  # non-finite points do not count
-        value, total = torch.stack([PF.tau(s, self.tau_form == "rooted", finite.sum()), s.sum()]).tolist()
-        return value if total > 0 else 1.0  # no finite positive score: no information, the uniform value
+        s = scores.double()
+        total, squares = torch.stack([s.sum(), s.dot(s)]).tolist()  # one host transfer
+        count = s.numel()
+        if not (math.isfinite(total) and math.isfinite(squares)):  # non-finite points do not count
+            finite = torch.isfinite(s)
+            s = torch.where(finite, s, 0.0)
+            total, squares, count = torch.stack([s.sum(), s.dot(s), finite.sum()]).tolist()
+        if not total > 0:
+            return 1.0  # no finite positive score: no information, the uniform value
+        return PF.tau_from_sums(total, squares, count, self.tau_form == "rooted")
 
     def _scores_from(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
         """One score per sample of ``batch`` from what ``training_step`` returned for it (float32, detached)."""
@@ -584,8 +592,8 @@ class _ExtraBatches:
 def _empty_log() -> dict[str, Any]:
     return {
         "steps": 0.0,
+        "importance_steps": 0.0,
         "loss_steps": 0.0,
-        "per/is_active": 0.0,
         "per/max_p": 0.0,
         "per/unique_fraction": 0.0,
         "per/loss_unweighted": 0.0,
