@@ -46,8 +46,8 @@ def render(out: Path) -> str:
         r, ms, s = data["ratio"], data["step_ms"], data["settings"]
         lines += [
             f"**Overhead** (`python -m benchmarks.overhead`; MNIST-1D CNN, batch {s['batch_size']}, "
-            f"median of {s['rounds']} paired rounds of {s['steps']} steps; plain Lightning step "
-            f"{ms['plain']:.2f} ms):",
+            f"{s['steps']} steps of each set-up run in lock step, median over {data['blocks']} one-epoch blocks; "
+            f"plain Lightning step {ms['plain']:.2f} ms):",
             "",
             "| set-up | step time / plain Lightning | target |",
             "|---|---|---|",

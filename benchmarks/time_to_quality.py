@@ -81,6 +81,8 @@ class BudgetRun(Callback):
         self.data = data
         self.train_seconds = 0.0
         self.cost = 0.0
+        self.steps = 0
+        self.importance_steps = 0
         self.curve: list[dict[str, float]] = []
         self._since: float | None = None
         self._next_eval = 0.0
@@ -105,8 +107,10 @@ class BudgetRun(Callback):
         self.train_seconds += time.perf_counter() - self._since
         b = batch.batch_size
         self.cost += 3 * b
+        self.steps += 1
         if self._importance is not None and self._importance.last_step_was_importance:
             self.cost += self._importance.presample * b
+            self.importance_steps += 1
         if self.train_seconds >= self._next_eval:
             self._evaluate(pl_module)
         if self.train_seconds >= self.budget_s:
@@ -122,6 +126,9 @@ class BudgetRun(Callback):
         was_training = pl_module.training
         pl_module.eval()
         point = {"seconds": self.train_seconds, "cost": self.cost}
+        if self._importance is not None:
+            point["tau"] = self._importance.tau
+            point["importance_fraction"] = self.importance_steps / max(1, self.steps)
         for name, dataset in self.data.items():
             x, y = dataset.tensors
             logits = torch.cat([pl_module(chunk.to(pl_module.device)).cpu() for chunk in x.split(2000)])
@@ -144,12 +151,25 @@ def splits(data_dir: str | None) -> dict[str, TensorDataset]:
     }
 
 
-def run(method: str, seed: int, args: argparse.Namespace, data: dict[str, TensorDataset], max_epochs: int) -> Any:
-    """One budgeted training run; returns its :class:`BudgetRun` (curve, cost, seconds)."""
+def run(
+    method: str,
+    seed: int,
+    args: argparse.Namespace,
+    data: dict[str, TensorDataset],
+    max_epochs: int,
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """One budgeted training run; returns its :class:`BudgetRun` (curve, cost, seconds).
+
+    ``options`` (for the selection of defaults) go to ``SamplingStrategy`` or, for the importance methods, to
+    ``ImportanceSamplingCallback``; by default every method runs with the library's defaults.
+    """
     seed_everything(seed, workers=True, verbose=False)
     model = Classifier(optimizer="sgd", lr=args.lr, momentum=0.9, schedule="none")
     name = {"importance": "uniform", "importance_loss": "uniform"}.get(method, method)
-    strategy = SamplingStrategy(name)  # type: ignore[arg-type]
+    options = dict(options or {})
+    importance = options if method.startswith("importance") else {}
+    strategy = SamplingStrategy(name, **({} if importance else options))  # type: ignore[arg-type]
     datamodule = PrioritizedDataModule(
         data["train"], batch_size=args.batch_size, strategy=strategy, seed=seed, collate_fn=Augment()
     )
@@ -157,10 +177,10 @@ def run(method: str, seed: int, args: argparse.Namespace, data: dict[str, Tensor
     callbacks: list[Callback] = [budget]
     if method in ("proportional", "rank", "prune"):
         callbacks.append(LossTracker())
-    elif method == "importance":
-        callbacks.append(ImportanceSamplingCallback(presample=args.presample, score="ce", seed=seed))
-    elif method == "importance_loss":
-        callbacks.append(ImportanceSamplingCallback(presample=args.presample, score="loss", seed=seed))
+    elif method.startswith("importance"):
+        score = "loss" if method == "importance_loss" else "ce"
+        importance = {"presample": args.presample, "score": score, "seed": seed, **importance}
+        callbacks.append(ImportanceSamplingCallback(**importance))
     trainer = bench_trainer(args.accelerator, callbacks, max_epochs=max_epochs)
     trainer.fit(model, datamodule=datamodule)
     return budget
@@ -202,6 +222,7 @@ def summarize(runs: dict[str, list[Any]], seeds: list[int]) -> dict[str, Any]:
             "cost_to_uniform_acc_ratio": spread(cost_ratio) if done else None,
             "reached_uniform_acc": sum(p is not None for p in reached),
             "total_cost": spread([f["cost"] for f in finals]),
+            "importance_fraction": spread([r.importance_steps / max(1, r.steps) for r in results]),
             "train_seconds": spread([f["seconds"] for f in finals]),
             "curves": {str(s): r.curve for s, r in zip(seeds, results, strict=True)},
         }

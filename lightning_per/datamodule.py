@@ -90,6 +90,7 @@ class PrioritizedDataModule(LightningDataModule):
         self._scores: ScoreTable | None = None
         self._sampler: PrioritizedSampler | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._warned_schedule = False
 
     # ----------------------------------------------------------------------------------------------- state
     @property
@@ -151,6 +152,7 @@ class PrioritizedDataModule(LightningDataModule):
             sampler.num_replicas, sampler.rank = self._world()
             if self.trainer.max_epochs is not None:
                 sampler.max_epochs = self.trainer.max_epochs
+            self._check_schedule(self.trainer.max_epochs)
         per_rank = len(sampler)
         if self.drop_last and per_rank < self.batch_size:
             raise ValueError(
@@ -222,6 +224,23 @@ class PrioritizedDataModule(LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             seed = int(self.trainer.strategy.broadcast(seed, src=0))
         return seed
+
+    def _check_schedule(self, max_epochs: int | None) -> None:
+        """Warn once when the strategy anneals over ``max_epochs`` but the Trainer has none."""
+        strategy = self.strategy
+        scheduled = [
+            f"{key} from {getattr(strategy, key)} to {getattr(strategy, key + '_final')}"
+            for key in ("alpha", "beta", "uniform_mix")
+            if getattr(strategy, key + "_final") is not None
+        ]
+        unknown = max_epochs is None or max_epochs < 0
+        if strategy.name in ("proportional", "rank") and scheduled and unknown and not self._warned_schedule:
+            self._warned_schedule = True
+            rank_zero_warn(
+                f"The sampling strategy anneals {', '.join(scheduled)} over the Trainer's `max_epochs`, but "
+                f"`max_epochs={max_epochs}` (training stops by `max_steps` or `max_time`), so they stay at their "
+                "start values. Set `Trainer(max_epochs=...)`, or set the `*_final` values to None for constant ones."
+            )
 
     def teardown(self, stage: str) -> None:
         """Keep the score table across ``fit`` calls; nothing to release."""

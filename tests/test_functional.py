@@ -100,7 +100,7 @@ def test_weighted_minibatch_gradient_is_unbiased_for_the_full_batch_gradient():
     per_sample = 2 * ((x @ w - y)[:, None] * x)
     full = per_sample.mean(0)
     scores = (x @ w - y).abs().float()
-    plan = build_plan(scores, SamplingStrategy("proportional", alpha=1.0, uniform_mix=0.0), 0, None, g, n)
+    plan = build_plan(scores, SamplingStrategy("proportional", alpha=1.0, beta=1.0, uniform_mix=0.0), 0, None, g, n)
     idx = PF.inverse_cdf_sample(plan.cdf, torch.rand(4000 * 32, generator=g, dtype=torch.float64))
     weights = plan.weights(idx)
     weighted = (weights[:, None] * per_sample[idx]).mean(0)

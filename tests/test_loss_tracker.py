@@ -1,5 +1,6 @@
 import pytest
 import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import IterableDataset
 
@@ -134,11 +135,24 @@ def test_prune_shortens_epochs_and_ends_with_full_epochs(tmp_path):
     assert lengths[0] == 80 and lengths[3] == 80 and all(n < 80 for n in lengths[1:3])
 
 
-def _ckpt_run(tmp_path, max_epochs, ckpt_path=None, every=None):
+class _KillAfter(Callback):
+    """Stops the run at the end of epoch ``epochs - 1``: a kill, with the Trainer configured as the full run."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def _ckpt_run(tmp_path, max_epochs, ckpt_path=None, every=None, kill_after=None):
     torch.manual_seed(0)
     dm = lp.PrioritizedDataModule(blobs(48), batch_size=8, strategy="proportional", seed=5)
     model = TinyClassifier()
     callbacks = [lp.LossTracker(ema=0.5)]
+    if kill_after:
+        callbacks.append(_KillAfter(kill_after))
     if every:
         callbacks.append(
             ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True)
@@ -150,7 +164,7 @@ def _ckpt_run(tmp_path, max_epochs, ckpt_path=None, every=None):
 
 def test_kill_and_resume_draws_exactly_what_the_uninterrupted_run_draws(tmp_path):
     full, full_dm = _ckpt_run(tmp_path / "a", 4)
-    _ckpt_run(tmp_path / "b", 2, every=True)
+    _ckpt_run(tmp_path / "b", 4, every=True, kill_after=2)
     ckpt = tmp_path / "b" / "epoch=1-step=12.ckpt"
     state = torch.load(ckpt, weights_only=True)  # the whole checkpoint loads with weights_only
     assert "PrioritizedDataModule" in state
@@ -183,3 +197,13 @@ def test_tracker_state_loads_weights_only(tmp_path):
     u = lp.LossTracker(score="novelty")
     u.load_state_dict(torch.load(tmp_path / "t.pt", weights_only=True))
     assert torch.equal(u._novelty_mean, torch.ones(3))
+
+
+def test_the_default_beta_schedule_anneals_to_unbiased_weights_and_warns_without_max_epochs(tmp_path):
+    strategy = lp.SamplingStrategy("proportional")
+    assert (strategy.beta, strategy.beta_final) == (0.4, 1.0)  # chosen on validation (benchmarks/select_defaults.py)
+    assert strategy.scheduled(0, 5)[1] == pytest.approx(0.4)
+    assert strategy.scheduled(4, 5)[1] == pytest.approx(1.0)  # the last epoch is unbiased
+    dm = lp.PrioritizedDataModule(blobs(32), batch_size=8, strategy=strategy)
+    with pytest.warns(UserWarning, match=r"anneals beta from 0.4 to 1.0 .*`max_epochs=-1`"):
+        _fit(tmp_path, dm, max_epochs=None, max_steps=12)

@@ -58,7 +58,7 @@ def test_weighted_sampler_frequencies_match_p_chi_square():
 
 def test_weighted_sampler_yields_unbiased_weights():
     table = _table(20)
-    s = PrioritizedSampler(range(20), table, SamplingStrategy("rank", alpha=1.0, uniform_mix=0.0))
+    s = PrioritizedSampler(range(20), table, SamplingStrategy("rank", alpha=1.0, beta=1.0, uniform_mix=0.0))
     items = list(s)
     assert all(isinstance(i, tuple) for i in items)
     plan = s.plan()
