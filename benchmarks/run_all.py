@@ -89,15 +89,37 @@ def render(out: Path) -> str:
             f"time, mean ± std over {s['seeds']} seeds):",
             "",
             "| method | final train loss | loss / uniform | final test acc (%) | cost to uniform's acc / uniform's "
-            "cost | seconds |",
-            "|---|---|---|---|---|---|",
+            "cost | seconds | importance steps (%) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for method, m in data["methods"].items():
+            share = m.get("importance_fraction") if method.startswith("importance") else None
             lines.append(
                 f"| {method} | {_pm(m['final_train_loss'])} | {_pm(m['train_loss_ratio_to_uniform'], 2)} "
                 f"| {_pm(m['final_test_acc'], 1, 100)} | {_pm(m['cost_to_uniform_acc_ratio'], 2)} "
-                f"| {_pm(m['train_seconds'], 1)} |"
+                f"| {_pm(m['train_seconds'], 1)} | {_pm(share, 0, 100) if share else '-'} |"
             )
+        lines.append("")
+    rounds = sorted((out / "select_defaults").glob("round*.json"))
+    if rounds:
+        lines += [
+            "**Choice of defaults** (`python -m benchmarks.select_defaults --candidates ...`; the same set-up on the "
+            "validation split with seeds the benchmark does not use, test split never evaluated; uniform run "
+            "alongside in every round):",
+            "",
+            "| round | candidate | val acc (%) | final train loss | loss / uniform's |",
+            "|---|---|---|---|---|",
+        ]
+        for path in rounds:
+            data = json.loads(path.read_text())
+            uniform = data["candidates"]["uniform"]["train_loss"]["mean"]
+            seeds = len(data["settings"]["seeds"])
+            for name, c in data["candidates"].items():
+                ratio = c["train_loss"]["mean"] / uniform
+                lines.append(
+                    f"| {path.stem[5:]} ({seeds} seeds) | `{name}` | {_pm(c['val_acc'], 1, 100)} "
+                    f"| {_pm(c['train_loss'])} | {ratio:.2f} |"
+                )
         lines.append("")
     if env is not None:
         lines.append(
