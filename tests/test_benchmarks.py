@@ -1,0 +1,59 @@
+"""Smoke runs of the benchmark scripts at tiny sizes: they run end to end and write the JSON the issue specifies.
+
+The figures themselves are not checked here (speed goals live in the benchmarks, never in timed unit tests).
+"""
+
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("mnist1d")
+
+from benchmarks import overhead, run_all, sampler_scale, select_defaults, time_to_quality
+
+
+def test_overhead_writes_the_four_ratios_and_a_plot(tmp_path):
+    out = tmp_path / "overhead.json"
+    overhead.main(["--steps", "50", "--warmup", "10", "--train-size", "200", "--batch-size", "20", "--out", str(out)])
+    data = json.loads(out.read_text())
+    ratios = {"tracker", "importance_uniform_phase", "importance_active", "importance_active_theory"}
+    assert set(data["ratio"]) == ratios
+    assert data["ratio"]["importance_active_theory"] == pytest.approx(2.0)
+    assert data["blocks"] == 4 and all(v > 0 for v in data["ratio"].values())
+    assert data["env"]["torch"] and out.with_suffix(".png").exists()
+
+
+def test_sampler_scale_reports_seconds_and_bytes_per_sample(tmp_path):
+    out = tmp_path / "sampler_scale.json"
+    sampler_scale.main(["--n", "2000", "--repeats", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["n"] == 2000
+    assert set(data["seconds"]) >= {"lightning_per", "randperm", "multinomial"}
+    assert data["seconds"]["lightning_per"] > 0 and data["bytes_per_sample"] is not None
+
+
+def test_time_to_quality_and_the_readme_table(tmp_path):
+    out = tmp_path / "time_to_quality.json"
+    args = ["--budget-s", "0.4", "--seeds", "1", "--methods", "prune", "importance", "--evals", "2"]
+    time_to_quality.main([*args, "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert set(data["methods"]) == {"uniform", "prune", "importance"}  # uniform always runs alongside
+    for method in data["methods"].values():
+        assert {"final_train_loss", "final_test_acc", "cost_to_uniform_acc", "seconds_to_uniform_acc"} <= set(method)
+        assert method["curves"]["0"][-1]["cost"] > 0
+    assert 0 <= data["methods"]["importance"]["importance_fraction"]["mean"] <= 1
+    assert out.with_suffix(".png").exists()
+    table = run_all.render(tmp_path)
+    assert "| importance |" in table and "Time to quality" in table
+
+
+def test_select_defaults_never_evaluates_the_test_split(tmp_path):
+    out = tmp_path / "select.json"
+    args = ["--budget-s", "0.3", "--seeds", "1", "--evals", "1", "--out", str(out)]
+    select_defaults.main([*args, "--candidates", "proportional:beta=1.0,beta_final=None"])
+    data = json.loads(out.read_text())
+    assert set(data["candidates"]) == {"uniform", "proportional:beta=1.0,beta_final=None"}
+    assert "test_acc" not in json.dumps(data)
+    with pytest.raises(SystemExit, match="unknown method"):
+        select_defaults.parse_candidate("bogus:alpha=1")
