@@ -4,6 +4,7 @@ The figures themselves are not checked here (speed goals live in the benchmarks,
 """
 
 import json
+import logging
 
 import pytest
 
@@ -11,6 +12,17 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("mnist1d")
 
 from benchmarks import overhead, run_all, sampler_scale, select_defaults, time_to_quality
+
+LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The scripts quiet Lightning's loggers for good (they are programs); later tests need them back."""
+    levels = {name: logging.getLogger(name).level for name in LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_overhead_writes_the_four_ratios_and_a_plot(tmp_path):
