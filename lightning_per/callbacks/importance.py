@@ -79,14 +79,15 @@ class ImportanceSamplingCallback(Callback):
     Non-finite scores are never selected; a presample without any finite positive score trains on the
     incoming batch as a uniform step (warned once if no score was finite).
 
-    Logged on the steps where Lightning writes logs (every ``log_every_n_steps``) and at every epoch's last step,
-    as means over the steps since the last log (``self.log`` costs about a millisecond per call on a CPU, too
-    much for every step): ``per/tau`` (its current value, also in the progress bar) and ``per/is_active`` (the
-    fraction of importance steps); when importance steps took place since the last log, also these means over
-    them: ``per/max_p`` (the largest selection probability), ``per/unique_fraction`` (distinct points among the
-    ``b`` trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample losses, when
-    ``training_step`` returns them under ``loss_key``). ``tau``, the phase and the
-    counters that seed the draws are saved in checkpoints, so a resumed run continues where it stopped.
+    Logged on the steps where Lightning writes logs (every ``log_every_n_steps``) and at the last step of an epoch
+    that had no such step (so short runs and epochs still report), as means over the steps since the last log
+    (``self.log`` costs about a millisecond per call on a CPU, too much for every step): ``per/tau`` (its current
+    value, also in the progress bar) and ``per/is_active`` (the fraction of importance steps); when importance steps
+    took place since the last log, also these means over them: ``per/max_p`` (the largest selection probability),
+    ``per/unique_fraction`` (distinct points among the ``b`` trained), ``per/loss_unweighted`` (the plain mean of
+    the trained points' per-sample losses, when ``training_step`` returns them under ``loss_key``). ``tau``, the
+    phase and the counters that seed the draws are saved in checkpoints, so a resumed run continues where it
+    stopped.
 
     Data: train with a :class:`~lightning_per.PrioritizedDataModule` (or a subclass) with ``strategy="uniform"``.
     :class:`~lightning_per.LossTracker` may be added too: it then records the scores of the trained points (with
@@ -195,6 +196,7 @@ class ImportanceSamplingCallback(Callback):
         self._extras: Iterator[PrioritizedBatch] | None = None
         self._warned_nonfinite = False
         self._since_log: dict[str, Any] = _empty_log()
+        self._log_epoch = -1  # the last epoch with a log
         self._noted_eval = False
 
     # ------------------------------------------------------------------------------------------- properties
@@ -269,6 +271,7 @@ class ImportanceSamplingCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         b = batch.batch_size
+        epoch = trainer.current_epoch
         if self._step_tau is not None:
             tau_step = self._step_tau
         elif outputs is None or (isinstance(outputs, Mapping) and not outputs):
@@ -293,8 +296,11 @@ class ImportanceSamplingCallback(Callback):
             if isinstance(losses, Tensor) and losses.ndim >= 1 and losses.numel():
                 acc["loss_steps"] += 1
                 acc["per/loss_unweighted"] = acc["per/loss_unweighted"] + losses.detach().float().mean()  # no sync
-        if _logs_now(trainer, batch_idx):
+        connector = getattr(trainer, "_logger_connector", None)
+        epoch_end = batch_idx + 1 >= trainer.num_training_batches
+        if bool(getattr(connector, "should_update_logs", True)) or (epoch_end and self._log_epoch != epoch):
             self._log(pl_module, b)
+            self._log_epoch = epoch
 
     def _log(self, pl_module: LightningModule, b: int) -> None:
         """Log ``tau`` and the means since the last logging step (``self.log`` is too slow to call every step)."""
@@ -598,12 +604,6 @@ def _empty_log() -> dict[str, Any]:
         "per/unique_fraction": 0.0,
         "per/loss_unweighted": 0.0,
     }
-
-
-def _logs_now(trainer: Trainer, batch_idx: int) -> bool:
-    """Whether Lightning writes logs after this step (``log_every_n_steps``), or it is the epoch's last step."""
-    connector = getattr(trainer, "_logger_connector", None)
-    return bool(getattr(connector, "should_update_logs", True)) or batch_idx + 1 >= trainer.num_training_batches
 
 
 def _derive_seed(*keys: int) -> int:
