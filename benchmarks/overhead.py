@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench_out/overhead.json"))
-    parser.add_argument("--steps", type=int, default=1040, help="training steps of each set-up")
+    parser.add_argument("--steps", type=int, default=2040, help="training steps of each set-up")
     parser.add_argument("--warmup", type=int, default=40, help="steps not timed at the start")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--width", type=int, default=32, help="CNN channels")
