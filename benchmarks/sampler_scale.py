@@ -27,17 +27,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from benchmarks.common import parser as make_parser
 from benchmarks.common import save_figure, save_json
 
+if TYPE_CHECKING:
+    from lightning_per.scores import ScoreTable
+
 METHODS = ("lightning_per", "randperm", "multinomial")
 
 
-def _fill_scores(n: int, seed: int = 0) -> torch.Tensor:
+def _fill_scores(n: int, seed: int = 0) -> ScoreTable:
     """N log-normal scores, generated in chunks so that no temporary raises the peak memory."""
     from lightning_per.scores import ScoreTable
 
@@ -70,7 +73,7 @@ def worker(method: str, n: int) -> dict[str, Any]:
         elif method == "randperm":
             sampler = RandomSampler(range(n), generator=torch.Generator().manual_seed(0))
         else:
-            sampler = WeightedRandomSampler(table.scores, n, generator=torch.Generator().manual_seed(0))
+            sampler = WeightedRandomSampler(table.scores, n, generator=torch.Generator().manual_seed(0))  # type: ignore[arg-type]
         for _ in sampler:
             count += 1
     except RuntimeError as err:
