@@ -100,7 +100,7 @@ def render(out: Path) -> str:
                 f"| {_pm(m['train_seconds'], 1)} | {_pm(share, 0, 100) if share else '-'} |"
             )
         lines.append("")
-    rounds = sorted((out / "select_defaults").glob("round*.json"))
+    rounds = sorted((out / "select_defaults").glob("round*.json"), key=lambda p: int(p.stem[5:] or 0))
     if rounds:
         lines += [
             "**Choice of defaults** (`python -m benchmarks.select_defaults --candidates ...`; the same set-up on the "

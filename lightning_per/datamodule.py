@@ -231,7 +231,7 @@ class PrioritizedDataModule(LightningDataModule):
         scheduled = [
             f"{key} from {getattr(strategy, key)} to {getattr(strategy, key + '_final')}"
             for key in ("alpha", "beta", "uniform_mix")
-            if getattr(strategy, key + "_final") is not None
+            if getattr(strategy, key + "_final") not in (None, getattr(strategy, key))
         ]
         unknown = max_epochs is None or max_epochs < 0
         if strategy.name in ("proportional", "rank") and scheduled and unknown and not self._warned_schedule:

@@ -313,7 +313,7 @@ def tau(scores: Tensor, rooted: bool = True, count: Tensor | int | None = None) 
 
 
 def tau_from_sums(total: T, squares: T, count: T | int, rooted: bool = True) -> T:
-    """:func:`tau` from the sum and the sum of squares of ``count`` scores (floats or tensors).
+    """:func:`tau` from the sum and the sum of squares of ``count`` scores (floats or tensors; ``total != 0``).
 
     Example::
 
@@ -346,7 +346,7 @@ def softmax_ce_grad_norm(
 
     Args:
         logits: ``(n, C)`` pre-softmax outputs.
-        targets: ``(n,)`` class indices, or ``(n, C)`` class probabilities.
+        targets: ``(n,)`` class indices, or ``(n, C)`` class probabilities (float, or integer one-hot rows).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
         class_weights: optional ``(C,)`` per-class loss weights, as in ``cross_entropy(weight=...)``.
 
@@ -357,14 +357,15 @@ def softmax_ce_grad_norm(
     """
     num_classes = logits.shape[-1]
     probs = logits.detach().float().softmax(-1)
-    if class_weights is None and not targets.dtype.is_floating_point and logits.ndim == 2:
+    if class_weights is None and not targets.dtype.is_floating_point and logits.ndim == 2 and targets.ndim == 1:
         # the common case in few small kernels (this runs on every training step): softmax(z) - q is softmax(z)
         # less the smoothing mass, with (1 - label_smoothing) taken off at the target class
         if label_smoothing:
             probs = probs - label_smoothing / num_classes
         hit = probs.new_full((probs.shape[0], 1), label_smoothing - 1.0)
         return probs.scatter_add_(1, targets.long().reshape(-1, 1), hit).norm(dim=-1)
-    q = targets.float() if targets.dtype.is_floating_point else F.one_hot(targets.long(), num_classes).float()
+    probabilities = targets.dtype.is_floating_point or targets.shape == logits.shape  # integer one-hot rows too
+    q = targets.float() if probabilities else F.one_hot(targets.long(), num_classes).float()
     if label_smoothing:
         q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
     if class_weights is None:

@@ -60,7 +60,16 @@ def test_time_to_quality_and_the_readme_table(tmp_path):
     assert "| importance |" in table and "Time to quality" in table
 
 
-def test_select_defaults_never_evaluates_the_test_split(tmp_path):
+class _Untouchable:
+    """A data set that fails the test as soon as anything reads it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was read ({name})")
+
+
+def test_select_defaults_never_evaluates_the_test_split(tmp_path, monkeypatch):
+    real = time_to_quality.splits
+    monkeypatch.setattr(select_defaults, "splits", lambda data_dir: {**real(data_dir), "test": _Untouchable()})
     out = tmp_path / "select.json"
     args = ["--budget-s", "0.3", "--seeds", "1", "--evals", "1", "--out", str(out)]
     select_defaults.main([*args, "--candidates", "proportional:beta=1.0,beta_final=None"])

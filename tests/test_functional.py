@@ -157,3 +157,13 @@ def test_deviation_and_margin():
     assert dev[0] < 0.01 and dev[1] > 0.99
     m = PF.margin_score(logits, y)
     assert m[0] < 0.02 and m[1] > 1.98
+
+
+def test_the_ce_bound_takes_class_indices_of_any_integer_dtype_and_integer_one_hot_targets():
+    z = torch.randn(6, 4)
+    y = torch.tensor([0, 3, 1, 2, 2, 0])
+    expected = (z.softmax(-1) - torch.nn.functional.one_hot(y, 4)).norm(dim=-1)
+    for dtype in (torch.int64, torch.int32, torch.uint8):
+        assert torch.allclose(PF.softmax_ce_grad_norm(z, y.to(dtype)), expected, atol=1e-6)
+    assert torch.allclose(PF.softmax_ce_grad_norm(z, torch.nn.functional.one_hot(y, 4)), expected, atol=1e-6)
+    assert torch.allclose(PF.softmax_ce_grad_norm(z.bfloat16(), y), expected, atol=2e-2)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
@@ -590,6 +591,53 @@ def test_metrics_are_logged_as_means_since_the_last_log(tmp_path):
     assert 1 / 8 <= float(metrics["per/unique_fraction"]) <= 1
     assert math.isfinite(float(metrics["per/loss_unweighted"]))
     assert "per/tau" in trainer.progress_bar_metrics
+
+
+class _RecordingLogger(Logger):
+    """Keeps what Lightning writes to loggers."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    @property
+    def name(self):
+        return "recording"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.writes.append(dict(metrics))
+
+
+class _UnweightedLosses(Callback):
+    """The plain mean of the trained points' losses on every importance step (what `per/loss_unweighted` averages)."""
+
+    def __init__(self, cb):
+        self.cb = cb
+        self.by_step = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        importance = self.cb.last_step_was_importance
+        self.by_step.append(float(outputs["per_sample_loss"].float().mean()) if importance else None)
+
+
+def test_loggers_get_means_over_all_steps_since_their_last_write_across_an_epoch_end_log(tmp_path):
+    # 8 steps per epoch and a logger write every 10 steps: epoch 0 has no write step, so its last step (7) logs for
+    # the progress bar; the write at step 9 must still average steps 0..9, not 8..9
+    cb = lp.ImportanceSamplingCallback(tau_th=ALWAYS)
+    logger, losses = _RecordingLogger(), _UnweightedLosses(cb)
+    _fit(tmp_path, cb, extra=[losses], max_epochs=2, log_every_n_steps=10, logger=logger)
+    first = next(w for w in logger.writes if "per/loss_unweighted" in w)
+    window = [v for v in losses.by_step[:10] if v is not None]
+    assert len(window) == 9  # step 0 is uniform (tau starts at 0)
+    assert first["per/loss_unweighted"] == pytest.approx(sum(window) / len(window), rel=1e-5)
+    assert first["per/is_active"] == pytest.approx(0.9)
 
 
 # --------------------------------------------------------------------------------------------------- CLI

@@ -60,7 +60,8 @@ def test_prune_ratio_one_is_allowed_and_warned_as_biased():
 def test_unseen_samples_get_the_max_score_so_they_are_visited():
     scores = torch.full((100,), float("nan"))
     scores[:50] = torch.linspace(0.1, 1.0, 50)
-    plan = build_plan(scores, SamplingStrategy(uniform_mix=0.0), 1, None, torch.Generator().manual_seed(0), 100)
+    strategy = SamplingStrategy(beta=1.0, uniform_mix=0.0)
+    plan = build_plan(scores, strategy, 1, None, torch.Generator().manual_seed(0), 100)
     p = plan.weights(torch.arange(100)).reciprocal() / 100  # beta=1: w = 1/(N p)
     assert torch.all(p[50:] >= p[:50].max() - 1e-12)
 

@@ -79,15 +79,15 @@ class ImportanceSamplingCallback(Callback):
     Non-finite scores are never selected; a presample without any finite positive score trains on the
     incoming batch as a uniform step (warned once if no score was finite).
 
-    Logged on the steps where Lightning writes logs (every ``log_every_n_steps``) and at the last step of an epoch
-    that had no such step (so short runs and epochs still report), as means over the steps since the last log
-    (``self.log`` costs about a millisecond per call on a CPU, too much for every step): ``per/tau`` (its current
-    value, also in the progress bar) and ``per/is_active`` (the fraction of importance steps); when importance steps
-    took place since the last log, also these means over them: ``per/max_p`` (the largest selection probability),
-    ``per/unique_fraction`` (distinct points among the ``b`` trained), ``per/loss_unweighted`` (the plain mean of
-    the trained points' per-sample losses, when ``training_step`` returns them under ``loss_key``). ``tau``, the
-    phase and the counters that seed the draws are saved in checkpoints, so a resumed run continues where it
-    stopped.
+    Logged on the steps where Lightning writes logs (every ``log_every_n_steps``), as means over the steps since the
+    last such step (``self.log`` costs about a millisecond per call on a CPU, too much for every step), and at the
+    last step of an epoch that had no such step, for the progress bar and ``callback_metrics`` (loggers only write
+    on their own steps): ``per/tau`` (its current value, also in the progress bar) and ``per/is_active`` (the
+    fraction of importance steps); when importance steps took place since the last log, also these means over them:
+    ``per/max_p`` (the largest selection probability), ``per/unique_fraction`` (distinct points among the ``b``
+    trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample losses, when
+    ``training_step`` returns them under ``loss_key``). ``tau``, the phase and the counters that seed the draws are
+    saved in checkpoints, so a resumed run continues where it stopped.
 
     Data: train with a :class:`~lightning_per.PrioritizedDataModule` (or a subclass) with ``strategy="uniform"``.
     :class:`~lightning_per.LossTracker` may be added too: it then records the scores of the trained points (with
@@ -297,13 +297,18 @@ class ImportanceSamplingCallback(Callback):
                 acc["loss_steps"] += 1
                 acc["per/loss_unweighted"] = acc["per/loss_unweighted"] + losses.detach().float().mean()  # no sync
         connector = getattr(trainer, "_logger_connector", None)
+        writes = bool(getattr(connector, "should_update_logs", True))  # loggers write this step's logs
         epoch_end = batch_idx + 1 >= trainer.num_training_batches
-        if bool(getattr(connector, "should_update_logs", True)) or (epoch_end and self._log_epoch != epoch):
-            self._log(pl_module, b)
+        if writes or (epoch_end and self._log_epoch != epoch):
+            self._log(pl_module, b, reset=writes)
             self._log_epoch = epoch
 
-    def _log(self, pl_module: LightningModule, b: int) -> None:
-        """Log ``tau`` and the means since the last logging step (``self.log`` is too slow to call every step)."""
+    def _log(self, pl_module: LightningModule, b: int, reset: bool) -> None:
+        """Log ``tau`` and the means since the last logger write (``self.log`` is too slow to call every step).
+
+        Only a step whose logs reach the loggers starts new means (``reset``): an epoch-end log in between updates
+        the progress bar and ``callback_metrics`` without cutting the loggers' next means short.
+        """
         acc = self._since_log
         metrics = {"per/is_active": acc["importance_steps"] / max(1.0, acc["steps"])}
         if acc["importance_steps"]:
@@ -313,7 +318,8 @@ class ImportanceSamplingCallback(Callback):
             metrics["per/loss_unweighted"] = float(acc["per/loss_unweighted"]) / acc["loss_steps"]
         pl_module.log("per/tau", self._tau, on_step=True, on_epoch=False, prog_bar=True, batch_size=b)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=b)
-        self._since_log = _empty_log()
+        if reset:
+            self._since_log = _empty_log()
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
