@@ -148,7 +148,7 @@ def run_lockstep(dataset: TensorDataset, args: argparse.Namespace) -> dict[str, 
             errors.append(error)
             turnstile.pass_on(setup, leave=True)
 
-    threads = [threading.Thread(target=work, args=(setup,)) for setup in SETUPS]
+    threads = [threading.Thread(target=work, args=(setup,), daemon=True) for setup in SETUPS]  # Ctrl-C ends all
     for thread in threads:
         thread.start()
     for thread in threads:
