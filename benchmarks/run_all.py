@@ -125,7 +125,8 @@ def render(out: Path) -> str:
         lines.append(
             f"Measured on {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), torch "
             f"{env['torch']}, lightning {env['lightning']}, Python {env['python']}. JSON and PNG plots in "
-            f"`{out}/`; all refreshed by `make bench`."
+            f"`{out}/`. `make bench` re-runs overhead, sampler scale and time to quality; the rounds of the choice "
+            "of defaults and the extra runs named below come from their own commands (in each JSON's settings)."
         )
     return "\n".join(lines)
 
