@@ -78,3 +78,29 @@ def test_select_defaults_never_evaluates_the_test_split(tmp_path, monkeypatch):
     assert "test_acc" not in json.dumps(data)
     with pytest.raises(SystemExit, match="unknown method"):
         select_defaults.parse_candidate("bogus:alpha=1")
+
+
+def test_the_turnstile_runs_threads_one_step_at_a_time_in_a_fixed_cycle():
+    import threading
+
+    names = ["a", "b", "c"]
+    turnstile = overhead.Turnstile(names)
+    order = []
+    steps = {"a": 4, "b": 2, "c": 3}  # b leaves the cycle early; the others go on without it
+
+    def work(name):
+        turnstile.wait(name)
+        for k in range(steps[name]):
+            order.append(name)
+            if k + 1 < steps[name]:
+                turnstile.pass_on(name)
+                turnstile.wait(name)
+        turnstile.pass_on(name, leave=True)
+
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert order == ["a", "b", "c", "a", "b", "c", "a", "c", "a"]
