@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
 if __package__ in (None, ""):  # run as `python benchmarks/continual.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import environment, quiet
+from benchmarks.common import bench_trainer, environment, quiet
 from lightning_per.replay import (
     MER,
     ContinualDataModule,
@@ -122,18 +122,7 @@ def run_one(job: tuple[str, str, str, int, bool]) -> dict[str, Any]:
     dm, common = make_datamodule(name, seed, quick)
     model = build(method, {**common, "scenario": scenario}, seed)
     matrix = TaskAccuracyMatrix()
-    trainer = Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[matrix],
-    )
+    trainer = bench_trainer("cpu", [matrix], max_epochs=1)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     return {

@@ -46,6 +46,7 @@ from lightning_per import (
     PrioritizedDataModule,
     SamplingStrategy,
 )
+from lightning_per.callbacks.importance import ImportanceScore
 from lightning_per.examples.data import load_mnist1d, resolve_data_dir
 from lightning_per.examples.models import Classifier
 
@@ -172,9 +173,9 @@ def run(
     seed_everything(seed, workers=True, verbose=False)
     model = Classifier(optimizer="sgd", lr=args.lr, momentum=0.9, schedule="none")
     name = {"importance": "uniform", "importance_loss": "uniform"}.get(method, method)
-    options = dict(options or {})
-    importance = options if method.startswith("importance") else {}
-    strategy = SamplingStrategy(name, **({} if importance else options))  # type: ignore[arg-type]
+    options = options or {}
+    is_importance = method.startswith("importance")
+    strategy = SamplingStrategy(name, **({} if is_importance else options))  # type: ignore[arg-type]
     datamodule = PrioritizedDataModule(
         data["train"], batch_size=args.batch_size, strategy=strategy, seed=seed, collate_fn=Augment()
     )
@@ -182,10 +183,9 @@ def run(
     callbacks: list[Callback] = [budget]
     if method in ("proportional", "rank", "prune"):
         callbacks.append(LossTracker())
-    elif method.startswith("importance"):
-        score = "loss" if method == "importance_loss" else "ce"
-        importance = {"presample": args.presample, "score": score, "seed": seed, **importance}
-        callbacks.append(ImportanceSamplingCallback(**importance))
+    elif is_importance:
+        score: ImportanceScore = "loss" if method == "importance_loss" else "ce"
+        callbacks.append(ImportanceSamplingCallback(presample=args.presample, score=score, seed=seed, **options))
     trainer = bench_trainer(args.accelerator, callbacks, max_epochs=max_epochs)
     trainer.fit(model, datamodule=datamodule)
     return budget

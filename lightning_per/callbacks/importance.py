@@ -271,7 +271,6 @@ class ImportanceSamplingCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         b = batch.batch_size
-        epoch = trainer.current_epoch
         if self._step_tau is not None:
             tau_step = self._step_tau
         elif outputs is None or (isinstance(outputs, Mapping) and not outputs):
@@ -299,9 +298,9 @@ class ImportanceSamplingCallback(Callback):
         connector = getattr(trainer, "_logger_connector", None)
         writes = bool(getattr(connector, "should_update_logs", True))  # loggers write this step's logs
         epoch_end = batch_idx + 1 >= trainer.num_training_batches
-        if writes or (epoch_end and self._log_epoch != epoch):
+        if writes or (epoch_end and self._log_epoch != trainer.current_epoch):
             self._log(pl_module, b, reset=writes)
-            self._log_epoch = epoch
+            self._log_epoch = trainer.current_epoch
 
     def _log(self, pl_module: LightningModule, b: int, reset: bool) -> None:
         """Log ``tau`` and the means since the last logger write (``self.log`` is too slow to call every step).
