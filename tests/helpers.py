@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -107,3 +108,27 @@ def small_trainer(tmp_path: Any, **kwargs: Any) -> Trainer:
     )
     defaults.update(kwargs)
     return Trainer(**defaults)
+
+
+class RecordingLogger(Logger):
+    """Keeps what reaches the loggers: ``writes`` (the metric dicts) and ``steps`` (the step of each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[dict[str, float]] = []
+        self.steps: list[int | None] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.writes.append(dict(metrics))
+        self.steps.append(step)

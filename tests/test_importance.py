@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections import namedtuple
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,14 +15,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
 import lightning_per as lp
 from lightning_per import functional as PF
 from lightning_per.callbacks.importance import draw_importance_sample
-from tests.helpers import DictDataset, ListDataset, TinyClassifier, blobs, small_trainer
+from tests.helpers import DictDataset, ListDataset, RecordingLogger, TinyClassifier, blobs, small_trainer
 from tests.test_ddp import _env, _free_port
 
 DDP_SCRIPT = Path(__file__).with_name("ddp_importance_script.py")
@@ -104,8 +104,8 @@ def _tau_by_hand(scores: np.ndarray, rooted: bool) -> float:
     return ratio**-0.5 if rooted else g.size * (g**2).sum()
 
 
-@pytest.mark.parametrize("tau_form", ["rooted", "unrooted"])
-def test_tau_and_its_moving_average_are_exact_through_the_callback(tmp_path, tau_form):
+@pytest.mark.parametrize(("tau_form", "every"), [("rooted", 1), ("unrooted", 1), ("rooted", 4)])
+def test_tau_and_its_moving_average_are_exact_through_the_callback(tmp_path, tau_form, every):
     table = torch.rand(48, generator=torch.Generator().manual_seed(1)) + 0.05
     calls = []
 
@@ -116,16 +116,54 @@ def test_tau_and_its_moving_average_are_exact_through_the_callback(tmp_path, tau
 
     # uniform steps (scores of the 8 trained points) until tau > 0.65, then importance steps (24-point presample)
     cb = lp.ImportanceSamplingCallback(
-        presample=3, tau_th=0.65, a_tau=0.7, tau_form=tau_form, score="custom", score_fn=score_fn
+        presample=3,
+        tau_every_n_steps=every,
+        tau_th=0.65,
+        a_tau=0.7,
+        tau_form=tau_form,
+        score="custom",
+        score_fn=score_fn,
     )
-    _, rows, _ = _fit(tmp_path, cb, dm=_dm(48), max_epochs=2)
+    _, rows, _ = _fit(tmp_path, cb, dm=_dm(48), max_epochs=2)  # 6 steps per epoch, no logger
     phases = [r["importance"] for r in rows]
     assert phases[:2] == [False, False] and phases[-1] and len(rows) == 12
     assert [len(c) for c in calls] == [24 if p else 8 for p in phases]  # one scoring per step, of those points
-    tau = 0.0
-    for row, scores in zip(rows, calls, strict=True):
+    exact, tau = [], 0.0  # the per-step recurrence over what was scored
+    for scores in calls:
         tau = 0.7 * tau + 0.3 * _tau_by_hand(scores, rooted=tau_form == "rooted")
-        assert row["tau"] == pytest.approx(tau, rel=1e-12)
+        exact.append(tau)
+    updated, since = -1, 0  # tau is brought up to date every `every` steps and at every epoch end
+    for i, row in enumerate(rows):
+        since += 1
+        if since == every or i % 6 == 5:
+            updated, since = i, 0
+        assert row["tau"] == (pytest.approx(exact[updated], rel=1e-12) if updated >= 0 else 0.0)
+        if i + 1 < len(rows):  # the next step's phase follows the tau of the last update
+            assert phases[i + 1] == (row["tau"] > 0.65)
+    assert cb.tau == pytest.approx(exact[-1], rel=1e-12)
+
+
+class _Outputs(Callback):
+    """Keeps every training step's logits and targets (put before the importance callback)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append((outputs["logits"].detach().clone(), outputs["target"].clone()))
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_ce_bound_scored_several_steps_at_once_gives_the_per_step_tau(tmp_path, every):
+    # 44 points in batches of 8: every epoch ends with a batch of 4, so an update mixes batch sizes
+    cb = lp.ImportanceSamplingCallback(tau_th=NEVER, tau_every_n_steps=every, label_smoothing=0.1)
+    outputs = _Outputs()
+    _fit(tmp_path, cb, dm=_dm(44), extra=[outputs], max_epochs=2)
+    tau = 0.0
+    for logits, targets in outputs.steps:
+        scores = PF.softmax_ce_grad_norm(logits, targets, label_smoothing=0.1).double()
+        tau = 0.9 * tau + 0.1 * float(PF.tau(scores))
+    assert len(outputs.steps) == 12 and cb.tau == pytest.approx(tau, rel=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -278,7 +316,9 @@ class PerStepCost(Callback):
 @pytest.mark.parametrize("phase", ["importance", "uniform"])
 def test_cost_is_one_no_grad_forward_over_the_presample_and_one_training_pass_over_b(tmp_path, phase):
     cost = PerStepCost()
-    cb = lp.ImportanceSamplingCallback(presample=3, tau_th=ALWAYS if phase == "importance" else NEVER)
+    cb = lp.ImportanceSamplingCallback(
+        tau_every_n_steps=1, presample=3, tau_th=ALWAYS if phase == "importance" else NEVER
+    )
     model = CountingClassifier()
     trainer = small_trainer(tmp_path, callbacks=[cost, cb], max_epochs=1)
     trainer.fit(model, datamodule=_dm(64, 8))
@@ -354,6 +394,46 @@ def test_resume_restores_tau_and_the_phase_and_continues_the_uninterrupted_run(t
     assert half == full[:18]
 
 
+class _SavesMidWindow(Callback):
+    """Takes the importance callback's state after step ``at`` (mid-way between two tau updates)."""
+
+    def __init__(self, cb, at):
+        self.cb, self.at, self.state = cb, at, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            path = Path(trainer.default_root_dir) / "mid.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.cb.state_dict(), path)
+            self.state = torch.load(path, weights_only=True)
+
+
+def test_a_state_taken_between_tau_updates_keeps_the_pending_steps_and_changes_nothing(tmp_path):
+    def run(path, at=None):
+        torch.manual_seed(0)
+        cb = lp.ImportanceSamplingCallback(
+            tau_th=1.5, tau_every_n_steps=5, score="custom", score_fn=table_score(heavy_scores(48, seed=3)), seed=7
+        )
+        saver = _SavesMidWindow(cb, at)
+        _, rows, _ = _fit(path, cb, dm=_dm(48), extra=[saver], max_epochs=3)  # 6 steps per epoch
+        return rows, saver.state
+
+    plain, _ = run(tmp_path / "plain")
+    # the state after rows 0..8 (global step 9): tau was last updated at the epoch end (row 5); rows 6..8 pend
+    rows, state = run(tmp_path / "saved", at=9)
+    assert rows == plain  # taking the state mid-way changed no tau, phase, point or weight
+    assert len(state["pending_taus"]) == 3 and all(t >= 1.0 for t in state["pending_taus"])
+    assert state["tau"] == plain[8]["tau"]  # as of the last update
+    # a callback restored from it takes the pending steps in at its next update, as the run that never saved did
+    restored = lp.ImportanceSamplingCallback(tau_th=1.5, tau_every_n_steps=5)
+    restored.load_state_dict(state)
+    restored._update_tau(SimpleNamespace(world_size=1, global_step=9), None)
+    expected = state["tau"]
+    for tau_step in state["pending_taus"]:
+        expected = 0.9 * expected + 0.1 * tau_step
+    assert restored.tau == pytest.approx(expected, rel=1e-12) and restored.tau != state["tau"]
+
+
 def _tuple_collate(samples):
     x, y = default_collate(samples)
     return (x, y)
@@ -403,7 +483,9 @@ def test_tuple_list_and_dict_batches_keep_samples_and_indices_together(tmp_path,
             seen_types.append(type(batch.data))
 
     model = CheckedClassifier(base.tensors)
-    _, rows, _ = _fit(tmp_path, lp.ImportanceSamplingCallback(tau_th=ALWAYS), dm=dm, model=model, extra=[Types()])
+    _, rows, _ = _fit(
+        tmp_path, lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS), dm=dm, model=model, extra=[Types()]
+    )
     assert sum(r["importance"] for r in rows) == len(rows) - 1
     expected = {"tuple": tuple, "namedtuple": Pair, "list": list, "dict": dict}[structure]
     assert set(seen_types) == {expected}
@@ -414,7 +496,9 @@ def test_data_loader_workers_work_for_the_epoch_and_the_extra_points(tmp_path):
     base = blobs(48)
     dm = lp.PrioritizedDataModule(base, batch_size=8, strategy="uniform", seed=0, num_workers=1)
     model = CheckedClassifier(base.tensors)
-    _, rows, _ = _fit(tmp_path, lp.ImportanceSamplingCallback(tau_th=ALWAYS), dm=dm, model=model, max_epochs=1)
+    _, rows, _ = _fit(
+        tmp_path, lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS), dm=dm, model=model, max_epochs=1
+    )
     assert [r["importance"] for r in rows] == [False] + [True] * 5
 
 
@@ -425,7 +509,9 @@ def test_a_skipped_training_step_leaves_tau_unchanged(tmp_path):
                 return None  # Lightning skips the step and hands `{}` to on_train_batch_end
             return super().training_step(batch, batch_idx)
 
-    _, rows, _ = _fit(tmp_path, lp.ImportanceSamplingCallback(tau_th=NEVER), model=Skipping(), max_epochs=1)
+    _, rows, _ = _fit(
+        tmp_path, lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=NEVER), model=Skipping(), max_epochs=1
+    )
     assert rows[2]["tau"] == rows[1]["tau"]  # no scores from a skipped step: tau_step = tau, so tau stays
     assert rows[3]["tau"] != rows[2]["tau"] and len(rows) == 8
 
@@ -461,7 +547,7 @@ def test_manual_optimization_is_refused_at_setup(tmp_path):
 def test_works_with_loss_tracker_and_the_uniform_strategy(tmp_path):
     dm = _dm(48)
     tracker = lp.LossTracker()
-    cb = lp.ImportanceSamplingCallback(tau_th=ALWAYS)
+    cb = lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS)
     _, rows, model = _fit(tmp_path, cb, dm=dm, extra=[tracker])
     assert sum(r["importance"] for r in rows) == len(rows) - 1 == 11
     trained = {i for r in rows for i in r["index"]}
@@ -479,6 +565,8 @@ def test_works_with_loss_tracker_and_the_uniform_strategy(tmp_path):
         (dict(tau_th=float("nan")), r"`tau_th` must be > 0 .*got nan"),
         (dict(a_tau=1.0), r"`a_tau` must be in \[0, 1\), got 1\.0"),
         (dict(a_tau=-0.1), r"`a_tau` must be in \[0, 1\), got -0\.1"),
+        (dict(tau_every_n_steps=0), r"`tau_every_n_steps` must be an integer >= 1 .*got 0\."),
+        (dict(tau_every_n_steps=2.5), r"`tau_every_n_steps` must be an integer >= 1 .*got 2\.5\."),
         (dict(score="autograd"), r"`score='autograd'` needs `loss_fn`"),
         (dict(score="custom"), r"`score='custom'` needs `score_fn`"),
     ],
@@ -517,7 +605,8 @@ def test_non_finite_scores_in_a_presample_are_never_selected(tmp_path):
     table[list(range(0, 64, 6))] = float("nan")
     table[list(range(3, 64, 6))] = float("inf")
     _, rows, _ = _fit(
-        tmp_path, lp.ImportanceSamplingCallback(tau_th=ALWAYS, score="custom", score_fn=table_score(table))
+        tmp_path,
+        lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS, score="custom", score_fn=table_score(table)),
     )
     importance = [r for r in rows if r["importance"]]
     assert len(importance) == len(rows) - 1
@@ -565,7 +654,7 @@ def test_batchnorm_and_dropout_get_a_one_time_note_and_presamples_do_not_touch_r
             self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Linear(8, 3))
 
     model = Noisy()
-    cb = lp.ImportanceSamplingCallback(tau_th=ALWAYS)
+    cb = lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS)
     with caplog.at_level(logging.INFO):
         _, rows, _ = _fit(tmp_path, cb, model=model)
         _fit(tmp_path / "again", cb, model=model, max_epochs=3)
@@ -577,11 +666,11 @@ def test_batchnorm_and_dropout_get_a_one_time_note_and_presamples_do_not_touch_r
 
 
 def test_metrics_are_logged_as_means_since_the_last_log(tmp_path):
-    cb = lp.ImportanceSamplingCallback(tau_th=ALWAYS)
+    cb = lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS)
     trainer, rows, _ = _fit(tmp_path, cb, max_epochs=1, log_every_n_steps=50)  # one log: the epoch's last step
     keys = ("per/tau", "per/is_active", "per/max_p", "per/unique_fraction", "per/loss_unweighted")
-    for key in keys:
-        assert key in trainer.callback_metrics and key in trainer.logged_metrics, key
+    for key in keys:  # shown at the epoch's end; nothing written to loggers before their first step (50)
+        assert key in trainer.callback_metrics and key not in trainer.logged_metrics, key
     metrics = trainer.callback_metrics
     assert float(metrics["per/tau"]) == pytest.approx(cb.tau)
     # the first step is uniform (tau starts at 0), every later one an importance step
@@ -591,28 +680,6 @@ def test_metrics_are_logged_as_means_since_the_last_log(tmp_path):
     assert 1 / 8 <= float(metrics["per/unique_fraction"]) <= 1
     assert math.isfinite(float(metrics["per/loss_unweighted"]))
     assert "per/tau" in trainer.progress_bar_metrics
-
-
-class _RecordingLogger(Logger):
-    """Keeps what Lightning writes to loggers."""
-
-    def __init__(self):
-        super().__init__()
-        self.writes = []
-
-    @property
-    def name(self):
-        return "recording"
-
-    @property
-    def version(self):
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        self.writes.append(dict(metrics))
 
 
 class _UnweightedLosses(Callback):
@@ -630,8 +697,8 @@ class _UnweightedLosses(Callback):
 def test_loggers_get_means_over_all_steps_since_their_last_write_across_an_epoch_end_log(tmp_path):
     # 8 steps per epoch and a logger write every 10 steps: epoch 0 has no write step, so its last step (7) logs for
     # the progress bar; the write at step 9 must still average steps 0..9, not 8..9
-    cb = lp.ImportanceSamplingCallback(tau_th=ALWAYS)
-    logger, losses = _RecordingLogger(), _UnweightedLosses(cb)
+    cb = lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS)
+    logger, losses = RecordingLogger(), _UnweightedLosses(cb)
     _fit(tmp_path, cb, extra=[losses], max_epochs=2, log_every_n_steps=10, logger=logger)
     first = next(w for w in logger.writes if "per/loss_unweighted" in w)
     window = [v for v in losses.by_step[:10] if v is not None]
@@ -683,6 +750,10 @@ def test_two_processes_share_tau_and_switch_on_the_same_step(tmp_path):
     local0, local1 = ranks[0]["local_tau"], ranks[1]["local_tau"]
     assert sum(local0) / len(local0) > 2.5 and max(abs(t - 1.0) for t in local1) < 1e-6
     assert ranks[0]["tau"] == ranks[1]["tau"]  # bitwise the same tau after every step
+    tau = 0.0  # every step's tau_step, averaged over the ranks, enters the moving average once, in order
+    for own0, own1 in zip(local0, local1, strict=True):
+        tau = 0.9 * tau + 0.1 * (own0 + own1) / 2
+    assert ranks[0]["tau"][-1] == pytest.approx(tau, rel=1e-9)
     assert ranks[0]["importance"] == ranks[1]["importance"]
     first = ranks[0]["importance"].index(True)
     assert first > 1 and all(ranks[0]["importance"][first:])

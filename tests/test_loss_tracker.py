@@ -5,13 +5,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import IterableDataset
 
 import lightning_per as lp
-from tests.helpers import DictDataset, ListDataset, TinyClassifier, blobs, small_trainer
+from tests.helpers import DictDataset, ListDataset, RecordingLogger, TinyClassifier, blobs, small_trainer
 
 
 def _fit(tmp_path, dm, model=None, tracker=None, **trainer_kwargs):
     model = model or TinyClassifier()
     tracker = tracker or lp.LossTracker()
-    trainer = small_trainer(tmp_path, callbacks=[tracker], **trainer_kwargs)
+    trainer_kwargs.setdefault("callbacks", [tracker])
+    trainer = small_trainer(tmp_path, **trainer_kwargs)
     trainer.fit(model, datamodule=dm)
     return trainer, model, tracker
 
@@ -27,6 +28,34 @@ def test_scores_fill_the_table_and_weights_reach_training_step(tmp_path):
     for key in ("per/ess", "per/seen_fraction", "per/max_weight", "per/score_q50", "per/nonfinite"):
         assert key in trainer.callback_metrics
     assert 0 < trainer.callback_metrics["per/ess"] <= 1
+
+
+def test_epoch_statistics_reach_loggers_checkpoint_monitors_and_last_stats(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(64), batch_size=16, strategy="proportional", seed=0)
+    logger = RecordingLogger()
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="per/ess", mode="max", save_top_k=1)
+    tracker = lp.LossTracker()
+    trainer, _, _ = _fit(
+        tmp_path, dm, max_epochs=3, logger=logger, enable_checkpointing=True, callbacks=[tracker, best]
+    )
+    ours = [(step, w) for step, w in zip(logger.steps, logger.writes, strict=True) if "per/ess" in w]
+    # one write per epoch, at the step Lightning's own epoch-end logs use (4 steps per epoch), with the epoch
+    assert [step for step, _ in ours] == [4, 8, 12] and [w["epoch"] for _, w in ours] == [0, 1, 2]
+    assert ours[-1][1]["per/ess"] == pytest.approx(tracker.last_stats["per/ess"])
+    assert float(trainer.callback_metrics["per/ess"]) == pytest.approx(tracker.last_stats["per/ess"])
+    assert best.best_model_score is not None and 0 < float(best.best_model_score) <= 1  # monitorable
+
+
+def test_a_loss_with_several_values_per_sample_is_refused_by_name(tmp_path):
+    class Wide(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            out["per_sample_loss"] = out["per_sample_loss"][:, None].expand(-1, 3)
+            return out
+
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8, strategy="proportional")
+    with pytest.raises(ValueError, match=r"'per_sample_loss' with shape \(8, 3\).*one value per sample"):
+        _fit(tmp_path, dm, model=Wide())
 
 
 @pytest.mark.parametrize("wrap", [DictDataset, ListDataset])

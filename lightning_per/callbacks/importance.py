@@ -17,6 +17,7 @@ from typing_extensions import override
 from lightning_per import functional as PF
 from lightning_per.batching import concat_batches, select
 from lightning_per.callbacks._inference import prepare_batch, scoring_step
+from lightning_per.callbacks._logging import publish
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 
@@ -25,6 +26,9 @@ __all__ = ["ImportanceSamplingCallback", "ImportanceScore", "draw_importance_sam
 ImportanceScore = Literal["ce", "bce", "mse", "autograd", "loss", "custom"]
 _SCORES = ("ce", "bce", "mse", "autograd", "loss", "custom")
 _TAU_FORMS = ("rooted", "unrooted")
+# what a step leaves for the next tau update: its tau_step (an importance step), None (a skipped step), its scores,
+# or the (logits, targets) of a closed-form bound
+_Pending = float | None | Tensor | tuple[Tensor, Tensor]
 
 
 class ImportanceSamplingCallback(Callback):
@@ -47,12 +51,15 @@ class ImportanceSamplingCallback(Callback):
 
     The switch: with ``g`` the normalised scores of the points scored this step and ``u = 1/n``,
     ``tau_step = (1 - ||g - u||^2 / ||g||^2) ** -1/2`` (``tau_form="unrooted"``: without the square root, the
-    paper's form, ``n * sum(g^2)``); under DDP ``tau_step`` is averaged over the processes (one scalar all-reduce
-    per step), then ``tau <- a_tau * tau + (1 - a_tau) * tau_step``, starting from 0. The next step is an
-    importance step exactly when ``tau > tau_th`` and ``trainer.global_step >= warmup_steps``; every process
-    holds the same ``tau``, so all switch on the same step. The default ``tau_th = (B + 3b) / (3b)`` is the
-    cost ratio of an importance step (a forward over ``B`` plus forward and backward over ``b``, a backward
-    costing about two forwards) to a uniform one.
+    paper's form, ``n * sum(g^2)``); under DDP ``tau_step`` is averaged over the processes, then
+    ``tau <- a_tau * tau + (1 - a_tau) * tau_step``, starting from 0. ``tau`` is brought up to date every
+    ``tau_every_n_steps`` steps, at every epoch end and on every logging step: the moving average then takes in the
+    steps since the last update one by one, in order, so its values are exactly those of a per-step update; only
+    the phase decision waits for the update (a step's host transfer and, under DDP, its all-reduce are shared by
+    all the steps of an update). The steps after an update are importance steps exactly when ``tau > tau_th`` and
+    ``trainer.global_step >= warmup_steps``; every process holds the same ``tau``, so all switch on the same step.
+    The default ``tau_th = (B + 3b) / (3b)`` is the cost ratio of an importance step (a forward over ``B`` plus
+    forward and backward over ``b``, a backward costing about two forwards) to a uniform one.
 
     Epoch accounting: the training loader and its epoch are untouched (``b``-point batches of a shuffled pass
     over this process's shard, the same number of steps in both phases, so learning-rate schedules and
@@ -80,9 +87,10 @@ class ImportanceSamplingCallback(Callback):
     incoming batch as a uniform step (warned once if no score was finite).
 
     Logged on the steps where Lightning writes logs (every ``log_every_n_steps``), as means over the steps since the
-    last such step (``self.log`` costs about a millisecond per call on a CPU, too much for every step), and at the
-    last step of an epoch that had no such step, for the progress bar and ``callback_metrics`` (loggers only write
-    on their own steps): ``per/tau`` (its current value, also in the progress bar) and ``per/is_active`` (the
+    last such step, straight to the loggers (as Lightning's ``LearningRateMonitor`` does: ``self.log`` costs about
+    a millisecond per metric on a CPU), and, on those steps and at the last step of an epoch that had none, to the
+    progress bar and ``trainer.callback_metrics``: ``per/tau`` (its current value, also in the progress bar) and
+    ``per/is_active`` (the
     fraction of importance steps); when importance steps took place since the last log, also these means over them:
     ``per/max_p`` (the largest selection probability), ``per/unique_fraction`` (distinct points among the ``b``
     trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample losses, when
@@ -101,6 +109,9 @@ class ImportanceSamplingCallback(Callback):
         a_tau: weight of the old value in the moving average of ``tau``, in [0, 1).
         tau_form: ``rooted`` (the reference code) or ``unrooted`` (the paper's formula, ``n * sum(g^2)``).
         warmup_steps: no importance step before this global step.
+        tau_every_n_steps: bring ``tau`` up to date (and decide the phase) every this many steps, besides epoch
+            ends and logging steps (>= 1; 1: after every step). Until then the closed-form scores' inputs (the
+            logits and targets of each step) are kept on their device.
         score: the score kind (see above).
         loss_key: key of the per-sample losses in the ``training_step`` output (``loss`` score and logging).
         logits_key: key of the model outputs (logits) in the ``training_step`` output.
@@ -131,6 +142,7 @@ class ImportanceSamplingCallback(Callback):
         a_tau: float = 0.9,
         tau_form: Literal["rooted", "unrooted"] = "rooted",
         warmup_steps: int = 0,
+        tau_every_n_steps: int = 16,
         score: ImportanceScore = "ce",
         loss_key: str = "per_sample_loss",
         logits_key: str = "logits",
@@ -154,6 +166,11 @@ class ImportanceSamplingCallback(Callback):
             raise ValueError(f"`tau_form` must be 'rooted' or 'unrooted', got {tau_form!r}.")
         if warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
+        if isinstance(tau_every_n_steps, bool) or not isinstance(tau_every_n_steps, int) or tau_every_n_steps < 1:
+            raise ValueError(
+                f"`tau_every_n_steps` must be an integer >= 1 (1: update tau after every step), got "
+                f"{tau_every_n_steps!r}."
+            )
         if score not in _SCORES:
             raise ValueError(f"`score` must be one of {', '.join(_SCORES)}; got {score!r}.")
         if not 0.0 <= label_smoothing <= 1.0:
@@ -177,6 +194,7 @@ class ImportanceSamplingCallback(Callback):
         self.a_tau = a_tau
         self.tau_form = tau_form
         self.warmup_steps = warmup_steps
+        self.tau_every_n_steps = tau_every_n_steps
         self.score = score
         self.loss_key = loss_key
         self.logits_key = logits_key
@@ -195,6 +213,7 @@ class ImportanceSamplingCallback(Callback):
         self._step_stats: tuple[float, float] | None = None
         self._extras: Iterator[PrioritizedBatch] | None = None
         self._warned_nonfinite = False
+        self._pending: list[_Pending] = []  # the steps since the last tau update
         self._since_log: dict[str, Any] = _empty_log()
         self._log_epoch = -1  # the last epoch with a log
         self._noted_eval = False
@@ -270,21 +289,13 @@ class ImportanceSamplingCallback(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        b = batch.batch_size
         if self._step_tau is not None:
-            tau_step = self._step_tau
+            self._pending.append(self._step_tau)
         elif outputs is None or (isinstance(outputs, Mapping) and not outputs):
-            # the step was skipped (`training_step` returned None; Lightning then passes `{}`): leave tau as it is
-            tau_step = self._tau
-        else:
-            tau_step = self._tau_of(self._scores_from(outputs, batch))
-        if trainer.world_size > 1:
-            reduced = trainer.strategy.reduce(
-                torch.tensor(tau_step, dtype=torch.float64, device=pl_module.device), reduce_op="mean"
-            )
-            tau_step = float(reduced)
-        self._tau = PF.tau_ema(self._tau, tau_step, self.a_tau)
-        self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
+            # the step was skipped (`training_step` returned None; Lightning then passes `{}`): tau stays as it is
+            self._pending.append(None)
+        else:  # checked now, scored at the next update (see `tau_every_n_steps`)
+            self._pending.append(self._score_inputs(outputs, batch))
         acc = self._since_log
         acc["steps"] += 1
         if self._step_stats is not None:  # an importance step: its statistics
@@ -298,30 +309,53 @@ class ImportanceSamplingCallback(Callback):
         connector = getattr(trainer, "_logger_connector", None)
         writes = bool(getattr(connector, "should_update_logs", True))  # loggers write this step's logs
         epoch_end = batch_idx + 1 >= trainer.num_training_batches
+        if writes or epoch_end or len(self._pending) >= self.tau_every_n_steps:
+            self._update_tau(trainer, pl_module)
         if writes or (epoch_end and self._log_epoch != trainer.current_epoch):
-            self._log(pl_module, b, reset=writes)
+            self._log(trainer, writes)
             self._log_epoch = trainer.current_epoch
 
-    def _log(self, pl_module: LightningModule, b: int, reset: bool) -> None:
-        """Log ``tau`` and the means since the last logger write (``self.log`` is too slow to call every step).
+    def _update_tau(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Fold the steps since the last update into ``tau`` (in step order) and decide the phase of the next step.
 
-        Only a step whose logs reach the loggers starts new means (``reset``): an epoch-end log in between updates
-        the progress bar and ``callback_metrics`` without cutting the loggers' next means short.
+        Every process updates on the same steps (counted alike, plus epoch ends and logging steps); under DDP each
+        step's ``tau_step`` is averaged over the processes that scored it, in one all-reduce for all the steps.
+        """
+        taus = self._step_taus(self._pending)
+        self._pending = []
+        if trainer.world_size > 1:
+            known = [t is not None for t in taus]
+            local = torch.tensor(
+                [[t if t is not None else 0.0 for t in taus], known], dtype=torch.float64, device=pl_module.device
+            )
+            sums, counts = trainer.strategy.reduce(local, reduce_op="sum").tolist()
+            taus = [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+        for tau_step in taus:
+            if tau_step is not None:  # None: a skipped step, which leaves tau as it is
+                self._tau = PF.tau_ema(self._tau, tau_step, self.a_tau)
+        self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
+
+    def _log(self, trainer: Trainer, writes: bool) -> None:
+        """Show ``tau`` and the means since the last logger write (``self.log`` is too slow to call every step).
+
+        Only a step whose logs reach the loggers (``writes``) writes them and starts new means: an epoch-end
+        update in between refreshes the progress bar and ``callback_metrics`` without cutting the loggers' next
+        means short.
         """
         acc = self._since_log
-        metrics = {"per/is_active": acc["importance_steps"] / max(1.0, acc["steps"])}
+        metrics = {"per/tau": self._tau, "per/is_active": acc["importance_steps"] / max(1.0, acc["steps"])}
         if acc["importance_steps"]:
             metrics["per/max_p"] = acc["per/max_p"] / acc["importance_steps"]
             metrics["per/unique_fraction"] = acc["per/unique_fraction"] / acc["importance_steps"]
         if acc["loss_steps"]:
             metrics["per/loss_unweighted"] = float(acc["per/loss_unweighted"]) / acc["loss_steps"]
-        pl_module.log("per/tau", self._tau, on_step=True, on_epoch=False, prog_bar=True, batch_size=b)
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=b)
-        if reset:
+        publish(trainer, metrics, to_loggers=writes, prog_bar=("per/tau",))
+        if writes:
             self._since_log = _empty_log()
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._update_tau(trainer, pl_module)  # `tau` counts every step (every process ends training together)
         self._close_extras()
 
     @override
@@ -335,7 +369,7 @@ class ImportanceSamplingCallback(Callback):
         presample = concat_batches(PrioritizedBatch(batch.data, batch.index, batch.weight), extras)
         outputs = scoring_step(pl_module, presample, i, trainer)
         scores = self._scores_from(outputs, presample)
-        self._step_tau = self._tau_of(scores)
+        (self._step_tau,) = self._step_taus([scores])
         generator = torch.Generator().manual_seed(_derive_seed(self.seed, trainer.global_rank, self._importance_steps))
         self._importance_steps += 1
         drawn = draw_importance_sample(scores, b, generator)
@@ -395,20 +429,66 @@ class ImportanceSamplingCallback(Callback):
         self._extras = None  # shuts the workers of the extra-points loader down
 
     # --------------------------------------------------------------------------------------------- scoring
-    def _tau_of(self, scores: Tensor) -> float:
-        s = scores.double()
-        total, squares = torch.stack([s.sum(), s.dot(s)]).tolist()  # one host transfer
-        count = s.numel()
-        if not (math.isfinite(total) and math.isfinite(squares)):  # non-finite points do not count
-            finite = torch.isfinite(s)
-            s = torch.where(finite, s, 0.0)
-            total, squares, count = torch.stack([s.sum(), s.dot(s), finite.sum()]).tolist()
-        if not total > 0:
-            return 1.0  # no finite positive score: no information, the uniform value
-        return PF.tau_from_sums(total, squares, count, self.tau_form == "rooted")
-
     def _scores_from(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
         """One score per sample of ``batch`` from what ``training_step`` returned for it (float32, detached)."""
+        return self._scores_of(self._score_inputs(outputs, batch))
+
+    def _step_taus(self, entries: list[_Pending]) -> list[float | None]:
+        """``tau_step`` of each entry: its own value, or computed from its scores (one host transfer in all)."""
+        taus: list[float | None] = [e if e is None or isinstance(e, float) else None for e in entries]
+        positions = [j for j, e in enumerate(entries) if isinstance(e, (Tensor, tuple))]
+        parts: list[Tensor | tuple[Tensor, Tensor]] = [e for e in entries if isinstance(e, (Tensor, tuple))]
+        if not parts:
+            return taus
+        scores = self._scores_of_steps(parts).double()
+        sizes = [p.numel() if isinstance(p, Tensor) else p[0].shape[0] for p in parts]
+        if len(set(sizes)) == 1:  # full batches: one reduction for all the steps
+            rows = scores.view(len(sizes), sizes[0])
+            sums = torch.stack([rows.sum(1), (rows * rows).sum(1)], 1).tolist()
+        else:
+            sums = torch.stack([torch.stack([s.sum(), s.dot(s)]) for s in scores.split(sizes)]).tolist()
+        for j, s, (total, squares) in zip(positions, scores.split(sizes), sums, strict=True):
+            count = s.numel()
+            if not (math.isfinite(total) and math.isfinite(squares)):  # non-finite points do not count
+                finite = torch.isfinite(s)
+                s = torch.where(finite, s, 0.0)
+                total, squares, count = torch.stack([s.sum(), s.dot(s), finite.sum()]).tolist()
+            # no finite positive score: no information, the uniform value 1
+            taus[j] = PF.tau_from_sums(total, squares, count, self.tau_form == "rooted") if total > 0 else 1.0
+        return taus
+
+    def _scores_of_steps(self, parts: list[Tensor | tuple[Tensor, Tensor]]) -> Tensor:
+        """The scores of several steps, concatenated; a closed-form bound runs once over all of them when it can."""
+        ready = [p for p in parts if isinstance(p, Tensor)]
+        if len(ready) == len(parts):
+            return torch.cat([p.float().reshape(-1) for p in ready])
+        pairs = [p for p in parts if isinstance(p, tuple)]
+        if len(pairs) == len(parts) and len(pairs) > 1 and _concatenable([p[0] for p in pairs], [p[1] for p in pairs]):
+            return self._scores_of((torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])))
+        return torch.cat([self._scores_of(p) for p in parts])
+
+    def _scores_of(self, entry: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """The scores of a step from what :meth:`_score_inputs` kept of it."""
+        if isinstance(entry, Tensor):
+            return entry.float().reshape(-1)
+        logits, targets = entry
+        if self.score == "ce":
+            weights = None
+            if self.class_weights is not None:
+                weights = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+            return PF.softmax_ce_grad_norm(logits, targets, self.label_smoothing, weights)
+        targets = targets.reshape(logits.shape)
+        if self.score == "bce":
+            return PF.sigmoid_bce_grad_norm(logits, targets)
+        return PF.mse_grad_norm(logits, targets)
+
+    def _score_inputs(self, outputs: Any, batch: PrioritizedBatch) -> Tensor | tuple[Tensor, Tensor]:
+        """Check what ``training_step`` returned for ``batch`` and keep what its scores need (detached).
+
+        The closed-form bounds keep ``(logits, targets)`` and are computed at the next ``tau`` update, a few
+        steps later, in one go (a small op costs tens of microseconds right after an optimizer step, a few in a
+        row); the other kinds keep their scores, computed now (they may depend on the batch).
+        """
         n = batch.batch_size
         if self.score == "custom":
             assert self.score_fn is not None
@@ -419,12 +499,12 @@ class ImportanceSamplingCallback(Callback):
                     f"`score_fn` returned {got} for a batch of {n} samples: it must return a tensor with one "
                     "non-negative score per sample, in batch order."
                 )
-            return values.detach().float().reshape(-1)
+            return values.detach()
         if not isinstance(outputs, Mapping):
             raise ValueError(self._unusable(f"`training_step` returned a {type(outputs).__name__}, not a dict"))
         if self.score == "loss":
             losses = outputs.get(self.loss_key)
-            if not isinstance(losses, Tensor) or losses.ndim == 0 or losses.shape[0] != n:
+            if not isinstance(losses, Tensor) or losses.ndim == 0 or losses.shape[0] != n or losses.numel() != n:
                 got = tuple(losses.shape) if isinstance(losses, Tensor) else f"keys {sorted(outputs)}"
                 raise ValueError(
                     f"ImportanceSamplingCallback(score='loss') needs one loss per sample under {self.loss_key!r} "
@@ -432,7 +512,7 @@ class ImportanceSamplingCallback(Callback):
                     '`{"loss": lightning_per.weighted_mean(losses, batch), "per_sample_loss": losses}` with '
                     "`losses = F.cross_entropy(logits, y, reduction='none')`."
                 )
-            return losses.detach().float().reshape(-1)
+            return losses.detach()
         logits, targets = outputs.get(self.logits_key), outputs.get(self.target_key)
         if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
             found = {k: (tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__) for k, v in outputs.items()}
@@ -465,26 +545,19 @@ class ImportanceSamplingCallback(Callback):
                         "`score='autograd'` with `loss_fn`"
                     )
                 )
-            weights = None
-            if self.class_weights is not None:
-                if len(self.class_weights) != logits.shape[1]:
-                    raise ValueError(
-                        f"`class_weights` has {len(self.class_weights)} entries but the logits have "
-                        f"{logits.shape[1]} classes."
-                    )
-                weights = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
-            return PF.softmax_ce_grad_norm(logits, targets, self.label_smoothing, weights)
-        if logits.reshape(n, -1).shape != targets.reshape(n, -1).shape:
+            if self.class_weights is not None and len(self.class_weights) != logits.shape[1]:
+                raise ValueError(
+                    f"`class_weights` has {len(self.class_weights)} entries but the logits have "
+                    f"{logits.shape[1]} classes."
+                )
+        elif logits.reshape(n, -1).shape != targets.reshape(n, -1).shape:
             raise ValueError(
                 self._unusable(
                     f"{self.score} needs outputs and targets of the same shape; got {self.logits_key!r} "
                     f"{tuple(logits.shape)} and {self.target_key!r} {tuple(targets.shape)}"
                 )
             )
-        targets = targets.reshape(logits.shape)
-        if self.score == "bce":
-            return PF.sigmoid_bce_grad_norm(logits, targets)
-        return PF.mse_grad_norm(logits, targets)
+        return logits, targets.detach()
 
     def _autograd_bound(self, logits: Tensor, targets: Tensor, n: int) -> Tensor:
         assert self.loss_fn is not None
@@ -513,9 +586,13 @@ class ImportanceSamplingCallback(Callback):
     # ------------------------------------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
+        # The steps since the last tau update (a checkpoint taken mid-way, e.g. by `every_n_train_steps`) are saved
+        # as their tau_step values, computed now without touching tau: the resumed run updates on the same steps.
+        self._pending = list(self._step_taus(self._pending))
         return {
             "tau": self._tau,
             "active": self._active,
+            "pending_taus": list(self._pending),
             "importance_steps": self._importance_steps,
             "extra_batches": self._extra_batches,
         }
@@ -524,6 +601,7 @@ class ImportanceSamplingCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._tau = float(state_dict.get("tau", 0.0))
         self._active = bool(state_dict.get("active", False))
+        self._pending = [None if t is None else float(t) for t in state_dict.get("pending_taus", [])]
         self._importance_steps = int(state_dict.get("importance_steps", 0))
         self._extra_batches = int(state_dict.get("extra_batches", 0))
         self._close_extras()
@@ -598,6 +676,14 @@ class _ExtraBatches:
             draws = torch.randint(len(self.shard), (self.size,), generator=generator)
             yield [self.shard[j] for j in draws.tolist()]
             k += 1
+
+
+def _concatenable(*groups: list[Tensor]) -> bool:
+    """Whether each group's tensors can be concatenated along dim 0 (same trailing shape, dtype and device)."""
+    return all(
+        all(t.shape[1:] == g[0].shape[1:] and t.dtype == g[0].dtype and t.device == g[0].device for t in g)
+        for g in groups
+    )
 
 
 def _empty_log() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lightning_per import functional as PF
 from lightning_per.callbacks._inference import prepare_batch, scoring_mode
+from lightning_per.callbacks._logging import publish
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.distributed import all_gather_variable
@@ -47,7 +48,9 @@ class LossTracker(Callback):
         - ``custom``: any non-negative per-sample value under ``score_key``.
 
     Logged every epoch: ``per/ess``, ``per/seen_fraction``, ``per/max_weight``, ``per/pruned_fraction``
-    (prune), ``per/score_q10``/``q50``/``q90``, ``per/nonfinite``.
+    (prune), ``per/score_q10``/``q50``/``q90``, ``per/nonfinite``. They go to the loggers directly (as Lightning's
+    ``LearningRateMonitor`` does; ``self.log`` would cost about a millisecond per metric), to
+    ``trainer.callback_metrics`` (so ``ModelCheckpoint``/``EarlyStopping`` can monitor them) and to ``last_stats``.
 
     Args:
         score: the score kind.
@@ -116,6 +119,7 @@ class LossTracker(Callback):
         self._nonfinite_total = 0
         self._warned_nonfinite = False
         self.last_plan: SamplingPlan | None = None
+        self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------------- hooks
     @override
@@ -161,7 +165,9 @@ class LossTracker(Callback):
         if outputs is None or (isinstance(outputs, Mapping) and not outputs):
             return  # a skipped step (`training_step` returned None): nothing was trained, nothing to record
         values, targets = self._scores_from(outputs, batch)
-        self._pending.append((batch.index.detach(), values.detach().float(), targets))
+        # as little as possible per step (each op costs tens of microseconds right after the optimizer step): the
+        # index needs no detach (an integer tensor), the float conversion and reshape wait for the flush
+        self._pending.append((batch.index, values.detach(), targets))
         if len(self._pending) >= self.flush_every_n_steps:
             self._flush()
 
@@ -186,7 +192,8 @@ class LossTracker(Callback):
         metrics["per/seen_fraction"] = seen_fraction
         metrics["per/nonfinite"] = float(dropped)
         metrics.update(_quantiles(table.scores))
-        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        self.last_stats = metrics
+        publish(trainer, metrics)  # the same on every rank (merged records); not `self.log`: see `_logging`
 
     # --------------------------------------------------------------------------------------------- scoring
     @property
@@ -202,9 +209,9 @@ class LossTracker(Callback):
             soft = raw.is_floating_point() and raw.ndim == 2  # class probabilities (mixup, label smoothing)
             targets = raw.argmax(-1) if soft else raw.reshape(-1)  # class labels, kept for `class_balance`
         if kind == "loss":
-            return self._get(outputs, self.loss_key, n).reshape(-1), targets
+            return self._get(outputs, self.loss_key, n, scalar=True), targets  # flattened at the flush
         if kind == "custom":
-            return self._get(outputs, self.score_key, n).reshape(-1), targets
+            return self._get(outputs, self.score_key, n, scalar=True), targets
         if kind == "novelty":
             return self._novelty(self._get(outputs, self.embedding_key, n)), targets
         logits = self._get(outputs, self.logits_key, n)
@@ -216,7 +223,8 @@ class LossTracker(Callback):
         }[kind]
         return fn(logits.detach(), raw if kind == "grad_norm" else targets), targets
 
-    def _get(self, outputs: Any, key: str, n: int) -> Tensor:
+    def _get(self, outputs: Any, key: str, n: int, scalar: bool = False) -> Tensor:
+        """``outputs[key]``, checked: a tensor with one row per sample (``scalar``: one value per sample)."""
         if not isinstance(outputs, dict) or key not in outputs:
             found = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
             hint = TWO_LINE_FIX if key == self.loss_key else f'Return it: `return {{"loss": loss, "{key}": ...}}`.'
@@ -225,7 +233,7 @@ class LossTracker(Callback):
                 f"`training_step` returns; it returned {found}.\n{hint}"
             )
         value = outputs[key]
-        if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != n:
+        if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != n or (scalar and value.numel() != n):
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(
                 f"`training_step` returned {key!r} with shape {got}, but the batch has {n} samples: return one "
@@ -276,8 +284,8 @@ class LossTracker(Callback):
     def _flush(self) -> None:
         if not self._pending:
             return
-        index = torch.cat([p[0] for p in self._pending]).cpu()
-        values = torch.cat([p[1] for p in self._pending]).cpu()
+        index = torch.cat([p[0].reshape(-1) for p in self._pending]).cpu()
+        values = torch.cat([p[1].reshape(-1) for p in self._pending]).float().cpu()
         targets = None if self._pending[0][2] is None else torch.cat([p[2] for p in self._pending]).cpu()  # type: ignore[misc]
         self._flushed.append((index, values, targets))
         self._pending.clear()
