@@ -76,14 +76,21 @@ class StepClock(Callback):
         self.turnstile = turnstile
         self.name = name
         self.seconds: list[float] = []
+        self.body_seconds: list[float] = []  # from `on_train_batch_start` to the step's end
         self._resumed = 0.0
+        self._started = 0.0
 
     def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
         self.turnstile.wait(self.name)
         self._resumed = time.perf_counter()
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._started = time.perf_counter()
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.seconds.append(time.perf_counter() - self._resumed)
+        end = time.perf_counter()
+        self.seconds.append(end - self._resumed)
+        self.body_seconds.append(end - self._started)
         self.turnstile.pass_on(self.name)
         self.turnstile.wait(self.name)
         self._resumed = time.perf_counter()
@@ -132,8 +139,10 @@ def make_setup(setup: str, dataset: TensorDataset, args: argparse.Namespace, clo
     return lambda: trainer.fit(model, datamodule=datamodule)
 
 
-def run_lockstep(dataset: TensorDataset, args: argparse.Namespace) -> dict[str, list[float]]:
-    """Run the four set-ups in lock step (see the protocol); the seconds of every step of each."""
+def run_lockstep(
+    dataset: TensorDataset, args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Run the four set-ups in lock step (see the protocol); the seconds of every step of each, and of its body."""
     turnstile = Turnstile(list(SETUPS))
     clocks = {setup: StepClock(turnstile, setup) for setup in SETUPS}
     fits = {setup: make_setup(setup, dataset, args, clocks[setup]) for setup in SETUPS}
@@ -155,7 +164,7 @@ def run_lockstep(dataset: TensorDataset, args: argparse.Namespace) -> dict[str, 
         thread.join()
     if errors:
         raise errors[0]
-    return {setup: clock.seconds for setup, clock in clocks.items()}
+    return {k: c.seconds for k, c in clocks.items()}, {k: c.body_seconds for k, c in clocks.items()}
 
 
 def plot(ratios: dict[str, dict[str, float]], theory: float, path: Path) -> None:
@@ -194,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     quiet()
     dataset = mnist1d_train(args.train_size, args.data_dir)
-    seconds = run_lockstep(dataset, args)
+    seconds, body_seconds = run_lockstep(dataset, args)
     per_epoch = -(-args.train_size // args.batch_size)
     timed = {k: v[args.warmup :] for k, v in seconds.items()}
     blocks = range(0, len(timed["plain"]) - per_epoch + 1, per_epoch)
@@ -211,6 +220,13 @@ def main(argv: list[str] | None = None) -> None:
         "ratio_spread": ratios,
         "blocks": len(rounds),
         "step_ms": {k: median([row[k] for row in rounds]) * 1e3 for k in SETUPS},
+        # the step split in two: its body (`on_train_batch_start` to the step's end: forward, backward, optimizer,
+        # the importance step's scoring) and the rest (the previous step's later hooks, loading and moving the batch)
+        "step_body_ms": {k: median(v[args.warmup :]) * 1e3 for k, v in body_seconds.items()},
+        "between_steps_ms": {
+            k: median([a - b for a, b in zip(seconds[k][args.warmup :], v[args.warmup :], strict=True)]) * 1e3
+            for k, v in body_seconds.items()
+        },
         "targets": {"tracker": 1.02, "importance_uniform_phase": 1.03, "importance_active": theory},
         "settings": vars(args) | {"out": str(args.out)},
         "protocol": __doc__.split("\n\n")[1].replace("\n", " "),

@@ -131,6 +131,18 @@ class IndexedDataset(Dataset):
             index, weight = key, 1.0
         return index, weight, self.dataset[index]
 
+    def __getitems__(self, keys: Sequence[int | tuple[int, float]]) -> list[tuple[int, float, Any]]:
+        """A whole batch at once (the DataLoader calls this when it exists).
+
+        One call of the wrapped dataset's own ``__getitems__`` if it has one, else a plain loop; no per-sample call
+        of this wrapper.
+        """
+        pairs = [key if isinstance(key, tuple) else (key, 1.0) for key in keys]
+        indices = [index for index, _ in pairs]
+        many = getattr(self.dataset, "__getitems__", None)
+        samples = many(indices) if many is not None else [self.dataset[index] for index in indices]
+        return [(index, weight, sample) for (index, weight), sample in zip(pairs, samples, strict=True)]
+
 
 class IndexedCollate:
     """Collates ``(index, weight, sample)`` items into a :class:`PrioritizedBatch` (picklable for workers).

@@ -34,6 +34,9 @@ def test_overhead_writes_the_four_ratios_and_a_plot(tmp_path):
     assert data["ratio"]["importance_active_theory"] == pytest.approx(2.0)
     assert data["blocks"] == 4 and all(v > 0 for v in data["ratio"].values())
     assert data["env"]["torch"] and out.with_suffix(".png").exists()
+    for setup in overhead.SETUPS:  # a step is its body plus what runs between two bodies
+        body, between = data["step_body_ms"][setup], data["between_steps_ms"][setup]
+        assert body > 0 and between > 0 and body + between == pytest.approx(data["step_ms"][setup], rel=0.5)
 
 
 def test_sampler_scale_reports_seconds_and_bytes_per_sample(tmp_path):

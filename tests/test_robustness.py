@@ -124,3 +124,36 @@ def test_plan_follows_max_epochs_and_priorities_leave_their_input_alone():
     scores = torch.tensor(np.array([1.0, 2.0]))  # float64 input
     PF.proportional_priorities(scores, alpha=2.0, eps=1.0)
     assert scores.tolist() == [1.0, 2.0]
+
+
+class _BatchFetching(torch.utils.data.Dataset):
+    """A dataset that serves whole batches (`__getitems__`, as Hugging Face datasets do) and counts the calls."""
+
+    def __init__(self, base):
+        self.base, self.batch_calls, self.item_calls = base, 0, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.item_calls += 1
+        return self.base[i]
+
+    def __getitems__(self, indices):
+        self.batch_calls += 1
+        return [self.base[i] for i in indices]
+
+
+def test_a_dataset_with_getitems_gets_one_call_per_batch_and_the_right_samples():
+    base = blobs(20)
+    dataset = _BatchFetching(base)
+    dm = lp.PrioritizedDataModule(dataset, batch_size=8, strategy="proportional", seed=0)
+    dm.setup("fit")
+    dm.scores.update(torch.arange(20), torch.arange(1.0, 21.0))
+    dm.prepare_epoch(1)  # weighted draws: the sampler yields (index, weight) pairs
+    batches = list(dm.train_dataloader())
+    assert dataset.batch_calls == len(batches) == 3 and dataset.item_calls == 0
+    for batch in batches:
+        x, y = batch
+        assert torch.equal(x, base.tensors[0][batch.index]) and torch.equal(y, base.tensors[1][batch.index])
+        assert len(set(batch.weight.tolist())) > 1

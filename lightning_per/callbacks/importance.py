@@ -447,9 +447,10 @@ class ImportanceSamplingCallback(Callback):
             sums = torch.stack([rows.sum(1), (rows * rows).sum(1)], 1).tolist()
         else:
             sums = torch.stack([torch.stack([s.sum(), s.dot(s)]) for s in scores.split(sizes)]).tolist()
-        for j, s, (total, squares) in zip(positions, scores.split(sizes), sums, strict=True):
-            count = s.numel()
+        offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+        for j, start, count, (total, squares) in zip(positions, offsets, sizes, sums, strict=True):
             if not (math.isfinite(total) and math.isfinite(squares)):  # non-finite points do not count
+                s = scores[start : start + count]
                 finite = torch.isfinite(s)
                 s = torch.where(finite, s, 0.0)
                 total, squares, count = torch.stack([s.sum(), s.dot(s), finite.sum()]).tolist()

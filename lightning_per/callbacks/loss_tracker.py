@@ -182,10 +182,12 @@ class LossTracker(Callback):
         self._flush()
         index, values, targets = self._merge(trainer, pl_module)
         table = datamodule.scores
-        seen_fraction = float(torch.unique(index).numel()) / len(table) if index.numel() else 0.0
         if self.class_balance and targets is not None:
             values = values * self._class_factor(index, targets, len(table))
-        dropped = table.update(index, values, ema=0.0 if refresh else self.ema)
+        dropped = table.update(index, values, ema=0.0 if refresh else self.ema)  # checks the indices
+        seen = torch.zeros(len(table), dtype=torch.bool)
+        seen[index] = True  # linear in the table, cheaper than sorting the epoch's indices
+        seen_fraction = float(seen.sum()) / len(table)
         self._record_nonfinite(dropped)
         self.last_plan = plan = datamodule.prepare_epoch(trainer.current_epoch + 1)
         metrics = {f"per/{k}": v for k, v in (plan.stats or {}).items()}
