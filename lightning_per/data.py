@@ -125,10 +125,7 @@ class IndexedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, float]) -> tuple[int, float, Any]:
-        if isinstance(key, tuple):
-            index, weight = key
-        else:
-            index, weight = key, 1.0
+        index, weight = _index_and_weight(key)
         return index, weight, self.dataset[index]
 
     def __getitems__(self, keys: Sequence[int | tuple[int, float]]) -> list[tuple[int, float, Any]]:
@@ -137,11 +134,16 @@ class IndexedDataset(Dataset):
         One call of the wrapped dataset's own ``__getitems__`` if it has one, else a plain loop; no per-sample call
         of this wrapper.
         """
-        pairs = [key if isinstance(key, tuple) else (key, 1.0) for key in keys]
+        pairs = [_index_and_weight(key) for key in keys]
         indices = [index for index, _ in pairs]
         many = getattr(self.dataset, "__getitems__", None)
         samples = many(indices) if many is not None else [self.dataset[index] for index in indices]
         return [(index, weight, sample) for (index, weight), sample in zip(pairs, samples, strict=True)]
+
+
+def _index_and_weight(key: int | tuple[int, float]) -> tuple[int, float]:
+    """A sampler key as ``(index, weight)``: an int index has weight 1."""
+    return key if isinstance(key, tuple) else (key, 1.0)
 
 
 class IndexedCollate:

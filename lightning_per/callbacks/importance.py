@@ -90,12 +90,12 @@ class ImportanceSamplingCallback(Callback):
     last such step, straight to the loggers (as Lightning's ``LearningRateMonitor`` does: ``self.log`` costs about
     a millisecond per metric on a CPU), and, on those steps and at the last step of an epoch that had none, to the
     progress bar and ``trainer.callback_metrics``: ``per/tau`` (its current value, also in the progress bar) and
-    ``per/is_active`` (the
-    fraction of importance steps); when importance steps took place since the last log, also these means over them:
-    ``per/max_p`` (the largest selection probability), ``per/unique_fraction`` (distinct points among the ``b``
-    trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample losses, when
-    ``training_step`` returns them under ``loss_key``). ``tau``, the phase and the counters that seed the draws are
-    saved in checkpoints, so a resumed run continues where it stopped.
+    ``per/is_active`` (the fraction of importance steps); when importance steps took place since the last log, also
+    these means over them: ``per/max_p`` (the largest selection probability), ``per/unique_fraction`` (distinct
+    points among the ``b`` trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample
+    losses, when ``training_step`` returns them under ``loss_key``). ``tau``, the phase, the ``tau_step`` values of
+    the steps since the last update and the counters that seed the draws are saved in checkpoints, so a resumed run
+    continues where it stopped.
 
     Data: train with a :class:`~lightning_per.PrioritizedDataModule` (or a subclass) with ``strategy="uniform"``.
     :class:`~lightning_per.LossTracker` may be added too: it then records the scores of the trained points (with
@@ -460,11 +460,13 @@ class ImportanceSamplingCallback(Callback):
 
     def _scores_of_steps(self, parts: list[Tensor | tuple[Tensor, Tensor]]) -> Tensor:
         """The scores of several steps, concatenated; a closed-form bound runs once over all of them when it can."""
+        if len(parts) == 1:
+            return self._scores_of(parts[0])
         ready = [p for p in parts if isinstance(p, Tensor)]
         if len(ready) == len(parts):
             return torch.cat([p.float().reshape(-1) for p in ready])
         pairs = [p for p in parts if isinstance(p, tuple)]
-        if len(pairs) == len(parts) and len(pairs) > 1 and _concatenable([p[0] for p in pairs], [p[1] for p in pairs]):
+        if len(pairs) == len(parts) and _concatenable([p[0] for p in pairs], [p[1] for p in pairs]):
             return self._scores_of((torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])))
         return torch.cat([self._scores_of(p) for p in parts])
 

@@ -286,7 +286,7 @@ class LossTracker(Callback):
     def _flush(self) -> None:
         if not self._pending:
             return
-        index = torch.cat([p[0].reshape(-1) for p in self._pending]).cpu()
+        index = torch.cat([p[0] for p in self._pending]).cpu()
         values = torch.cat([p[1].reshape(-1) for p in self._pending]).float().cpu()
         targets = None if self._pending[0][2] is None else torch.cat([p[2] for p in self._pending]).cpu()  # type: ignore[misc]
         self._flushed.append((index, values, targets))
