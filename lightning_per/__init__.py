@@ -4,6 +4,7 @@ from lightning_per import functional
 from lightning_per.callbacks import ImportanceSamplingCallback, LossTracker, ScoreKind
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch, weighted_mean
 from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.distributed import release_process_group
 from lightning_per.sampler import PrioritizedSampler
 from lightning_per.scores import ScoreTable
 from lightning_per.strategy import SamplingPlan, SamplingStrategy, StrategyName, build_plan
@@ -25,5 +26,6 @@ __all__ = [
     "StrategyName",
     "build_plan",
     "functional",
+    "release_process_group",
     "weighted_mean",
 ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from lightning_per.distributed import release_process_group
+
 __all__ = ["entry", "main"]
 
 
@@ -32,8 +34,9 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
 
 
 def entry() -> None:
-    """Console-script entry point of ``lightning-per``."""
+    """Console-script entry point of ``lightning-per``; ends a DDP run by releasing its process group."""
     main()
+    release_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["all_gather_variable"]
+__all__ = ["all_gather_variable", "release_process_group"]
 
 
 def all_gather_variable(tensor: Tensor, world_size: int) -> Tensor:
@@ -30,3 +30,14 @@ def all_gather_variable(tensor: Tensor, world_size: int) -> Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(world_size)]
     torch.distributed.all_gather(gathered, padded)
     return torch.cat([g[:c] for g, c in zip(gathered, counts, strict=True)])
+
+
+def release_process_group() -> None:
+    """Destroy the default process group, if one is initialised; call it once training is over.
+
+    Lightning leaves the group alive when ``fit`` returns. Exiting the interpreter with it alive can abort the
+    process (``terminate called without an active exception``, exit code -6) while gloo's worker threads are torn
+    down, so a script that ran under DDP should end with this call. A no-op without ``torch.distributed``.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -61,3 +61,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    lp.release_process_group()  # exiting with the group alive can abort the process (exit code -6)

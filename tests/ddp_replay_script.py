@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_per import release_process_group
 from lightning_per.replay import MER, ContinualDataModule, ContinualModule, ExperienceReplay, TaskAccuracyMatrix
 
 PER_TASK = 40
@@ -79,3 +80,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    release_process_group()  # exiting with the group alive can abort the process (exit code -6)
