@@ -134,11 +134,17 @@ class IndexedDataset(Dataset):
         One call of the wrapped dataset's own ``__getitems__`` if it has one, else a plain loop; no per-sample call
         of this wrapper.
         """
-        pairs = [_index_and_weight(key) for key in keys]
-        indices = [index for index, _ in pairs]
+        weighted = [isinstance(key, tuple) for key in keys]
+        if any(weighted):
+            pairs = [_index_and_weight(key) for key in keys]
+            indices = [index for index, _ in pairs]
+            weights = [weight for _, weight in pairs]
+        else:  # a uniform pass: plain int indices, weight 1
+            indices = list(keys)  # type: ignore[arg-type]
+            weights = [1.0] * len(indices)
         many = getattr(self.dataset, "__getitems__", None)
         samples = many(indices) if many is not None else [self.dataset[index] for index in indices]
-        return [(index, weight, sample) for (index, weight), sample in zip(pairs, samples, strict=True)]
+        return list(zip(indices, weights, samples, strict=True))
 
 
 def _index_and_weight(key: int | tuple[int, float]) -> tuple[int, float]:

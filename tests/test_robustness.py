@@ -2,6 +2,7 @@
 lengths, checkpoints saved before an epoch's end, per-sample tuples, skipped steps, soft targets."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -144,16 +145,22 @@ class _BatchFetching(torch.utils.data.Dataset):
         return [self.base[i] for i in indices]
 
 
-def test_a_dataset_with_getitems_gets_one_call_per_batch_and_the_right_samples():
+@pytest.mark.parametrize("strategy", ["proportional", "uniform"])
+def test_a_dataset_with_getitems_gets_one_call_per_batch_and_the_right_samples(strategy):
     base = blobs(20)
     dataset = _BatchFetching(base)
-    dm = lp.PrioritizedDataModule(dataset, batch_size=8, strategy="proportional", seed=0)
+    dm = lp.PrioritizedDataModule(dataset, batch_size=8, strategy=strategy, seed=0)
     dm.setup("fit")
     dm.scores.update(torch.arange(20), torch.arange(1.0, 21.0))
-    dm.prepare_epoch(1)  # weighted draws: the sampler yields (index, weight) pairs
+    dm.prepare_epoch(1)  # proportional: the sampler yields (index, weight) pairs; uniform: plain int indices
     batches = list(dm.train_dataloader())
     assert dataset.batch_calls == len(batches) == 3 and dataset.item_calls == 0
     for batch in batches:
         x, y = batch
         assert torch.equal(x, base.tensors[0][batch.index]) and torch.equal(y, base.tensors[1][batch.index])
-        assert len(set(batch.weight.tolist())) > 1
+        if strategy == "uniform":
+            assert batch.weight.dtype == torch.float32 and torch.equal(batch.weight, torch.ones(len(batch.index)))
+        else:
+            assert len(set(batch.weight.tolist())) > 1
+    if strategy == "uniform":
+        assert sorted(i for b in batches for i in b.index.tolist()) == list(range(20))  # one shuffled pass
