@@ -91,7 +91,9 @@ class PrioritizedBatch:
 def weighted_mean(losses: Tensor, batch: Any) -> Tensor:
     """The mean of per-sample ``losses`` weighted by ``batch.weight``; a plain mean for a batch without weights.
 
-    This is the one call that keeps the gradient unbiased under prioritized or importance sampling.
+    This is the one call that keeps the gradient unbiased under prioritized or importance sampling. ``losses``
+    has one row per sample: shape ``(n,)``, ``(n, 1)`` or ``(n, T, ...)`` (e.g. per-token losses; each sample's
+    weight multiplies its whole row, then all elements are averaged).
 
     Example::
 
@@ -102,12 +104,14 @@ def weighted_mean(losses: Tensor, batch: Any) -> Tensor:
     weight = getattr(batch, "weight", None)
     if weight is None:
         return losses.mean()
-    if weight.shape[0] != losses.shape[0]:
+    if losses.ndim == 0 or losses.shape[0] != weight.shape[0]:
         raise ValueError(
-            f"`losses` has {losses.shape[0]} rows but the batch has {weight.shape[0]} weights: compute the loss "
-            "per sample (e.g. `F.cross_entropy(logits, y, reduction='none')`) on the batch as it arrived."
+            f"`losses` has shape {tuple(losses.shape)} but the batch has {weight.shape[0]} weights: compute the "
+            "loss per sample (e.g. `F.cross_entropy(logits, y, reduction='none')`) on the batch as it arrived, "
+            "one row per sample."
         )
-    return (losses * weight.to(losses.dtype)).mean()
+    # a sample's weight applies to its whole row: (n,), (n, 1) and per-element (n, T, ...) losses alike
+    return (losses * weight.to(losses.dtype).reshape(-1, *[1] * (losses.ndim - 1))).mean()
 
 
 class IndexedDataset(Dataset):

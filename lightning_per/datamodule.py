@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -147,6 +148,7 @@ class PrioritizedDataModule(LightningDataModule):
     # ---------------------------------------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
         """The prioritized training loader: batches are :class:`~lightning_per.PrioritizedBatch`."""
+        self._follow_train_set()
         sampler = self.sampler
         if self.trainer is not None:  # the world may not have been known when the sampler was first used
             sampler.num_replicas, sampler.rank = self._world()
@@ -154,10 +156,19 @@ class PrioritizedDataModule(LightningDataModule):
                 sampler.max_epochs = self.trainer.max_epochs
             self._check_schedule(self.trainer.max_epochs)
         per_rank = len(sampler)
-        if self.drop_last and per_rank < self.batch_size:
-            raise ValueError(
-                f"`batch_size={self.batch_size}` with `drop_last=True` leaves no batch: each process gets "
-                f"{per_rank} samples. Lower `batch_size` or set `drop_last=False`."
+        drop_last = self.drop_last
+        if drop_last and per_rank < self.batch_size:
+            full = math.ceil(self._train_length() / sampler.num_replicas)
+            if full < self.batch_size:
+                raise ValueError(
+                    f"`batch_size={self.batch_size}` with `drop_last=True` leaves no batch: each process gets "
+                    f"{full} samples. Lower `batch_size` or set `drop_last=False`."
+                )
+            # this epoch's plan (a pruned one) is shorter than a batch: keep its only, partial batch
+            drop_last = False
+            rank_zero_warn(
+                f"Epoch {sampler.epoch}'s plan gives each process {per_rank} samples, fewer than `batch_size="
+                f"{self.batch_size}`: this epoch keeps its partial batch despite `drop_last=True`."
             )
         return DataLoader(
             IndexedDataset(self.train_dataset),  # type: ignore[arg-type]
@@ -167,7 +178,7 @@ class PrioritizedDataModule(LightningDataModule):
             collate_fn=IndexedCollate(self.collate_fn),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            drop_last=self.drop_last,
+            drop_last=drop_last,
         )
 
     def val_dataloader(self) -> Any:
@@ -211,6 +222,25 @@ class PrioritizedDataModule(LightningDataModule):
         if length == 0:
             raise ValueError("`train_dataset` is empty.")
         return length
+
+    def _follow_train_set(self) -> None:
+        """Start the score table and the sampler afresh if ``train_dataset`` was replaced by one of another length.
+
+        A table sized to the old set would leave new samples undrawn or index past the end of a smaller one.
+        """
+        if self._scores is None:
+            return
+        length = self._train_length()
+        if length == len(self._scores):
+            if self._sampler is not None:
+                self._sampler.dataset = self.train_dataset  # type: ignore[assignment]
+            return
+        rank_zero_warn(
+            f"`train_dataset` now has {length} samples but the score table was built for {len(self._scores)}: "
+            "the scores and the sampler start afresh (the next epoch is uniform). Use a new PrioritizedDataModule "
+            "to make this explicit."
+        )
+        self._scores, self._sampler, self._pending_state = None, None, None
 
     def _world(self) -> tuple[int, int]:
         if self.trainer is None:

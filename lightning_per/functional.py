@@ -90,18 +90,28 @@ def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-
 
 
 def rank_priorities(scores: Tensor, alpha: float = 1.0) -> Tensor:
-    """Priorities ``rank ** -alpha`` in float64, rank 1 being the largest score (ties broken by index).
+    """Priorities ``rank ** -alpha`` in float64, rank 1 being the largest score; tied scores share their mean rank.
 
-    Robust to outlier scores: only the order matters.
+    Robust to outlier scores: only the order matters. Equal scores get equal priorities (all-equal scores give a
+    uniform distribution), so samples with tied scores, e.g. unseen ones filled with the largest score, are
+    drawn alike whatever their index.
 
     Example::
 
         >>> rank_priorities(torch.tensor([0.1, 5.0, 2.0]), alpha=1.0)
         tensor([0.3333, 1.0000, 0.5000], dtype=torch.float64)
+        >>> rank_priorities(torch.tensor([3.0, 1.0, 3.0]), alpha=1.0)  # the tie shares ranks 1 and 2
+        tensor([0.6667, 0.3333, 0.6667], dtype=torch.float64)
     """
-    order = torch.argsort(scores, descending=True, stable=True)
+    ordered, order = torch.sort(scores, descending=True, stable=True)
     ranks = torch.empty(scores.numel(), dtype=torch.float64, device=scores.device)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)
+    if bool((ordered[1:] != ordered[:-1]).all()):  # no ties (the usual case for losses): ranks 1..n
+        ranks[order] = torch.arange(1, scores.numel() + 1, dtype=torch.float64, device=scores.device)
+    else:
+        _, group, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
+        del ordered
+        last = counts.cumsum(0).to(torch.float64)  # a group of tied scores covers ranks last - count + 1 .. last
+        ranks[order] = (last - (counts.to(torch.float64) - 1.0) / 2.0)[group]
     return ranks.pow_(-alpha)
 
 
@@ -365,6 +375,8 @@ def softmax_ce_grad_norm(
         hit = probs.new_full((probs.shape[0], 1), label_smoothing - 1.0)
         return probs.scatter_add_(1, targets.long().reshape(-1, 1), hit).norm(dim=-1)
     probabilities = targets.dtype.is_floating_point or targets.shape == logits.shape  # integer one-hot rows too
+    if not probabilities:  # class indices, e.g. (n, 1) labels: one per row of logits
+        targets = _same_shape(targets, logits.shape[:-1], logits.shape)
     q = targets.float() if probabilities else F.one_hot(targets.long(), num_classes).float()
     if label_smoothing:
         q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
@@ -382,7 +394,7 @@ def sigmoid_bce_grad_norm(logits: Tensor, targets: Tensor) -> Tensor:
         >>> sigmoid_bce_grad_norm(torch.tensor([[0.0]]), torch.tensor([[1.0]]))
         tensor([0.5000])
     """
-    diff = logits.detach().float().sigmoid() - targets.float()
+    diff = logits.detach().float().sigmoid() - _same_shape(targets, logits.shape, logits.shape).float()
     return diff.reshape(diff.shape[0], -1).norm(dim=-1)
 
 
@@ -394,7 +406,9 @@ def mse_grad_norm(outputs: Tensor, targets: Tensor) -> Tensor:
         >>> mse_grad_norm(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]]))
         tensor([1.4142])
     """
-    diff = (outputs.detach().float() - targets.float()).reshape(outputs.shape[0], -1)
+    diff = (outputs.detach().float() - _same_shape(targets, outputs.shape, outputs.shape).float()).reshape(
+        outputs.shape[0], -1
+    )
     return diff.norm(dim=-1) * (2.0 / diff.shape[1])
 
 
@@ -422,3 +436,18 @@ def margin_score(logits: Tensor, targets: Tensor) -> Tensor:
     true = probs.gather(-1, targets.long().view(-1, 1)).squeeze(-1)
     others = probs.scatter(-1, targets.long().view(-1, 1), -1.0).amax(-1)
     return 1.0 - (true - others)
+
+
+def _same_shape(targets: Tensor, shape: torch.Size, outputs: torch.Size) -> Tensor:
+    """``targets`` viewed as ``shape`` when they hold as many values, else a ``ValueError`` naming both shapes.
+
+    (n,) targets against (n, 1) outputs, or the other way round, would otherwise broadcast to (n, n).
+    """
+    if targets.shape == shape:
+        return targets
+    if targets.numel() != math.prod(shape):
+        raise ValueError(
+            f"`targets` has shape {tuple(targets.shape)}, which does not match outputs of shape {tuple(outputs)}: "
+            f"give one target per output ({tuple(shape)})."
+        )
+    return targets.reshape(shape)

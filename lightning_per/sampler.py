@@ -59,6 +59,8 @@ class PrioritizedSampler(DistributedSampler):
             raise ValueError(f"`num_replicas` must be >= 1, got {num_replicas}.")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"`rank` must be in [0, {num_replicas}), got {rank}.")
+        if chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
         if len(data_source) == 0:
             raise ValueError("The training set is empty: `data_source` has length 0.")
         if scores is not None and len(scores) != len(data_source):
@@ -101,7 +103,8 @@ class PrioritizedSampler(DistributedSampler):
         self.epoch = epoch
 
     def _generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        # modulo 2**64, as torch maps a seed itself: any int `seed` works, and seeds used so far draw as before
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (1 << 64))
 
     def plan(self) -> SamplingPlan:
         """The current epoch's plan, cached until the epoch or the score table changes."""

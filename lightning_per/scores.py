@@ -51,8 +51,17 @@ class ScoreTable:
             ema: weight of the old score in ``s <- ema * s + (1 - ema) * new`` (0 overwrites).
 
         Raises:
-            ValueError: an index is out of range.
+            ValueError: an index is out of range or not an integer, or ``index`` and ``values`` differ in size.
         """
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise ValueError(
+                f"`index` must hold integer sample indices, got dtype {index.dtype}: a float index is truncated "
+                "(and loses exactness above 2**24), so pass `batch.index` (int64) as it came."
+            )
+        if index.numel() != values.numel():
+            raise ValueError(
+                f"`index` has {index.numel()} entries but `values` has {values.numel()}: give one value per index."
+            )
         index = index.reshape(-1).to(device="cpu", dtype=torch.int64)
         values = values.reshape(-1).to(device="cpu", dtype=torch.float32)
         finite = torch.isfinite(values)

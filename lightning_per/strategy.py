@@ -90,8 +90,8 @@ class SamplingStrategy:
             value = getattr(self, key)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{key}` must be in [0, 1], got {value}.")
-        if not self.eps >= 0:
-            raise ValueError(f"`eps` must be >= 0, got {self.eps}.")
+        if not 0 <= self.eps < math.inf:
+            raise ValueError(f"`eps` must be finite and >= 0, got {self.eps}.")
         if self.final_uniform_epochs is not None and self.final_uniform_epochs < 0:
             raise ValueError(f"`final_uniform_epochs` must be >= 0, got {self.final_uniform_epochs}.")
         if self.num_samples is not None and self.num_samples <= 0:

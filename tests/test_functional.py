@@ -27,6 +27,23 @@ def test_rank_priorities_are_order_only():
     assert torch.equal(a, b)
 
 
+def test_rank_gives_tied_scores_equal_probability_whatever_their_index():
+    # all equal (e.g. every sample unseen, filled with the same score): uniform, as proportional gives
+    assert torch.allclose(
+        PF.to_probabilities(PF.rank_priorities(torch.full((8,), 2.0))), torch.full((8,), 0.125).double()
+    )
+    # a tie shares the mean of the ranks it covers: ranks 1.5, 1.5, 3, 4.5, 4.5 here
+    p = PF.rank_priorities(torch.tensor([5.0, 5.0, 1.0, 0.0, 0.0]), alpha=2.0)
+    assert torch.allclose(p, torch.tensor([1.5, 1.5, 3.0, 4.5, 4.5], dtype=torch.float64) ** -2.0)
+    # in an epoch's plan, the tied samples at both ends of the index range get the same probability
+    scores = torch.tensor([1.0] * 4 + [0.5] * 4)
+    plan = build_plan(
+        scores, SamplingStrategy("rank"), epoch=1, max_epochs=None, generator=torch.Generator(), num_samples=8
+    )
+    p = torch.diff(plan.cdf, prepend=plan.cdf.new_zeros(1))
+    assert torch.allclose(p[:4], p[0]) and torch.allclose(p[4:], p[4]) and p[0] > p[4]
+
+
 def test_importance_weights_make_the_weighted_mean_of_p_uniform():
     p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     w = PF.importance_weights(p, 4)

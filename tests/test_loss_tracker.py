@@ -1,10 +1,12 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import IterableDataset
 
 import lightning_per as lp
+from lightning_per import functional as PF
 from tests.helpers import DictDataset, ListDataset, RecordingLogger, TinyClassifier, blobs, small_trainer
 
 
@@ -236,3 +238,65 @@ def test_the_default_beta_schedule_anneals_to_unbiased_weights_and_warns_without
     dm = lp.PrioritizedDataModule(blobs(32), batch_size=8, strategy=strategy)
     with pytest.warns(UserWarning, match=r"anneals beta from 0.4 to 1.0 .*`max_epochs=-1`"):
         _fit(tmp_path, dm, max_epochs=None, max_steps=12)
+
+
+def test_a_non_finite_embedding_scores_nan_but_never_poisons_the_novelty_mean():
+    t = lp.LossTracker(score="novelty", novelty_momentum=0.5)
+    t._novelty(torch.tensor([[1.0, 1.0], [3.0, 3.0]]))  # mean (2, 2)
+    bad = torch.tensor([[float("nan"), 0.0], [2.0, 4.0], [float("inf"), 1.0]])
+    scores = t._novelty(bad)
+    assert torch.isnan(scores[0]) and not torch.isfinite(scores[2]) and scores[1] == pytest.approx(2.0)
+    assert torch.allclose(t._novelty_mean, torch.tensor([2.0, 3.0]))  # blended with the one finite row only
+    t._novelty(torch.full((2, 2), float("nan")))  # a batch without a finite row leaves the mean as it was
+    assert torch.allclose(t._novelty_mean, torch.tensor([2.0, 3.0]))
+    assert torch.isfinite(t._novelty(torch.zeros(2, 2))).all()
+
+
+@pytest.mark.parametrize("score", ["grad_norm", "deviation", "margin"])
+def test_targets_as_labels_column_or_one_hot_rows_score_like_plain_labels(score):
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    batch = lp.PrioritizedBatch(None, torch.arange(5), torch.ones(5))
+    t = lp.LossTracker(score=score, class_balance=0.5)
+    expected, _ = t._scores_from({"logits": logits, "target": labels}, batch)
+    for target in (labels[:, None], F.one_hot(labels, 3), F.one_hot(labels, 3).float()):
+        values, classes = t._scores_from({"logits": logits, "target": target}, batch)
+        assert values.shape == (5,) and torch.allclose(values, expected), target
+        assert torch.equal(classes, labels)  # what class_balance counts
+    with pytest.raises(ValueError, match=r"`targets` has shape \(5, 2\)"):
+        PF.softmax_ce_grad_norm(logits, torch.zeros(5, 2, dtype=torch.long))
+
+
+def test_bce_and_mse_bounds_pair_each_output_with_its_own_target():
+    out, y = torch.tensor([[0.0], [2.0], [-1.0]]), torch.tensor([1.0, 0.0, 1.0])
+    assert torch.allclose(PF.mse_grad_norm(out, y), PF.mse_grad_norm(out, y[:, None]))  # (n, 1) against (n,)
+    assert PF.mse_grad_norm(out, y).shape == (3,)
+    assert torch.allclose(PF.sigmoid_bce_grad_norm(out, y), PF.sigmoid_bce_grad_norm(out, y[:, None]))
+    with pytest.raises(ValueError, match="give one target per output"):
+        PF.mse_grad_norm(out, torch.zeros(4))
+
+
+@pytest.mark.parametrize("new_size", [100, 20])
+def test_a_replaced_training_set_of_another_length_starts_the_scores_afresh(tmp_path, new_size):
+    dm = lp.PrioritizedDataModule(blobs(48), batch_size=8, strategy="proportional", seed=0)
+    small_trainer(tmp_path, callbacks=[lp.LossTracker(class_balance=0.5)], max_epochs=2).fit(TinyClassifier(), dm)
+    assert len(dm.scores) == 48
+    dm.train_dataset = blobs(new_size, seed=1)  # e.g. a grown (or filtered) data set, re-fitted
+    model = TinyClassifier()
+    with pytest.warns(UserWarning, match=f"now has {new_size} samples but the score table was built for 48"):
+        small_trainer(tmp_path, callbacks=[lp.LossTracker(class_balance=0.5)], max_epochs=2).fit(model, dm)
+    assert len(dm.scores) == new_size and len(dm.sampler.dataset) == new_size
+    assert sorted(model.epoch_index[0]) == list(range(new_size))  # a uniform first pass over the new set
+    assert set(model.epoch_index[1]) <= set(range(new_size))
+
+
+def test_a_pruned_epoch_shorter_than_a_batch_keeps_its_partial_batch_with_drop_last(tmp_path):
+    strategy = lp.SamplingStrategy("prune", prune_ratio=0.9, final_uniform_epochs=0)
+    dm = lp.PrioritizedDataModule(blobs(30), batch_size=20, drop_last=True, strategy=strategy, seed=0)
+    model = TinyClassifier()
+    with pytest.warns(UserWarning, match="fewer than `batch_size=20`: this epoch keeps its partial batch"):
+        small_trainer(tmp_path, callbacks=[lp.LossTracker()], max_epochs=3).fit(model, dm)
+    assert len(model.epoch_index[0]) == 20  # epoch 0: full pass of 30, the last partial batch dropped
+    assert all(0 < len(model.epoch_index[e]) < 20 for e in (1, 2))  # pruned epochs still train
+    with pytest.raises(ValueError, match="`batch_size=40` with `drop_last=True` leaves no batch: each process gets 30"):
+        lp.PrioritizedDataModule(blobs(30), batch_size=40, drop_last=True).train_dataloader()

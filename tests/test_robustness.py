@@ -164,3 +164,17 @@ def test_a_dataset_with_getitems_gets_one_call_per_batch_and_the_right_samples(s
             assert len(set(batch.weight.tolist())) > 1
     if strategy == "uniform":
         assert sorted(i for b in batches for i in b.index.tolist()) == list(range(20))  # one shuffled pass
+
+
+def test_weighted_mean_weights_each_samples_row_whatever_the_loss_shape():
+    batch = lp.PrioritizedBatch(None, torch.arange(4), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    losses = torch.tensor([1.0, 1.0, 2.0, 0.5])
+    expected = (losses * batch.weight).mean()
+    assert torch.allclose(lp.weighted_mean(losses, batch), expected)
+    assert torch.allclose(lp.weighted_mean(losses[:, None], batch), expected)  # (n, 1), as F.mse_loss gives
+    per_token = torch.tensor([[1.0, 3.0, 0.0, 0.0], [0.0, 2.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0], [1.0, 0.0, 0.0, 3.0]])
+    # (n, T) with T == n must not be weighted by column
+    assert torch.allclose(lp.weighted_mean(per_token, batch), (per_token.mean(1) * batch.weight).mean())
+    for bad in (torch.tensor(1.0), torch.ones(3), torch.ones(5, 4)):
+        with pytest.raises(ValueError, match=r"`losses` has shape .* but the batch has 4 weights"):
+            lp.weighted_mean(bad, batch)

@@ -96,3 +96,13 @@ def test_bad_sampler_arguments():
         PrioritizedSampler(range(3), num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="length 0"):
         PrioritizedSampler([])
+    with pytest.raises(ValueError, match="`chunk_size` must be >= 1, got 0"):
+        PrioritizedSampler(range(3), chunk_size=0)
+
+
+def test_any_int_seed_works_and_small_seeds_draw_as_before():
+    assert sorted(PrioritizedSampler(range(5), seed=2**62)) == list(range(5))  # overflowed 64 bits before
+    assert sorted(PrioritizedSampler(range(5), seed=-3)) == list(range(5))
+    # the generator of a seed below 2**43 is seeded as it always was: seed * 1_000_003 + epoch
+    expected = torch.randperm(5, generator=torch.Generator().manual_seed(7 * 1_000_003 + 0)).tolist()
+    assert list(PrioritizedSampler(range(5), seed=7)) == expected

@@ -24,6 +24,15 @@ def test_score_table_rejects_out_of_range_index():
         ScoreTable(3).update(torch.tensor([3]), torch.tensor([1.0]))
 
 
+def test_score_table_refuses_float_indices_and_mismatched_sizes_before_changing_anything():
+    t = ScoreTable(3)
+    with pytest.raises(ValueError, match=r"`index` must hold integer sample indices, got dtype torch\.float32"):
+        t.update(torch.tensor([0.5, 1.7]), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="`index` has 2 entries but `values` has 3"):
+        t.update(torch.tensor([0, 1]), torch.tensor([1.0, 2.0, 3.0]))
+    assert t.seen == 0 and t.version == 0
+
+
 def test_score_table_state_loads_weights_only(tmp_path):
     t = ScoreTable(4)
     t.update(torch.tensor([1]), torch.tensor([2.0]))
@@ -44,6 +53,7 @@ def test_score_table_state_loads_weights_only(tmp_path):
         (dict(prune_ratio=-0.1), r"`prune_ratio` must be in \[0, 1\], got -0.1"),
         (dict(uniform_mix=2.0), "`uniform_mix`"),
         (dict(num_samples=0), "`num_samples` must be > 0"),
+        (dict(eps=float("inf")), "`eps` must be finite and >= 0, got inf"),
         (dict(prune_quantile=1.0), "`prune_quantile`"),
     ],
 )

@@ -206,9 +206,10 @@ class LossTracker(Callback):
         n = batch.batch_size
         kind = self.score
         raw = targets = None
+        soft = False
         if self._needs_targets:
             raw = self._get(outputs, self.target_key, n)
-            soft = raw.is_floating_point() and raw.ndim == 2  # class probabilities (mixup, label smoothing)
+            soft = raw.ndim == 2 and raw.shape[1] > 1  # class probabilities (mixup, smoothing) or one-hot rows
             targets = raw.argmax(-1) if soft else raw.reshape(-1)  # class labels, kept for `class_balance`
         if kind == "loss":
             return self._get(outputs, self.loss_key, n, scalar=True), targets  # flattened at the flush
@@ -223,7 +224,7 @@ class LossTracker(Callback):
             "margin": PF.margin_score,
             "grad_norm": PF.softmax_ce_grad_norm,
         }[kind]
-        return fn(logits.detach(), raw if kind == "grad_norm" else targets), targets
+        return fn(logits.detach(), raw if kind == "grad_norm" and soft else targets), targets
 
     def _get(self, outputs: Any, key: str, n: int, scalar: bool = False) -> Tensor:
         """``outputs[key]``, checked: a tensor with one row per sample (``scalar``: one value per sample)."""
@@ -245,16 +246,21 @@ class LossTracker(Callback):
 
     def _novelty(self, embeddings: Tensor) -> Tensor:
         flat = embeddings.detach().float().reshape(embeddings.shape[0], -1)
-        batch_mean = flat.mean(0)
+        # a non-finite embedding scores NaN (dropped at the epoch end and counted) but never enters the running
+        # mean; masked rather than filtered, so no host sync per step
+        finite = torch.isfinite(flat).all(dim=1, keepdim=True)
+        count = finite.sum()
+        batch_mean = torch.where(finite, flat, 0.0).sum(0) / count.clamp(min=1)
         if self._novelty_mean is None or self._novelty_mean.shape != batch_mean.shape:
             self._novelty_mean = batch_mean
-        scores = (flat - self._novelty_mean.to(flat.device)).norm(dim=-1)
-        m = self.novelty_momentum
-        self._novelty_mean = m * self._novelty_mean.to(flat.device) + (1.0 - m) * batch_mean
+        mean = self._novelty_mean.to(flat.device)
+        scores = (flat - mean).norm(dim=-1)
+        keep = torch.where(count > 0, self.novelty_momentum, 1.0)  # a batch without a finite row changes nothing
+        self._novelty_mean = keep * mean + (1.0 - keep) * batch_mean
         return scores
 
     def _class_factor(self, index: Tensor, targets: Tensor, num_samples: int) -> Tensor:
-        if self._labels is None:
+        if self._labels is None or self._labels.numel() != num_samples:  # none yet, or a new training set
             self._labels = torch.full((num_samples,), -1, dtype=torch.int32)
         self._labels[index] = targets.to(torch.int32)
         known = self._labels[self._labels >= 0].long()
@@ -334,7 +340,11 @@ class LossTracker(Callback):
         # mid-epoch validation or by `every_n_train_steps`) are saved too, gathered from every rank: Lightning
         # builds the checkpoint on every rank, so the collective is safe.
         self._flush()
-        records = self._gather(self._trainer, self._module) if self._flushed else None
+        world = self._trainer.world_size if self._trainer is not None else 1
+        # every rank joins the gather, also one without records of its own (a collective needs them all)
+        records = self._gather(self._trainer, self._module) if self._flushed or world > 1 else None
+        if records is not None and records[0].numel() == 0:
+            records = None
         return {
             "nonfinite_total": self._nonfinite_total,
             "novelty_mean": self._novelty_mean.cpu() if self._novelty_mean is not None else None,
@@ -352,9 +362,10 @@ class LossTracker(Callback):
         self._pending.clear()
         self._flushed.clear()
         index = state_dict.get("unmerged_index")
-        if index is not None and index.numel():
-            # every rank restores all ranks' records; the epoch-end merge averages the resulting duplicates,
-            # which leaves each score unchanged
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        if index is not None and index.numel() and rank == 0:
+            # the records of all ranks, restored once: the epoch-end merge gathers them from rank 0 to every rank
+            # (restored on every rank they would count world_size times against the steps trained after resume)
             self._flushed.append((index, state_dict["unmerged_values"], state_dict.get("unmerged_targets")))
 
 
