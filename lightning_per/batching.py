@@ -7,8 +7,9 @@ the points it chose, whatever the user's collate function returns.
 
 A list or tuple is read as *fields* (walked element by element) when any element is a tensor, array, dict, list
 or tuple, and as *per-sample values* (joined and indexed as a whole) otherwise; a list or tuple with exactly one
-entry per sample is read as fields only when every entry is a tensor or array batched along dim 0, so a tuple of
-per-sample tensors of different shapes (images of several sizes, detection targets) stays per-sample. Any other
+entry per sample is read as fields only when every entry is a tensor or array batched along dim 0 or a list of
+one value per sample, with at least one tensor or array (``(x, y, names)``), so a tuple of per-sample tensors of
+different shapes (images of several sizes, detection targets) stays per-sample. Any other
 leaf (``None``, a number, a string) is batch-level metadata: kept as is by :func:`select`, and required to be
 equal by :func:`concat_batches`.
 """
@@ -82,7 +83,10 @@ def select(batch: PrioritizedBatch, index: Tensor) -> PrioritizedBatch:
 
 def _is_fields(value: list[Any] | tuple[Any, ...], n: int) -> bool:
     if len(value) == n:  # as many entries as samples: fields only if every entry is batched along dim 0
-        return all(isinstance(v, (Tensor, np.ndarray)) and v.ndim >= 1 and v.shape[0] == n for v in value)
+        batched = [isinstance(v, (Tensor, np.ndarray)) and v.ndim >= 1 and v.shape[0] == n for v in value]
+        # a field of per-sample values (a list of n strings) next to batched tensors: `(x, y, names)`
+        listed = [isinstance(v, list) and len(v) == n for v in value]
+        return any(batched) and all(b or ok for b, ok in zip(batched, listed, strict=True))
     return any(isinstance(v, (Tensor, np.ndarray, Mapping, list, tuple)) for v in value)
 
 

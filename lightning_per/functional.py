@@ -346,7 +346,11 @@ def tau_ema(previous: float, step_value: float, a_tau: float) -> float:
 
 
 def softmax_ce_grad_norm(
-    logits: Tensor, targets: Tensor, label_smoothing: float = 0.0, class_weights: Tensor | None = None
+    logits: Tensor,
+    targets: Tensor,
+    label_smoothing: float = 0.0,
+    class_weights: Tensor | None = None,
+    ignore_index: int = -100,
 ) -> Tensor:
     """``||d CE / d logits||_2`` per row, in closed form.
 
@@ -359,6 +363,11 @@ def softmax_ce_grad_norm(
         targets: ``(n,)`` class indices, or ``(n, C)`` class probabilities (float, or integer one-hot rows).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
         class_weights: optional ``(C,)`` per-class loss weights, as in ``cross_entropy(weight=...)``.
+        ignore_index: with class indices, a target that contributes no loss (and so no gradient), as in
+            ``cross_entropy(ignore_index=...)``: its row scores 0. Any other index outside ``[0, C)`` scores NaN.
+
+    Raises:
+        ValueError: targets neither of shape ``logits.shape[:-1]`` (as many values) nor ``logits.shape``.
 
     Example::
 
@@ -367,23 +376,39 @@ def softmax_ce_grad_norm(
     """
     num_classes = logits.shape[-1]
     probs = logits.detach().float().softmax(-1)
-    if class_weights is None and not targets.dtype.is_floating_point and logits.ndim == 2 and targets.ndim == 1:
+    probabilities = targets.dtype.is_floating_point or targets.shape == logits.shape  # integer one-hot rows too
+    outside = ignored = None
+    if not probabilities:  # class indices, e.g. (n, 1) labels: one per row of logits
+        targets = _same_shape(targets, logits.shape[:-1], logits.shape).long()
+        # masks, not a check, so no host sync: an ignored row scores 0, any other index outside [0, C) NaN
+        # (which `F.cross_entropy` itself refuses before this ever runs)
+        ignored = targets == ignore_index
+        outside = (targets < 0) | (targets >= num_classes)
+        targets = targets.masked_fill(outside, 0)
+    if class_weights is None and not probabilities and logits.ndim == 2:
         # the common case in few small kernels (this runs on every training step): softmax(z) - q is softmax(z)
         # less the smoothing mass, with (1 - label_smoothing) taken off at the target class
         if label_smoothing:
             probs = probs - label_smoothing / num_classes
         hit = probs.new_full((probs.shape[0], 1), label_smoothing - 1.0)
-        return probs.scatter_add_(1, targets.long().reshape(-1, 1), hit).norm(dim=-1)
-    probabilities = targets.dtype.is_floating_point or targets.shape == logits.shape  # integer one-hot rows too
-    if not probabilities:  # class indices, e.g. (n, 1) labels: one per row of logits
-        targets = _same_shape(targets, logits.shape[:-1], logits.shape)
+        norms = probs.scatter_add_(1, targets.reshape(-1, 1), hit).norm(dim=-1)
+        return _mask_targets(norms, outside, ignored)
     q = targets.float() if probabilities else F.one_hot(targets.long(), num_classes).float()
     if label_smoothing:
         q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
     if class_weights is None:
-        return (probs - q).norm(dim=-1)
-    a = q * class_weights.float()
-    return (a.sum(-1, keepdim=True) * probs - a).norm(dim=-1)
+        norms = (probs - q).norm(dim=-1)
+    else:
+        a = q * class_weights.float()
+        norms = (a.sum(-1, keepdim=True) * probs - a).norm(dim=-1)
+    return _mask_targets(norms, outside, ignored)
+
+
+def _mask_targets(norms: Tensor, outside: Tensor | None, ignored: Tensor | None) -> Tensor:
+    """NaN for rows whose class index is outside the classes, then 0 for the ignored ones (no gradient)."""
+    if outside is None or ignored is None:
+        return norms
+    return norms.masked_fill(outside, math.nan).masked_fill(ignored, 0.0)
 
 
 def sigmoid_bce_grad_norm(logits: Tensor, targets: Tensor) -> Tensor:

@@ -38,8 +38,11 @@ class Trace(Callback):
         self.tau: list[float] = []
         self.importance: list[bool] = []
         self.trained: list[list[int]] = []
+        self.pending: list[list[float | None]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 0:  # a checkpoint between tau updates (one pending step): what it saves, on each rank
+            self.pending.append(self.cb.state_dict()["pending_taus"])
         self.steps.append(trainer.global_step)
         self.tau.append(self.cb.tau)
         self.importance.append(self.cb.last_step_was_importance)
@@ -63,6 +66,7 @@ def main() -> None:
         "tau": trace.tau,
         "importance": trace.importance,
         "trained": trace.trained,
+        "pending": trace.pending,
         "local_tau": LOCAL_TAU,
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(state))

@@ -516,6 +516,47 @@ def test_a_skipped_training_step_leaves_tau_unchanged(tmp_path):
     assert rows[3]["tau"] != rows[2]["tau"] and len(rows) == 8
 
 
+def test_a_presample_that_training_step_skips_trains_the_incoming_batch_uniformly(tmp_path):
+    class SkipsSample5(TinyClassifier):  # e.g. a module that returns None when a loss is not finite
+        def training_step(self, batch, batch_idx):
+            return None if 5 in batch.index.tolist() else super().training_step(batch, batch_idx)
+
+    cb = lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS)
+    _, rows, _ = _fit(tmp_path, cb, model=SkipsSample5(), max_epochs=2)
+    assert len(rows) == 16 and any(r["importance"] for r in rows)
+    assert any(not r["importance"] and r["weight"] == [1.0] * 8 for r in rows[1:])  # a skipped presample
+
+
+def test_ce_bound_gives_ignored_targets_score_zero_as_cross_entropy_does(tmp_path):
+    z = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y = torch.tensor([0, -100, 2, 1])
+    (grad,) = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), z)
+    assert torch.allclose(PF.softmax_ce_grad_norm(z, y), grad.norm(dim=-1)) and PF.softmax_ce_grad_norm(z, y)[1] == 0
+    assert torch.isnan(PF.softmax_ce_grad_norm(z, torch.tensor([0, 7, 2, 1]))[1])  # no class 7: NaN, not a crash
+
+    class IgnoresSome(TinyClassifier):  # unlabelled samples, as in semi-supervised training
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            y = torch.where(batch.index % 3 == 0, -100, y)
+            logits = self(x)
+            losses = F.cross_entropy(logits, y, reduction="none")
+            return {"loss": lp.weighted_mean(losses, batch), "logits": logits, "target": y}
+
+    cb = lp.ImportanceSamplingCallback(tau_every_n_steps=4, tau_th=ALWAYS)
+    _, rows, _ = _fit(tmp_path, cb, model=IgnoresSome(), max_epochs=2)
+    assert math.isfinite(cb.tau) and cb.tau > 1 and any(r["importance"] for r in rows)
+
+
+def test_a_negative_score_is_refused_in_the_uniform_phase_already(tmp_path):
+    cb = lp.ImportanceSamplingCallback(
+        tau_every_n_steps=2, tau_th=NEVER, score="custom", score_fn=lambda o, b: -o["per_sample_loss"]
+    )
+    with pytest.raises(
+        ValueError, match=r"score='custom'\) got a negative score \(-[0-9.]+\): scores must be non-negative"
+    ):
+        _fit(tmp_path, cb, max_epochs=1)
+
+
 # ------------------------------------------------------------------------------------------ refusals
 def test_prioritized_strategy_is_refused_at_setup(tmp_path):
     with pytest.raises(ValueError, match=r"got `strategy='proportional'`\. Use `strategy='uniform'`"):
@@ -753,7 +794,15 @@ def test_two_processes_share_tau_and_switch_on_the_same_step(tmp_path):
     tau = 0.0  # every step's tau_step, averaged over the ranks, enters the moving average once, in order
     for own0, own1 in zip(local0, local1, strict=True):
         tau = 0.9 * tau + 0.1 * (own0 + own1) / 2
-    assert ranks[0]["tau"][-1] == pytest.approx(tau, rel=1e-9)
+    assert ranks[0]["tau"][-1] == pytest.approx(tau, rel=1e-9)  # saving state mid-way (below) changed nothing
+    # a checkpoint between updates holds the step's tau_step averaged over the ranks (the value the update
+    # uses), so every rank resumes with it, although Lightning saves rank 0's state only
+    assert ranks[0]["pending"] == ranks[1]["pending"] and all(len(p) == 1 for p in ranks[0]["pending"])
+    firsts = [i for i, s in enumerate(ranks[0]["steps"]) if i % 4 == 0]  # 4 steps per epoch
+    uniform = [i for i in firsts if not ranks[0]["importance"][i]]
+    assert uniform and all(
+        ranks[0]["pending"][i // 4][0] == pytest.approx((local0[i] + local1[i]) / 2, rel=1e-12) for i in uniform
+    )
     assert ranks[0]["importance"] == ranks[1]["importance"]
     first = ranks[0]["importance"].index(True)
     assert first > 1 and all(ranks[0]["importance"][first:])

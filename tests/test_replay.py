@@ -589,3 +589,26 @@ def test_ddp_two_processes_share_the_memory_budget(tmp_path: Path) -> None:
     assert one.buffer.capacity == 30 and one.buffer.seen == 80  # one process gets the whole budget back
     ids = sorted(int(i) for i in one.buffer.contents()[0][:, 0].tolist())
     assert ids == sorted(ranks[0]["er"]["ids"] + ranks[1]["er"]["ids"])
+
+
+def test_non_finite_replay_losses_leave_priorities_and_later_adds_intact() -> None:
+    buffer = PrioritizedReplayBuffer(capacity=8, alpha=1.0)
+    buffer.add(*_batch(4, 0))
+    before = buffer._tree.values()[:4].clone()
+    with pytest.warns(UserWarning, match="2 non-finite priorities"):
+        dropped = buffer.update_priorities(torch.tensor([0, 1, 2]), torch.tensor([float("inf"), float("nan"), 5.0]))
+    assert dropped == 2 and math.isfinite(buffer.max_priority)
+    assert torch.equal(buffer._tree.values()[:2], before[:2]) and float(buffer._tree.values()[2]) == pytest.approx(
+        5.001
+    )
+    buffer.add(*_batch(2, 1))  # new items get the (finite) max priority and are drawable
+    assert len(buffer) == 6 and bool((buffer.probabilities() > 0).all())
+
+
+def test_acc_after_an_intermediate_task_counts_only_the_tasks_trained_so_far() -> None:
+    matrix = TaskAccuracyMatrix()
+    matrix.matrix = torch.tensor([[0.9, 0.0, 0.0], [0.5, 0.8, 0.0], [0.4, 0.6, 0.7]])
+    matrix._next_task = 2  # after task 1 of 3 (e.g. a run stopped early): tasks 0 and 1 only, as bwt
+    assert matrix.acc == pytest.approx((0.5 + 0.8) / 2) and matrix.bwt == pytest.approx(0.5 - 0.9)
+    matrix._next_task = 3
+    assert matrix.acc == pytest.approx((0.4 + 0.6 + 0.7) / 3)

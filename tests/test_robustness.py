@@ -86,6 +86,14 @@ def test_per_sample_tuples_of_different_shapes_are_not_read_as_fields():
     # the usual (x, y) fields with as many fields as samples are still fields
     xy = lp.PrioritizedBatch((torch.arange(2), torch.arange(2) + 5), torch.arange(2), torch.ones(2))
     assert select(xy, torch.tensor([1])).data[1].tolist() == [6]
+    # (x, y, names) with a batch of 1 and a presample of 3: three fields and three samples, names a list
+    one = [
+        lp.PrioritizedBatch((torch.tensor([[i]]), torch.tensor([i]), [n]), torch.tensor([i]), torch.ones(1))
+        for i, n in enumerate("abc")
+    ]
+    three = concat_batches(concat_batches(one[0], one[1]), one[2])
+    x, y, names = select(three, torch.tensor([2, 2])).data
+    assert x.tolist() == [[2], [2]] and y.tolist() == [2, 2] and names == ["c", "c"]
 
 
 class SkipsSteps(TinyClassifier):

@@ -118,6 +118,8 @@ class ImportanceSamplingCallback(Callback):
         target_key: key of the targets in the ``training_step`` output.
         label_smoothing: label smoothing of the cross-entropy (``ce``), in [0, 1].
         class_weights: per-class loss weights of the cross-entropy (``ce``), as in ``cross_entropy(weight=...)``.
+        ignore_index: a target class index the cross-entropy ignores (``ce``), as in
+            ``cross_entropy(ignore_index=...)``: such samples have no gradient, so they score 0.
         loss_fn: ``loss_fn(outputs, targets)`` for ``autograd`` (import path in YAML, e.g.
             ``torch.nn.functional.cross_entropy``).
         score_fn: ``score_fn(outputs, batch) -> Tensor[n]`` for ``custom`` (import path in YAML).
@@ -149,6 +151,7 @@ class ImportanceSamplingCallback(Callback):
         target_key: str = "target",
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        ignore_index: int = -100,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         score_fn: Callable[[Any, Any], Tensor] | None = None,
         seed: int = 0,
@@ -201,6 +204,7 @@ class ImportanceSamplingCallback(Callback):
         self.target_key = target_key
         self.label_smoothing = label_smoothing
         self.class_weights = class_weights
+        self.ignore_index = ignore_index
         self.loss_fn = loss_fn
         self.score_fn = score_fn
         self.seed = seed
@@ -217,6 +221,8 @@ class ImportanceSamplingCallback(Callback):
         self._since_log: dict[str, Any] = _empty_log()
         self._log_epoch = -1  # the last epoch with a log
         self._noted_eval = False
+        self._trainer: Trainer | None = None
+        self._module: LightningModule | None = None
 
     # ------------------------------------------------------------------------------------------- properties
     @property
@@ -239,6 +245,7 @@ class ImportanceSamplingCallback(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self._trainer, self._module = trainer, pl_module
         datamodule = getattr(trainer, "datamodule", None)
         if not isinstance(datamodule, PrioritizedDataModule):
             raise TypeError(
@@ -321,19 +328,24 @@ class ImportanceSamplingCallback(Callback):
         Every process updates on the same steps (counted alike, plus epoch ends and logging steps); under DDP each
         step's ``tau_step`` is averaged over the processes that scored it, in one all-reduce for all the steps.
         """
-        taus = self._step_taus(self._pending)
+        taus = self._world_taus(trainer, pl_module, self._step_taus(self._pending))
         self._pending = []
-        if trainer.world_size > 1:
-            known = [t is not None for t in taus]
-            local = torch.tensor(
-                [[t if t is not None else 0.0 for t in taus], known], dtype=torch.float64, device=pl_module.device
-            )
-            sums, counts = trainer.strategy.reduce(local, reduce_op="sum").tolist()
-            taus = [s / c if c else None for s, c in zip(sums, counts, strict=True)]
         for tau_step in taus:
             if tau_step is not None:  # None: a skipped step, which leaves tau as it is
                 self._tau = PF.tau_ema(self._tau, tau_step, self.a_tau)
         self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
+
+    @staticmethod
+    def _world_taus(trainer: Trainer, pl_module: LightningModule, taus: list[float | None]) -> list[float | None]:
+        """Each step's ``tau_step`` averaged over the processes that scored it (one all-reduce; as is in one)."""
+        if trainer.world_size <= 1 or not taus:
+            return taus
+        known = [t is not None for t in taus]
+        local = torch.tensor(
+            [[t if t is not None else 0.0 for t in taus], known], dtype=torch.float64, device=pl_module.device
+        )
+        sums, counts = trainer.strategy.reduce(local, reduce_op="sum").tolist()
+        return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
 
     def _log(self, trainer: Trainer, writes: bool) -> None:
         """Show ``tau`` and the means since the last logger write (``self.log`` is too slow to call every step).
@@ -368,6 +380,8 @@ class ImportanceSamplingCallback(Callback):
         extras = self._next_extras(trainer, pl_module, (self.presample - 1) * b)
         presample = concat_batches(PrioritizedBatch(batch.data, batch.index, batch.weight), extras)
         outputs = scoring_step(pl_module, presample, i, trainer)
+        if outputs is None or (isinstance(outputs, Mapping) and not outputs):
+            return  # `training_step` skips this presample (returned None): the incoming batch trains uniformly
         scores = self._scores_from(outputs, presample)
         (self._step_tau,) = self._step_taus([scores])
         generator = torch.Generator().manual_seed(_derive_seed(self.seed, trainer.global_rank, self._importance_steps))
@@ -444,16 +458,24 @@ class ImportanceSamplingCallback(Callback):
         sizes = [p.numel() if isinstance(p, Tensor) else p[0].shape[0] for p in parts]
         if len(set(sizes)) == 1:  # full batches: one reduction for all the steps
             rows = scores.view(len(sizes), sizes[0])
-            sums = torch.stack([rows.sum(1), (rows * rows).sum(1)], 1).tolist()
+            sums = torch.stack([rows.sum(1), (rows * rows).sum(1), rows.amin(1)], 1).tolist()
         else:
-            sums = torch.stack([torch.stack([s.sum(), s.dot(s)]) for s in scores.split(sizes)]).tolist()
+            sums = torch.stack([torch.stack([s.sum(), s.dot(s), s.min()]) for s in scores.split(sizes)]).tolist()
         offsets = np.cumsum([0, *sizes[:-1]]).tolist()
-        for j, start, count, (total, squares) in zip(positions, offsets, sizes, sums, strict=True):
+        for j, start, count, (total, squares, low) in zip(positions, offsets, sizes, sums, strict=True):
             if not (math.isfinite(total) and math.isfinite(squares)):  # non-finite points do not count
                 s = scores[start : start + count]
                 finite = torch.isfinite(s)
+                low = float(torch.where(finite, s, math.inf).min())
                 s = torch.where(finite, s, 0.0)
                 total, squares, count = torch.stack([s.sum(), s.dot(s), finite.sum()]).tolist()
+            if low < 0:
+                raise ValueError(
+                    f"ImportanceSamplingCallback(score={self.score!r}) got a negative score ({low:.4g}): scores "
+                    "must be non-negative, as the importance distribution is proportional to them. Return a "
+                    "non-negative per-sample loss (e.g. cross-entropy, not a log-likelihood), or use a bound "
+                    "(`score='ce'`, 'bce', 'mse' or 'autograd')."
+                )
             # no finite positive score: no information, the uniform value 1
             taus[j] = PF.tau_from_sums(total, squares, count, self.tau_form == "rooted") if total > 0 else 1.0
         return taus
@@ -479,7 +501,7 @@ class ImportanceSamplingCallback(Callback):
             weights = None
             if self.class_weights is not None:
                 weights = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
-            return PF.softmax_ce_grad_norm(logits, targets, self.label_smoothing, weights)
+            return PF.softmax_ce_grad_norm(logits, targets, self.label_smoothing, weights, self.ignore_index)
         targets = targets.reshape(logits.shape)
         if self.score == "bce":
             return PF.sigmoid_bce_grad_norm(logits, targets)
@@ -591,7 +613,12 @@ class ImportanceSamplingCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         # The steps since the last tau update (a checkpoint taken mid-way, e.g. by `every_n_train_steps`) are saved
         # as their tau_step values, computed now without touching tau: the resumed run updates on the same steps.
-        self._pending = list(self._step_taus(self._pending))
+        # Under DDP they are averaged over the processes now, as the update would (Lightning builds the checkpoint
+        # on every process, and saves rank 0's): every process resumes with the values the update would have used.
+        taus = self._step_taus(self._pending)
+        if self._trainer is not None and self._module is not None:
+            taus = self._world_taus(self._trainer, self._module, taus)
+        self._pending = list(taus)
         return {
             "tau": self._tau,
             "active": self._active,

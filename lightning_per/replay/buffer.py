@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -218,7 +219,8 @@ class PrioritizedReplayBuffer(ReservoirBuffer):
         >>> buf = PrioritizedReplayBuffer(capacity=8, alpha=1.0, beta=1.0, seed=0)
         >>> _ = buf.add(torch.randn(8, 2), torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long))
         >>> batch = buf.sample(4)
-        >>> buf.update_priorities(batch.slots, torch.rand(4))
+        >>> buf.update_priorities(batch.slots, torch.rand(4))  # the number of non-finite values left out
+        0
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class PrioritizedReplayBuffer(ReservoirBuffer):
         self.eps = eps
         self._tree = SumTree(capacity)
         self._max_priority = 1.0
+        self._warned_nonfinite = False
 
     @property
     def max_priority(self) -> float:
@@ -275,10 +278,14 @@ class PrioritizedReplayBuffer(ReservoirBuffer):
         return self._gather(index, weight)
 
     @torch.no_grad()
-    def update_priorities(self, index: Tensor, priority: Tensor) -> None:
+    def update_priorities(self, index: Tensor, priority: Tensor) -> int:
         """Set the priorities of drawn items to ``|priority| + eps`` (e.g. their latest losses).
 
-        A slot drawn several times keeps the last value given for it.
+        A slot drawn several times keeps the last value given for it. A non-finite value (NaN/inf loss) leaves its
+        item's priority as it was, and the max priority given to new items too (warned once).
+
+        Returns:
+            How many non-finite values were left out.
 
         Raises:
             ValueError: shapes differ, or an index is not an item held.
@@ -287,14 +294,26 @@ class PrioritizedReplayBuffer(ReservoirBuffer):
         priority = priority.detach().cpu().to(torch.float64).flatten()
         if index.shape != priority.shape:
             raise ValueError(f"`index` and `priority` must have the same shape, got {index.shape}, {priority.shape}.")
-        if index.numel() == 0:
-            return
-        if int(index.min()) < 0 or int(index.max()) >= self._size:
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self._size):
             raise ValueError(f"`index` must point at items held, in [0, {self._size}), got {index.tolist()}.")
+        finite = torch.isfinite(priority)
+        dropped = int(priority.numel() - finite.sum())
+        if dropped:
+            index, priority = index[finite], priority[finite]
+            if not self._warned_nonfinite:
+                self._warned_nonfinite = True
+                warnings.warn(
+                    f"PrioritizedReplayBuffer.update_priorities got {dropped} non-finite priorities (NaN/inf "
+                    "losses); those items keep their previous priorities. Warned once.",
+                    stacklevel=2,
+                )
+        if index.numel() == 0:
+            return dropped
         slots, items = last_write_per_slot(index, self.capacity)
         magnitude = priority[items].abs()
         self._max_priority = max(self._max_priority, float(magnitude.max()) + self.eps)
         self._tree.update(slots, proportional_priorities(magnitude, self.alpha, self.eps))
+        return dropped
 
     def state_dict(self) -> dict[str, Any]:
         """Adds the priorities (sum tree leaves) and the max priority to the reservoir state."""

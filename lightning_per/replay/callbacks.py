@@ -48,10 +48,15 @@ class TaskAccuracyMatrix(Callback):
 
     @property
     def acc(self) -> float:
-        """ACC over the completed rows (NaN if none)."""
-        if self._next_task == 0:
+        """ACC after the last completed task, over the tasks trained so far (NaN if none).
+
+        Once every task is completed this is the usual ACC over all tasks; before, future tasks (near 0 in
+        Class-IL) do not count, as in ``bwt``.
+        """
+        n = self._next_task
+        if n == 0:
             return float("nan")
-        return average_accuracy(self.matrix[: self._next_task])
+        return average_accuracy(self.matrix[:n, :n])
 
     @property
     def bwt(self) -> float:
