@@ -284,6 +284,14 @@ def test_task_id_outside_declared_tasks_is_rejected() -> None:
         dm.setup("fit")
 
 
+def test_inputs_of_another_size_than_input_dim_are_refused_naming_the_setting() -> None:
+    model = ContinualModule(num_tasks=2, classes_per_task=2)  # input_dim 40 (MNIST-1D); SplitDigits has 64
+    batch = (torch.randn(3, 64), torch.tensor([0, 1, 0]), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"64 features per sample .* `input_dim=40`: set `input_dim: 64`"):
+        model.training_step(batch, 0)
+    ContinualModule(input_dim=64, num_tasks=2, classes_per_task=2).check_batch(batch[1], batch[2], batch[0])
+
+
 @pytest.mark.parametrize("name", ["beta", "gamma"])
 @pytest.mark.parametrize("value", [0.0, -0.1, 1.5])
 def test_reptile_rates_outside_unit_interval_are_rejected(name: str, value: float) -> None:

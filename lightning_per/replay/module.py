@@ -83,6 +83,7 @@ class ContinualModule(LightningModule):
         shared_head = scenario == "class" and shared_classes
         self.num_outputs = classes_per_task if shared_head else num_tasks * classes_per_task
         self.net = backbone if backbone is not None else MLP(input_dim, hidden_dim, num_hidden_layers, self.num_outputs)
+        self._input_dim = None if backbone is not None else input_dim  # checked against the data (default MLP)
         self.register_buffer("seen_tasks", torch.zeros((), dtype=torch.int64))
 
     # ----------------------------------------------------------------------------------------- outputs
@@ -94,8 +95,14 @@ class ContinualModule(LightningModule):
         """Validate task ids and labels against the declared sequence.
 
         Raises:
-            ValueError: a task id outside ``[0, num_tasks)`` or a label outside its task's classes.
+            ValueError: a task id outside ``[0, num_tasks)``, a label outside its task's classes, or (with the
+                default MLP) inputs whose size per sample is not ``input_dim``.
         """
+        if x is not None and self._input_dim is not None and x.shape[0] and x[0].numel() != self._input_dim:
+            raise ValueError(
+                f"The inputs have {x[0].numel()} features per sample (shape {tuple(x.shape[1:])}), but the default "
+                f"MLP was built with `input_dim={self._input_dim}`: set `input_dim: {x[0].numel()}`."
+            )
         if task.numel() == 0:
             return
         lo, hi = int(task.min()), int(task.max())
