@@ -360,7 +360,8 @@ def softmax_ce_grad_norm(
 
     Args:
         logits: ``(n, C)`` pre-softmax outputs.
-        targets: ``(n,)`` class indices, or ``(n, C)`` class probabilities (float, or integer one-hot rows).
+        targets: ``(n,)`` (or ``(n, 1)``) class indices, or ``(n, C)`` class probabilities (float, or integer
+            one-hot rows).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
         class_weights: optional ``(C,)`` per-class loss weights, as in ``cross_entropy(weight=...)``.
         ignore_index: with class indices, a target that contributes no loss (and so no gradient), as in
@@ -376,9 +377,9 @@ def softmax_ce_grad_norm(
     """
     num_classes = logits.shape[-1]
     probs = logits.detach().float().softmax(-1)
-    probabilities = targets.dtype.is_floating_point or targets.shape == logits.shape  # integer one-hot rows too
+    probabilities = targets.shape == logits.shape  # float probabilities, or integer one-hot rows
     outside = ignored = None
-    if not probabilities:  # class indices, e.g. (n, 1) labels: one per row of logits
+    if not probabilities:  # class indices (integer or float labels), e.g. (n, 1): one per row of logits
         targets = _same_shape(targets, logits.shape[:-1], logits.shape).long()
         # masks, not a check, so no host sync: an ignored row scores 0, any other index outside [0, C) NaN
         # (which `F.cross_entropy` itself refuses before this ever runs)

@@ -1,6 +1,7 @@
 """Two processes on CPU (gloo): the same semantics as one process."""
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -75,16 +76,25 @@ def test_two_simulated_nodes_of_one_process_each(tmp_path):
 
 
 @pytest.mark.slow
-def test_tracker_state_saved_mid_epoch_under_ddp_neither_hangs_nor_double_counts(tmp_path):
-    # rank 1 has no records at the save (it must still join the gather); after the resume, the restored records
-    # count once against a step trained again (mean 2.0, not 1.67 as with a copy restored on every rank)
+def test_callback_state_under_ddp_is_saved_and_restored_exactly_and_errors_reach_every_rank(tmp_path):
     run = subprocess.run(
-        [sys.executable, str(SCRIPT.with_name("ddp_tracker_state_script.py")), str(tmp_path)],
+        [sys.executable, str(SCRIPT.with_name("ddp_state_script.py")), str(tmp_path)],
         env=_env(MASTER_PORT=str(_free_port())),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result == {"saved": [0], "score0": 2.0}
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # LossTracker: rank 1 had no records at the save (it still joined the gather); after the resume the restored
+    # records count once against a step trained again (mean 2.0, not 1.67 as with a copy on every rank)
+    assert ranks[0]["saved"] == [0] and ranks[0]["score0"] == 2.0
+    # ImportanceSamplingCallback: the saved tau_step is the mean of the ranks' own (sqrt(1.375) and sqrt(1.25)),
+    # and the resumed update reproduces the update of the run that took the checkpoint bit for bit
+    expected = (math.sqrt(1.375) + math.sqrt(1.25)) / 2
+    assert ranks[0]["saved_tau"] == ranks[1]["saved_tau"] and ranks[0]["saved_tau"][0] == pytest.approx(expected)
+    for r in ranks:
+        assert r["resumed_tau"] == r["continued_tau"] == 0.5 * ranks[0]["saved_tau"][0]
+    # a negative score on rank 1 only: both ranks stop with the error, none waits in the all-reduce
+    assert "got a negative score on another process" in ranks[0]["negative"]
+    assert "got a negative score (-1)" in ranks[1]["negative"]

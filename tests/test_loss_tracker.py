@@ -250,6 +250,10 @@ def test_a_non_finite_embedding_scores_nan_but_never_poisons_the_novelty_mean():
     t._novelty(torch.full((2, 2), float("nan")))  # a batch without a finite row leaves the mean as it was
     assert torch.allclose(t._novelty_mean, torch.tensor([2.0, 3.0]))
     assert torch.isfinite(t._novelty(torch.zeros(2, 2))).all()
+    u = lp.LossTracker(score="novelty", novelty_momentum=0.5)
+    assert torch.isnan(u._novelty(torch.full((2, 2), float("inf")))).all()  # a first batch without a finite row
+    u._novelty(torch.full((1, 2), 4.0))
+    assert torch.equal(u._novelty_mean, torch.full((2,), 4.0))  # the mean starts from the first finite rows
 
 
 @pytest.mark.parametrize("score", ["grad_norm", "deviation", "margin"])
@@ -259,7 +263,14 @@ def test_targets_as_labels_column_or_one_hot_rows_score_like_plain_labels(score)
     batch = lp.PrioritizedBatch(None, torch.arange(5), torch.ones(5))
     t = lp.LossTracker(score=score, class_balance=0.5)
     expected, _ = t._scores_from({"logits": logits, "target": labels}, batch)
-    for target in (labels[:, None], F.one_hot(labels, 3), F.one_hot(labels, 3).float()):
+    forms = (
+        labels[:, None],
+        labels.float(),
+        labels[:, None].float(),
+        F.one_hot(labels, 3),
+        F.one_hot(labels, 3).float(),
+    )
+    for target in forms:
         values, classes = t._scores_from({"logits": logits, "target": target}, batch)
         assert values.shape == (5,) and torch.allclose(values, expected), target
         assert torch.equal(classes, labels)  # what class_balance counts

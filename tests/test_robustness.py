@@ -86,14 +86,39 @@ def test_per_sample_tuples_of_different_shapes_are_not_read_as_fields():
     # the usual (x, y) fields with as many fields as samples are still fields
     xy = lp.PrioritizedBatch((torch.arange(2), torch.arange(2) + 5), torch.arange(2), torch.ones(2))
     assert select(xy, torch.tensor([1])).data[1].tolist() == [6]
-    # (x, y, names) with a batch of 1 and a presample of 3: three fields and three samples, names a list
-    one = [
-        lp.PrioritizedBatch((torch.tensor([[i]]), torch.tensor([i]), [n]), torch.tensor([i]), torch.ones(1))
-        for i, n in enumerate("abc")
-    ]
-    three = concat_batches(concat_batches(one[0], one[1]), one[2])
-    x, y, names = select(three, torch.tensor([2, 2])).data
-    assert x.tolist() == [[2], [2]] and y.tolist() == [2, 2] and names == ["c", "c"]
+
+
+def _rgb(i):
+    return torch.full((3, 4 + i, 5), float(i))  # 3 channels: as many rows as a presample of 3 has samples
+
+
+@pytest.mark.parametrize(
+    "make, check",
+    [
+        (lambda i: (torch.tensor([[i]]), torch.tensor([i]), ["abc"[i]]), lambda d: d[2] == ["c", "c"]),
+        (
+            lambda i: (torch.tensor([[i]]), torch.tensor([i]), {"id": torch.tensor([10 + i])}),
+            lambda d: d[2]["id"].tolist() == [12, 12],
+        ),
+        (
+            lambda i: (torch.tensor([[i]]), (torch.tensor([i]), torch.tensor([i])), torch.tensor([i])),
+            lambda d: d[1][1].tolist() == [2, 2],
+        ),
+        (lambda i: (torch.tensor([[i]]), torch.tensor([i]), ("abc"[i],)), lambda d: d[2] == ("c", "c")),
+        (
+            lambda i: ((_rgb(i),), ({"boxes": torch.ones(i + 1, 4)},)),
+            lambda d: [t.shape for t in d[0]] == [(3, 6, 5)] * 2 and d[1][0]["boxes"].shape == (3, 4),
+        ),
+    ],
+    ids=["names-list", "dict-field", "nested-fields", "names-tuple", "detection-rgb"],
+)
+def test_a_presample_of_three_from_batches_of_one_keeps_its_structure(make, check):
+    # batch 1, presample 3: as many samples as fields (or as image channels), told apart by the incoming batch
+    incoming, extras = (lp.PrioritizedBatch(make(i), torch.tensor([i]), torch.ones(1)) for i in (0, 1))
+    extras = concat_batches(extras, lp.PrioritizedBatch(make(2), torch.tensor([2]), torch.ones(1)))
+    presample = concat_batches(incoming, extras)
+    picked = select(presample, torch.tensor([2, 2]), like=incoming)
+    assert picked.index.tolist() == [2, 2] and check(picked.data)
 
 
 class SkipsSteps(TinyClassifier):

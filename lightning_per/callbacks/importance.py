@@ -328,7 +328,9 @@ class ImportanceSamplingCallback(Callback):
         Every process updates on the same steps (counted alike, plus epoch ends and logging steps); under DDP each
         step's ``tau_step`` is averaged over the processes that scored it, in one all-reduce for all the steps.
         """
-        taus = self._world_taus(trainer, pl_module, self._step_taus(self._pending))
+        taus, lowest = self._step_taus(self._pending)
+        taus, negative_elsewhere = self._world_taus(trainer, pl_module, taus, lowest < 0)
+        self._check_scores(lowest, negative_elsewhere)  # on every process alike: none waits in a collective
         self._pending = []
         for tau_step in taus:
             if tau_step is not None:  # None: a skipped step, which leaves tau as it is
@@ -336,16 +338,21 @@ class ImportanceSamplingCallback(Callback):
         self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
 
     @staticmethod
-    def _world_taus(trainer: Trainer, pl_module: LightningModule, taus: list[float | None]) -> list[float | None]:
-        """Each step's ``tau_step`` averaged over the processes that scored it (one all-reduce; as is in one)."""
-        if trainer.world_size <= 1 or not taus:
-            return taus
+    def _world_taus(
+        trainer: Trainer, pl_module: LightningModule, taus: list[float | None], negative: bool = False
+    ) -> tuple[list[float | None], bool]:
+        """Each step's ``tau_step`` averaged over the processes that scored it, and a negative score elsewhere.
+
+        One all-reduce (nothing with one process); ``negative``: this process saw a negative score.
+        """
+        if trainer.world_size <= 1:
+            return taus, False
         known = [t is not None for t in taus]
-        local = torch.tensor(
-            [[t if t is not None else 0.0 for t in taus], known], dtype=torch.float64, device=pl_module.device
-        )
+        values = [t if t is not None else 0.0 for t in taus]
+        local = torch.tensor([[*values, float(negative)], [*known, 0.0]], dtype=torch.float64, device=pl_module.device)
         sums, counts = trainer.strategy.reduce(local, reduce_op="sum").tolist()
-        return [s / c if c else None for s, c in zip(sums, counts, strict=True)]
+        averaged = [s / c if c else None for s, c in zip(sums[:-1], counts[:-1], strict=True)]
+        return averaged, sums[-1] > float(negative)
 
     def _log(self, trainer: Trainer, writes: bool) -> None:
         """Show ``tau`` and the means since the last logger write (``self.log`` is too slow to call every step).
@@ -383,7 +390,7 @@ class ImportanceSamplingCallback(Callback):
         if outputs is None or (isinstance(outputs, Mapping) and not outputs):
             return  # `training_step` skips this presample (returned None): the incoming batch trains uniformly
         scores = self._scores_from(outputs, presample)
-        (self._step_tau,) = self._step_taus([scores])
+        (self._step_tau,), _ = self._step_taus([scores])  # a negative score: refused by the draw below
         generator = torch.Generator().manual_seed(_derive_seed(self.seed, trainer.global_rank, self._importance_steps))
         self._importance_steps += 1
         drawn = draw_importance_sample(scores, b, generator)
@@ -397,7 +404,7 @@ class ImportanceSamplingCallback(Callback):
                 )
             return
         positions, weights, p = drawn
-        chosen = select(presample, positions)
+        chosen = select(presample, positions, like=batch)  # the incoming batch (b points) tells fields apart
         batch.data = chosen.data
         batch.index = chosen.index
         batch.weight = weights.to(device=batch.weight.device, dtype=batch.weight.dtype)
@@ -447,13 +454,17 @@ class ImportanceSamplingCallback(Callback):
         """One score per sample of ``batch`` from what ``training_step`` returned for it (float32, detached)."""
         return self._scores_of(self._score_inputs(outputs, batch))
 
-    def _step_taus(self, entries: list[_Pending]) -> list[float | None]:
-        """``tau_step`` of each entry: its own value, or computed from its scores (one host transfer in all)."""
+    def _step_taus(self, entries: list[_Pending]) -> tuple[list[float | None], float]:
+        """``tau_step`` of each entry, and the lowest finite score among them (``inf`` if none).
+
+        An entry's own value, or computed from its scores (one host transfer in all).
+        """
         taus: list[float | None] = [e if e is None or isinstance(e, float) else None for e in entries]
         positions = [j for j, e in enumerate(entries) if isinstance(e, (Tensor, tuple))]
         parts: list[Tensor | tuple[Tensor, Tensor]] = [e for e in entries if isinstance(e, (Tensor, tuple))]
+        lowest = math.inf
         if not parts:
-            return taus
+            return taus, lowest
         scores = self._scores_of_steps(parts).double()
         sizes = [p.numel() if isinstance(p, Tensor) else p[0].shape[0] for p in parts]
         if len(set(sizes)) == 1:  # full batches: one reduction for all the steps
@@ -469,16 +480,21 @@ class ImportanceSamplingCallback(Callback):
                 low = float(torch.where(finite, s, math.inf).min())
                 s = torch.where(finite, s, 0.0)
                 total, squares, count = torch.stack([s.sum(), s.dot(s), finite.sum()]).tolist()
-            if low < 0:
-                raise ValueError(
-                    f"ImportanceSamplingCallback(score={self.score!r}) got a negative score ({low:.4g}): scores "
-                    "must be non-negative, as the importance distribution is proportional to them. Return a "
-                    "non-negative per-sample loss (e.g. cross-entropy, not a log-likelihood), or use a bound "
-                    "(`score='ce'`, 'bce', 'mse' or 'autograd')."
-                )
+            lowest = min(lowest, low)
             # no finite positive score: no information, the uniform value 1
             taus[j] = PF.tau_from_sums(total, squares, count, self.tau_form == "rooted") if total > 0 else 1.0
-        return taus
+        return taus, lowest
+
+    def _check_scores(self, lowest: float, elsewhere: bool = False) -> None:
+        """Refuse negative scores: the importance distribution is proportional to them."""
+        if lowest < 0 or elsewhere:
+            where = f"({lowest:.4g})" if lowest < 0 else "on another process"
+            raise ValueError(
+                f"ImportanceSamplingCallback(score={self.score!r}) got a negative score {where}: scores must be "
+                "non-negative, as the importance distribution is proportional to them. Return a non-negative "
+                "per-sample loss (e.g. cross-entropy, not a log-likelihood), or use a bound (`score='ce'`, 'bce', "
+                "'mse' or 'autograd')."
+            )
 
     def _scores_of_steps(self, parts: list[Tensor | tuple[Tensor, Tensor]]) -> Tensor:
         """The scores of several steps, concatenated; a closed-form bound runs once over all of them when it can."""
@@ -615,14 +631,15 @@ class ImportanceSamplingCallback(Callback):
         # as their tau_step values, computed now without touching tau: the resumed run updates on the same steps.
         # Under DDP they are averaged over the processes now, as the update would (Lightning builds the checkpoint
         # on every process, and saves rank 0's): every process resumes with the values the update would have used.
-        taus = self._step_taus(self._pending)
+        taus, _ = self._step_taus(self._pending)
+        self._pending = list(taus)  # this run keeps its own values, averaged at the update as usual
+        saved = taus
         if self._trainer is not None and self._module is not None:
-            taus = self._world_taus(self._trainer, self._module, taus)
-        self._pending = list(taus)
+            saved, _ = self._world_taus(self._trainer, self._module, taus)
         return {
             "tau": self._tau,
             "active": self._active,
-            "pending_taus": list(self._pending),
+            "pending_taus": list(saved),
             "importance_steps": self._importance_steps,
             "extra_batches": self._extra_batches,
         }
@@ -631,7 +648,11 @@ class ImportanceSamplingCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._tau = float(state_dict.get("tau", 0.0))
         self._active = bool(state_dict.get("active", False))
-        self._pending = [None if t is None else float(t) for t in state_dict.get("pending_taus", [])]
+        pending: list[_Pending] = [None if t is None else float(t) for t in state_dict.get("pending_taus", [])]
+        # the saved values are averages over the processes already: rank 0 brings them to the next update alone
+        # (the others count as having skipped those steps), so that update gives them back exactly
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        self._pending = pending if rank == 0 else [None] * len(pending)
         self._importance_steps = int(state_dict.get("importance_steps", 0))
         self._extra_batches = int(state_dict.get("extra_batches", 0))
         self._close_extras()

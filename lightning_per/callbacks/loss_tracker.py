@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -252,6 +253,8 @@ class LossTracker(Callback):
         count = finite.sum()
         batch_mean = torch.where(finite, flat, 0.0).sum(0) / count.clamp(min=1)
         if self._novelty_mean is None or self._novelty_mean.shape != batch_mean.shape:
+            if int(count) == 0:  # nothing to start the mean from yet (one host sync, on the first batch only)
+                return flat.norm(dim=-1) * math.nan
             self._novelty_mean = batch_mean
         mean = self._novelty_mean.to(flat.device)
         scores = (flat - mean).norm(dim=-1)

@@ -281,8 +281,9 @@ class PrioritizedReplayBuffer(ReservoirBuffer):
     def update_priorities(self, index: Tensor, priority: Tensor) -> int:
         """Set the priorities of drawn items to ``|priority| + eps`` (e.g. their latest losses).
 
-        A slot drawn several times keeps the last value given for it. A non-finite value (NaN/inf loss) leaves its
-        item's priority as it was, and the max priority given to new items too (warned once).
+        A slot drawn several times keeps the last finite value given for it. Non-finite values (NaN/inf losses) are
+        left out: an item given only those keeps its priority, and the max priority given to new items stays
+        finite (warned once).
 
         Returns:
             How many non-finite values were left out.
