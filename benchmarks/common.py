@@ -47,6 +47,13 @@ def save_json(path: Path, payload: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
+def protocol(doc: str | None) -> str:
+    """A script's protocol for its JSON: the whole docstring after the title, less the command lines."""
+    paragraphs = (doc or "").split("\n\n")[1:]
+    kept = [p for p in paragraphs if not p.lstrip().startswith("python -m")]
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in kept).strip()
+
+
 def median(values: Sequence[float]) -> float:
     """The median of a non-empty sequence."""
     return float(statistics.median(values))

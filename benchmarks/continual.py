@@ -41,7 +41,7 @@ from lightning.pytorch import seed_everything
 if __package__ in (None, ""):  # run as `python benchmarks/continual.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import bench_trainer, environment, quiet
+from benchmarks.common import bench_trainer, environment, protocol, quiet
 from lightning_per.replay import (
     MER,
     ContinualDataModule,
@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {**environment(), "workers": args.workers, "threads_per_run": 1, "seconds_total": round(total, 1)}
     env["seeds"] = seeds
     payload = {"settings": SETTINGS, "quick": args.quick, "env": env, "scenarios": results}
+    payload["protocol"] = protocol(__doc__)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1) + "\n")
     png = args.out.with_suffix(".png")

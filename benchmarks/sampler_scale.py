@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from benchmarks.common import parser as make_parser
-from benchmarks.common import save_figure, save_json
+from benchmarks.common import protocol, save_figure, save_json
 
 if TYPE_CHECKING:
     from lightning_per.scores import ScoreTable
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = [run(n, args.repeats if n < 10**8 else 1) for n in args.n]
     payload: dict[str, Any] = results[-1] if len(results) == 1 else {**results[-1], "by_n": results}
-    payload["protocol"] = __doc__.split("\n\n")[1].replace("\n", " ")
+    payload["protocol"] = protocol(__doc__)
     save_json(args.out, payload)
     plot(results, args.out.with_suffix(".png"))
 

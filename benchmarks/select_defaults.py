@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import parser as make_parser
-from benchmarks.common import quiet, save_json, spread
+from benchmarks.common import protocol, quiet, save_json, spread
 from benchmarks.time_to_quality import METHODS, calibrate, run, splits
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['train_loss']['mean']:.4f} ± {r['train_loss']['std']:.4f}"
         )
     settings = {**vars(args), "out": str(args.out), "max_epochs": max_epochs, "seeds": seeds}
-    save_json(args.out, {"candidates": summary, "settings": settings, "protocol": __doc__.split("\n\n")[1]})
+    save_json(args.out, {"candidates": summary, "settings": settings, "protocol": protocol(__doc__)})
 
 
 if __name__ == "__main__":

@@ -30,13 +30,20 @@ def test_overhead_writes_the_four_ratios_and_a_plot(tmp_path):
     overhead.main(["--steps", "50", "--warmup", "10", "--train-size", "200", "--batch-size", "20", "--out", str(out)])
     data = json.loads(out.read_text())
     ratios = {"tracker", "importance_uniform_phase", "importance_active", "importance_active_theory"}
-    assert set(data["ratio"]) == ratios
+    assert set(data["ratio"]) == set(data["ratio_epoch_blocks"]) == ratios  # paired steps, and epoch blocks
     assert data["ratio"]["importance_active_theory"] == pytest.approx(2.0)
     assert data["blocks"] == 4 and all(v > 0 for v in data["ratio"].values())
+    assert "median over the timed steps" in data["protocol"] and "importance_active" in data["protocol"]
     assert data["env"]["torch"] and out.with_suffix(".png").exists()
     for setup in overhead.SETUPS:  # a step is its body plus what runs between two bodies
         body, between = data["step_body_ms"][setup], data["between_steps_ms"][setup]
         assert body > 0 and between > 0 and body + between == pytest.approx(data["step_ms"][setup], rel=0.5)
+
+
+def test_overhead_refuses_too_few_steps_for_one_timed_epoch(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        overhead.main(["--steps", "60", "--train-size", "4000", "--out", str(tmp_path / "o.json")])
+    assert "use --steps >= 80" in capsys.readouterr().err
 
 
 def test_sampler_scale_reports_seconds_and_bytes_per_sample(tmp_path):
@@ -54,9 +61,12 @@ def test_time_to_quality_and_the_readme_table(tmp_path):
     time_to_quality.main([*args, "--out", str(out)])
     data = json.loads(out.read_text())
     assert set(data["methods"]) == {"uniform", "prune", "importance"}  # uniform always runs alongside
+    budget = 3 * 4000 * data["settings"]["max_epochs"]  # equal compute: the cost of max_epochs uniform epochs
     for method in data["methods"].values():
         assert {"final_train_loss", "final_test_acc", "cost_to_uniform_acc", "seconds_to_uniform_acc"} <= set(method)
-        assert method["curves"]["0"][-1]["cost"] > 0
+        assert 0 < method["curves"]["0"][-1]["cost"] <= budget + 400 * 3  # stops within one step of the budget
+    assert data["methods"]["uniform"]["cost_to_uniform_acc_ratio"]["mean"] == 1.0  # against its own first reach
+    assert "Reported per method" in data["protocol"]
     assert 0 <= data["methods"]["importance"]["importance_fraction"]["mean"] <= 1
     assert out.with_suffix(".png").exists()
     table = run_all.render(tmp_path)
@@ -75,9 +85,9 @@ def test_select_defaults_never_evaluates_the_test_split(tmp_path, monkeypatch):
     monkeypatch.setattr(select_defaults, "splits", lambda data_dir: {**real(data_dir), "test": _Untouchable()})
     out = tmp_path / "select.json"
     args = ["--budget-s", "0.3", "--seeds", "1", "--evals", "1", "--out", str(out)]
-    select_defaults.main([*args, "--candidates", "proportional:beta=1.0,beta_final=None"])
+    select_defaults.main([*args, "--candidates", "proportional:beta=1.0,beta_final=None", "importance:presample=5"])
     data = json.loads(out.read_text())
-    assert set(data["candidates"]) == {"uniform", "proportional:beta=1.0,beta_final=None"}
+    assert set(data["candidates"]) == {"uniform", "proportional:beta=1.0,beta_final=None", "importance:presample=5"}
     assert "test_acc" not in json.dumps(data)
     with pytest.raises(SystemExit, match="unknown method"):
         select_defaults.parse_candidate("bogus:alpha=1")

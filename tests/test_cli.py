@@ -1,5 +1,6 @@
 """Every public class builds from LightningCLI YAML / flags; bad input gets LightningCLI's own message."""
 
+import math
 import os
 from pathlib import Path
 
@@ -131,3 +132,14 @@ def test_bad_example_arguments():
         MNIST1DDataModule(train_size=0)
     with pytest.raises(ValueError, match="`val_fraction` must be in"):
         DigitsDataModule(val_fraction=1.5)
+
+
+def test_the_demo_train_loss_column_handles_data_modules_without_one_training_set():
+    from types import SimpleNamespace
+
+    from lightning_per.examples.demo import _full_train_loss
+    from tests.helpers import TinyClassifier, blobs
+
+    model = TinyClassifier()
+    assert math.isnan(_full_train_loss(model, SimpleNamespace()))  # e.g. a continual sequence of tasks
+    assert math.isfinite(_full_train_loss(model, SimpleNamespace(train_dataset=blobs(20))))

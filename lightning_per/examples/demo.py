@@ -38,12 +38,15 @@ def _full_train_loss(model: Any, datamodule: Any) -> float:
     """Mean cross-entropy over the whole training set in eval mode.
 
     The logged training loss is over the drawn samples, which a prioritized sampler biases toward hard ones, so it
-    cannot be compared across configs.
+    cannot be compared across configs. NaN for a data module without one ``train_dataset`` (a continual sequence).
     """
+    dataset = getattr(datamodule, "train_dataset", None)
+    if dataset is None:
+        return float("nan")
     model.eval()
-    loader = DataLoader(datamodule.train_dataset, batch_size=1000)
+    loader = DataLoader(dataset, batch_size=1000)
     total, count = 0.0, 0
-    for x, y in loader:
+    for x, y, *_ in loader:  # (x, y) or (x, y, task)
         total += float(F.cross_entropy(model(x.to(model.device)), y.to(model.device), reduction="sum"))
         count += len(y)
     return total / max(count, 1)
