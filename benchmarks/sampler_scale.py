@@ -11,8 +11,9 @@ a DataLoader does with a sampler):
 * ``multinomial``: ``torch.utils.data.WeightedRandomSampler`` (``torch.multinomial``), ``null`` where it fails
   (it accepts at most 2^24 categories).
 
-Peak extra memory is the growth of the process's peak resident set over the state before the draw (the score
-table included there), divided by N.
+The methods take turns: each of ``--repeats`` rounds (3; 1 at N >= 10^8) runs every method once, and a method's
+time is its median over the rounds. Peak extra memory is the growth of the process's peak resident set over the
+state before the draw (the score table included there), divided by N.
 
     python -m benchmarks.sampler_scale --n 10000000 --out bench_out/sampler_scale.json
     python -m benchmarks.sampler_scale --n 1000000 10000000 100000000 --out bench_out/sampler_scale.json
@@ -86,27 +87,31 @@ def worker(method: str, n: int) -> dict[str, Any]:
 
 
 def run(n: int, repeats: int) -> dict[str, Any]:
-    """All methods at size ``n``, each in fresh processes; the median of ``repeats`` runs."""
+    """All methods at size ``n``, each in fresh processes; the median of ``repeats`` rounds.
+
+    A round runs every method once, in turn, so a slow spell of the machine falls on all of them alike.
+    """
     seconds: dict[str, float | None] = {}
     memory: dict[str, float | None] = {}
     errors: dict[str, str] = {}
-    for method in METHODS:
-        runs = []
-        for _ in range(repeats):
+    runs: dict[str, list[dict[str, Any]]] = {method: [] for method in METHODS}
+    for _ in range(repeats):
+        for method in METHODS:
+            if runs[method] and runs[method][-1]["seconds"] is None:
+                continue  # it failed: no point in trying again
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.sampler_scale", "--worker", method, "--n", str(n)],
                 check=True,
                 capture_output=True,
                 text=True,
             )
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            if runs[-1]["seconds"] is None:
-                break
-        times = [r["seconds"] for r in runs if r["seconds"] is not None]
+            runs[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for method in METHODS:
+        times = [r["seconds"] for r in runs[method] if r["seconds"] is not None]
         seconds[method] = sorted(times)[len(times) // 2] if times else None
-        memory[method] = min(r["bytes_per_sample"] for r in runs) if times else None
+        memory[method] = min(r["bytes_per_sample"] for r in runs[method]) if times else None
         if not times:
-            errors[method] = runs[-1]["error"]
+            errors[method] = runs[method][-1]["error"]
         shown = f"{seconds[method]:.3f} s, {memory[method]:.1f} B/sample" if times else f"failed: {errors[method]}"
         print(f"  n={n:>11,d}  {method:<14s} {shown}", flush=True)
     floor = seconds["randperm"]
