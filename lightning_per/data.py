@@ -138,8 +138,7 @@ class IndexedDataset(Dataset):
         One call of the wrapped dataset's own ``__getitems__`` if it has one, else a plain loop; no per-sample call
         of this wrapper.
         """
-        weighted = [isinstance(key, tuple) for key in keys]
-        if any(weighted):
+        if any(isinstance(key, tuple) for key in keys):
             pairs = [_index_and_weight(key) for key in keys]
             indices = [index for index, _ in pairs]
             weights = [weight for _, weight in pairs]

@@ -380,7 +380,7 @@ def softmax_ce_grad_norm(
     probabilities = targets.shape == logits.shape  # float probabilities, or integer one-hot rows
     outside = ignored = None
     if not probabilities:  # class indices (integer or float labels), e.g. (n, 1): one per row of logits
-        targets = _same_shape(targets, logits.shape[:-1], logits.shape).long()
+        targets = _same_shape(targets, logits.shape[:-1], outputs=logits.shape).long()
         # masks, not a check, so no host sync: an ignored row scores 0, any other index outside [0, C) NaN
         # (which `F.cross_entropy` itself refuses before this ever runs)
         ignored = targets == ignore_index
@@ -420,7 +420,7 @@ def sigmoid_bce_grad_norm(logits: Tensor, targets: Tensor) -> Tensor:
         >>> sigmoid_bce_grad_norm(torch.tensor([[0.0]]), torch.tensor([[1.0]]))
         tensor([0.5000])
     """
-    diff = logits.detach().float().sigmoid() - _same_shape(targets, logits.shape, logits.shape).float()
+    diff = logits.detach().float().sigmoid() - _same_shape(targets, logits.shape).float()
     return diff.reshape(diff.shape[0], -1).norm(dim=-1)
 
 
@@ -432,9 +432,7 @@ def mse_grad_norm(outputs: Tensor, targets: Tensor) -> Tensor:
         >>> mse_grad_norm(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]]))
         tensor([1.4142])
     """
-    diff = (outputs.detach().float() - _same_shape(targets, outputs.shape, outputs.shape).float()).reshape(
-        outputs.shape[0], -1
-    )
+    diff = (outputs.detach().float() - _same_shape(targets, outputs.shape).float()).reshape(outputs.shape[0], -1)
     return diff.norm(dim=-1) * (2.0 / diff.shape[1])
 
 
@@ -464,7 +462,7 @@ def margin_score(logits: Tensor, targets: Tensor) -> Tensor:
     return 1.0 - (true - others)
 
 
-def _same_shape(targets: Tensor, shape: torch.Size, outputs: torch.Size) -> Tensor:
+def _same_shape(targets: Tensor, shape: torch.Size, outputs: torch.Size | None = None) -> Tensor:
     """``targets`` viewed as ``shape`` when they hold as many values, else a ``ValueError`` naming both shapes.
 
     (n,) targets against (n, 1) outputs, or the other way round, would otherwise broadcast to (n, n).
@@ -473,7 +471,8 @@ def _same_shape(targets: Tensor, shape: torch.Size, outputs: torch.Size) -> Tens
         return targets
     if targets.numel() != math.prod(shape):
         raise ValueError(
-            f"`targets` has shape {tuple(targets.shape)}, which does not match outputs of shape {tuple(outputs)}: "
+            f"`targets` has shape {tuple(targets.shape)}, which does not match outputs of shape "
+            f"{tuple(outputs if outputs is not None else shape)}: "
             f"give one target per output ({tuple(shape)})."
         )
     return targets.reshape(shape)

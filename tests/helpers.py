@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,3 +138,34 @@ class RecordingLogger(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.writes.append(dict(metrics))
         self.steps.append(step)
+
+
+# ------------------------------------------------------------------------------ multi-process runs (gloo, CPU)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for ``MASTER_PORT``)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ddp_env(**extra: str) -> dict[str, str]:
+    """This process's environment without a launcher's rank variables, with the repository importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def run_two_processes(script: Path, out: Path, *args: str, timeout: int = 300) -> list[dict[str, Any]]:
+    """Run ``script OUT ARGS`` (it starts 2 processes); return what ranks 0 and 1 wrote to ``OUT/rank{r}.json``."""
+    run = subprocess.run(
+        [sys.executable, str(script), str(out), *args],
+        env=ddp_env(MASTER_PORT=str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]

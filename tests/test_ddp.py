@@ -2,28 +2,15 @@
 
 import json
 import math
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import ddp_env, free_port, run_two_processes
+
 SCRIPT = Path(__file__).with_name("ddp_core_script.py")
-ROOT = SCRIPT.parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")}
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
-    return env
 
 
 def _check(out: Path) -> None:
@@ -45,24 +32,17 @@ def _check(out: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_semantics(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), "ddp"],
-        env=_env(MASTER_PORT=str(_free_port())),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_two_processes(SCRIPT, tmp_path, "ddp")
     _check(tmp_path)
 
 
 @pytest.mark.slow
 def test_two_simulated_nodes_of_one_process_each(tmp_path):
-    port = str(_free_port())
+    port = str(free_port())
     procs = [
         subprocess.Popen(
             [sys.executable, str(SCRIPT), str(tmp_path), "nodes"],
-            env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node), LOCAL_RANK="0", WORLD_SIZE="2"),
+            env=ddp_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node), LOCAL_RANK="0", WORLD_SIZE="2"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -77,15 +57,7 @@ def test_two_simulated_nodes_of_one_process_each(tmp_path):
 
 @pytest.mark.slow
 def test_callback_state_under_ddp_is_saved_and_restored_exactly_and_errors_reach_every_rank(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT.with_name("ddp_state_script.py")), str(tmp_path)],
-        env=_env(MASTER_PORT=str(_free_port())),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_processes(SCRIPT.with_name("ddp_state_script.py"), tmp_path, timeout=120)
     # LossTracker: rank 1 had no records at the save (it still joined the gather); after the resume the restored
     # records count once against a step trained again (mean 2.0, not 1.67 as with a copy on every rank)
     assert ranks[0]["saved"] == [0] and ranks[0]["score0"] == 2.0

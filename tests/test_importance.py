@@ -1,10 +1,7 @@
 """ImportanceSamplingCallback: the maths without a Trainer, then the callback inside small CPU Trainers."""
 
-import json
 import logging
 import math
-import subprocess
-import sys
 from collections import namedtuple
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,8 +18,15 @@ from torch.utils.data import DataLoader, default_collate
 import lightning_per as lp
 from lightning_per import functional as PF
 from lightning_per.callbacks.importance import draw_importance_sample
-from tests.helpers import DictDataset, ListDataset, RecordingLogger, TinyClassifier, blobs, small_trainer
-from tests.test_ddp import _env, _free_port
+from tests.helpers import (
+    DictDataset,
+    ListDataset,
+    RecordingLogger,
+    TinyClassifier,
+    blobs,
+    run_two_processes,
+    small_trainer,
+)
 
 DDP_SCRIPT = Path(__file__).with_name("ddp_importance_script.py")
 NEVER = 1e9  # a tau_th that tau never exceeds: every step uniform
@@ -776,15 +780,7 @@ def test_cli_config_trains_with_the_callback_and_logs_tau(tmp_path):
 # --------------------------------------------------------------------------------------------------- DDP
 @pytest.mark.slow
 def test_two_processes_share_tau_and_switch_on_the_same_step(tmp_path):
-    run = subprocess.run(
-        [sys.executable, str(DDP_SCRIPT), str(tmp_path)],
-        env=_env(MASTER_PORT=str(_free_port())),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_processes(DDP_SCRIPT, tmp_path)
     assert [r["world"] for r in ranks] == [2, 2]
     # each rank alone would decide differently: rank 0's own scores are heavy-tailed, rank 1's are constant
     # (tau_th = 1.5 in the script; the averaged tau_step is about (mean(local0) + 1) / 2)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +33,7 @@ from lightning_per.replay import (
     reservoir_slots,
     task_class_mask,
 )
+from tests.helpers import run_two_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -565,21 +561,9 @@ def test_cli_runs_continual_config(tmp_path: Path) -> None:
 DDP_SCRIPT = Path(__file__).with_name("ddp_replay_script.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_share_the_memory_budget(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK")}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()))
-    run = subprocess.run(
-        [sys.executable, str(DDP_SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_two_processes(DDP_SCRIPT, tmp_path)
     for name in ("er", "mer"):
         r0, r1 = ranks[0][name], ranks[1][name]
         assert r0["world"] == r1["world"] == 2

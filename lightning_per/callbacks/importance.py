@@ -477,9 +477,9 @@ class ImportanceSamplingCallback(Callback):
             if not (math.isfinite(total) and math.isfinite(squares)):  # non-finite points do not count
                 s = scores[start : start + count]
                 finite = torch.isfinite(s)
-                low = float(torch.where(finite, s, math.inf).min())
+                low_finite = torch.where(finite, s, math.inf).min()
                 s = torch.where(finite, s, 0.0)
-                total, squares, count = torch.stack([s.sum(), s.dot(s), finite.sum()]).tolist()
+                total, squares, count, low = torch.stack([s.sum(), s.dot(s), finite.sum(), low_finite]).tolist()
             lowest = min(lowest, low)
             # no finite positive score: no information, the uniform value 1
             taus[j] = PF.tau_from_sums(total, squares, count, self.tau_form == "rooted") if total > 0 else 1.0
@@ -518,7 +518,6 @@ class ImportanceSamplingCallback(Callback):
             if self.class_weights is not None:
                 weights = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
             return PF.softmax_ce_grad_norm(logits, targets, self.label_smoothing, weights, self.ignore_index)
-        targets = targets.reshape(logits.shape)
         if self.score == "bce":
             return PF.sigmoid_bce_grad_norm(logits, targets)
         return PF.mse_grad_norm(logits, targets)

@@ -343,10 +343,8 @@ class LossTracker(Callback):
         # mid-epoch validation or by `every_n_train_steps`) are saved too, gathered from every rank: Lightning
         # builds the checkpoint on every rank, so the collective is safe.
         self._flush()
-        world = self._trainer.world_size if self._trainer is not None else 1
-        # every rank joins the gather, also one without records of its own (a collective needs them all)
-        records = self._gather(self._trainer, self._module) if self._flushed or world > 1 else None
-        if records is not None and records[0].numel() == 0:
+        records: tuple[Tensor, Tensor, Tensor | None] | None = self._gather(self._trainer, self._module)
+        if records is not None and records[0].numel() == 0:  # every rank joins the gather, also one without records
             records = None
         return {
             "nonfinite_total": self._nonfinite_total,
