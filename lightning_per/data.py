@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
@@ -110,6 +111,8 @@ def weighted_mean(losses: Tensor, batch: Any) -> Tensor:
             "loss per sample (e.g. `F.cross_entropy(logits, y, reduction='none')`) on the batch as it arrived, "
             "one row per sample."
         )
+    if losses.ndim == 1 and losses.dtype == weight.dtype:  # the common case in one op (a step is hot code)
+        return torch.dot(losses, weight / weight.shape[0])
     # a sample's weight applies to its whole row: (n,), (n, 1) and per-element (n, T, ...) losses alike
     return (losses * weight.to(losses.dtype).reshape(-1, *[1] * (losses.ndim - 1))).mean()
 
@@ -129,30 +132,69 @@ class IndexedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: int | tuple[int, float]) -> tuple[int, float, Any]:
-        index, weight = _index_and_weight(key)
+        index, weight = key if isinstance(key, tuple) else (key, 1.0)
         return index, weight, self.dataset[index]
 
-    def __getitems__(self, keys: Sequence[int | tuple[int, float]]) -> list[tuple[int, float, Any]]:
+    def __getitems__(self, keys: Sequence[int | tuple[int, float]]) -> Sequence[tuple[int, float, Any]]:
         """A whole batch at once (the DataLoader calls this when it exists).
 
         One call of the wrapped dataset's own ``__getitems__`` if it has one, else a plain loop; no per-sample call
-        of this wrapper.
+        of this wrapper. The result is a sequence of ``(index, weight, sample)`` items that holds the batch's
+        indices and weights as tensors, so that :class:`IndexedCollate` need not build them item by item.
         """
-        if any(isinstance(key, tuple) for key in keys):
-            pairs = [_index_and_weight(key) for key in keys]
-            indices = [index for index, _ in pairs]
-            weights = [weight for _, weight in pairs]
-        else:  # a uniform pass: plain int indices, weight 1
-            indices = list(keys)  # type: ignore[arg-type]
-            weights = [1.0] * len(indices)
-        many = getattr(self.dataset, "__getitems__", None)
-        samples = many(indices) if many is not None else [self.dataset[index] for index in indices]
-        return list(zip(indices, weights, samples, strict=True))
+        indices, index, weight = _split_keys(keys)
+        dataset = self.dataset
+        many = getattr(dataset, "__getitems__", None)
+        samples = many(indices) if many is not None else [dataset[i] for i in indices]
+        if len(samples) != len(indices):
+            raise ValueError(
+                f"The dataset's `__getitems__` returned {len(samples)} samples for {len(indices)} indices."
+            )
+        return _Items(index, weight, list(samples))
 
 
-def _index_and_weight(key: int | tuple[int, float]) -> tuple[int, float]:
-    """A sampler key as ``(index, weight)``: an int index has weight 1."""
-    return key if isinstance(key, tuple) else (key, 1.0)
+def _split_keys(keys: Sequence[int | tuple[int, float]]) -> tuple[list[int], Tensor, Tensor]:
+    """A batch's sampler keys as a list of indices, an int64 index tensor and a float32 weight tensor.
+
+    The sampler yields plain ints (a uniform pass, weight 1) or ``(index, weight)`` pairs (weighted) for a whole
+    epoch; both are converted in one NumPy call (about 3x faster than ``torch.tensor`` on 100 Python numbers). A
+    batch that mixes the two, from a user's own sampler, is taken key by key.
+    """
+    if keys and not isinstance(keys[0], tuple):
+        try:
+            array = np.asarray(keys, dtype=np.int64)
+        except (TypeError, ValueError):  # a pair further on
+            array = None
+        if array is not None and array.ndim == 1:
+            return list(keys), torch.from_numpy(array), torch.ones(len(keys))  # type: ignore[arg-type]
+    else:
+        try:
+            indices, weights = zip(*keys, strict=True)
+        except (TypeError, ValueError):  # an int further on
+            indices = ()
+        if len(indices) == len(keys):
+            index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+            return list(indices), index, torch.from_numpy(np.asarray(weights, dtype=np.float32))
+    pairs = [key if isinstance(key, tuple) else (key, 1.0) for key in keys]
+    indices = [int(index) for index, _ in pairs]
+    return indices, torch.tensor(indices, dtype=torch.int64), torch.tensor([w for _, w in pairs], dtype=torch.float32)
+
+
+class _Items(Sequence[tuple[int, float, Any]]):
+    """The ``(index, weight, sample)`` items of one batch, kept as an index tensor, a weight tensor and the samples."""
+
+    def __init__(self, index: Tensor, weight: Tensor, samples: list[Any]) -> None:
+        self.index_tensor = index
+        self.weight_tensor = weight
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return int(self.index_tensor[i]), float(self.weight_tensor[i]), self.samples[i]
 
 
 class IndexedCollate:
@@ -167,6 +209,10 @@ class IndexedCollate:
 
     def __call__(self, items: Sequence[tuple[int, float, Any]]) -> PrioritizedBatch:
         """Collate the samples with ``collate_fn``; indices become int64, weights float32."""
+        if isinstance(items, _Items):  # from IndexedDataset.__getitems__: indices and weights already tensors
+            return PrioritizedBatch(
+                data=self.collate_fn(items.samples), index=items.index_tensor, weight=items.weight_tensor
+            )
         indices, weights, samples = zip(*items, strict=True)
         return PrioritizedBatch(
             data=self.collate_fn(list(samples)),

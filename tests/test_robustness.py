@@ -199,6 +199,42 @@ def test_a_dataset_with_getitems_gets_one_call_per_batch_and_the_right_samples(s
         assert sorted(i for b in batches for i in b.index.tolist()) == list(range(20))  # one shuffled pass
 
 
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [3, 0, 7],  # a uniform pass
+        [(3, 0.5), (0, 2.0), (7, 1.5)],  # a weighted strategy's pairs
+        [3, (0, 2.0), 7],  # mixed (a user's own sampler), starting with an int
+        [(3, 0.5), 0, (7, 1.5)],  # mixed, starting with a pair
+        [np.int64(3), np.int64(0), np.int64(7)],
+    ],
+)
+def test_indexed_dataset_batches_every_form_of_sampler_key(keys):
+    base = blobs(10)
+    items = lp.IndexedDataset(base).__getitems__(keys)
+    expected = [(int(k[0]), float(k[1])) if isinstance(k, tuple) else (int(k), 1.0) for k in keys]
+    assert [(i, w) for i, w, _ in items] == expected  # the items read as (index, weight, sample) triples
+    assert all(torch.equal(sample[0], base[i][0]) for i, _, sample in items)
+    assert [i for i, _, _ in items[1:]] == [i for i, _ in expected[1:]]
+    batch = lp.IndexedCollate()(items)
+    assert batch.index.dtype == torch.int64 and batch.weight.dtype == torch.float32
+    assert batch.index.tolist() == [i for i, _ in expected] and batch.weight.tolist() == [w for _, w in expected]
+    assert torch.equal(batch[0], base.tensors[0][batch.index])
+    # a plain list of triples (a user's own fetching) collates the same
+    same = lp.IndexedCollate()(list(items))
+    assert torch.equal(same.index, batch.index) and torch.equal(same.weight, batch.weight)
+    assert torch.equal(same[0], batch[0])
+
+
+def test_a_getitems_that_loses_samples_is_refused():
+    class Short(_BatchFetching):
+        def __getitems__(self, indices):
+            return [self.base[i] for i in indices[:-1]]
+
+    with pytest.raises(ValueError, match=r"returned 2 samples for 3 indices"):
+        lp.IndexedDataset(Short(blobs(10))).__getitems__([1, 2, 3])
+
+
 def test_weighted_mean_weights_each_samples_row_whatever_the_loss_shape():
     batch = lp.PrioritizedBatch(None, torch.arange(4), torch.tensor([1.0, 2.0, 3.0, 4.0]))
     losses = torch.tensor([1.0, 1.0, 2.0, 0.5])
