@@ -22,6 +22,7 @@ JOBS: dict[str, list[str]] = {
     "overhead": ["-m", "benchmarks.overhead"],
     "sampler_scale": ["-m", "benchmarks.sampler_scale", "--n", "1000000", "10000000", "100000000"],
     "time_to_quality": ["-m", "benchmarks.time_to_quality", "--budget-s", "25", "--seeds", "3"],
+    "gradient_variance": ["-m", "benchmarks.gradient_variance"],
 }
 
 
@@ -122,6 +123,46 @@ def render(out: Path) -> str:
                 f"| {_pm(share, 0, 100) if share else '-'} |"
             )
         lines.append("")
+    path = out / "time_to_quality_free_scoring.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        s = data["settings"]
+        lines += [
+            f"**Equal steps** (diagnostic: `python -m benchmarks.time_to_quality --budget-s {s['budget_s']:g} --seeds "
+            f"{s['seeds']} --methods importance --free-scoring --out {s['out']}`; as above, but an importance step is "
+            f"charged like a uniform one, so both make the same steps; {s.get('max_epochs', '?')} uniform epochs):",
+            "",
+            "| method | final train loss | loss / uniform | final test acc (%) | training seconds |",
+            "|---|---|---|---|---|",
+        ]
+        for method, m in data["methods"].items():
+            lines.append(
+                f"| {method} | {_pm(m['final_train_loss'])} | {_pm(m['train_loss_ratio_to_uniform'], 2)} "
+                f"| {_pm(m['final_test_acc'], 1, 100)} | {_pm(m['train_seconds'], 1)} |"
+            )
+        lines.append("")
+    path = out / "gradient_variance.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        s = data["settings"]
+        lines += [
+            f"**Gradient variance** (`python -m benchmarks.gradient_variance`; the uniform run above ({s['epochs']} "
+            f"epochs), paused at {s['probes']} points; exact per-sample gradients of {s['presamples']} presamples of "
+            f"B = {s['presample'] * s['batch_size']} points per point; mean ± std over {s['seeds']} seeds; reduction "
+            f"= total variance of a uniform step of b = {s['batch_size']} / that of an importance step drawing by the "
+            "score; an importance step costs 2 uniform steps):",
+            "",
+            "| progress | lr | noise share of a uniform step | reduction, bound (`ce`) | reduction, loss "
+            "| reduction, true norms (optimal) | tau (bound) | Spearman, bound vs true norm |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for point in data["summary"]:
+            lines.append(
+                f"| {point['progress']:.2f} | {point['lr']:.3f} | {_pm(point['noise_share'], 2)} "
+                f"| {_pm(point['reduction_ce'], 1)} | {_pm(point['reduction_loss'], 1)} "
+                f"| {_pm(point['reduction_optimal'], 1)} | {_pm(point['tau_ce'], 2)} | {_pm(point['spearman_ce'], 2)} |"
+            )
+        lines.append("")
     rounds = sorted((out / "select_defaults").glob("round*.json"), key=lambda p: int(p.stem[5:] or 0))
     if rounds:
         lines += [
@@ -147,8 +188,9 @@ def render(out: Path) -> str:
         lines.append(
             f"Measured on {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), torch "
             f"{env['torch']}, lightning {env['lightning']}, Python {env['python']}. JSON and PNG plots in "
-            f"`{out}/`. `make bench` re-runs overhead, sampler scale and time to quality; the rounds of the choice "
-            "of defaults and the extra runs named below come from their own commands (in each JSON's settings)."
+            f"`{out}/`. `make bench` re-runs overhead, sampler scale, time to quality and gradient variance; the "
+            "rounds of the choice of defaults and the extra runs named below come from their own commands (in each "
+            "JSON's settings)."
         )
     return "\n".join(lines)
 

@@ -77,8 +77,17 @@ class Augment:
 class BudgetRun(Callback):
     """Keeps the training clock, the cost, the learning-rate schedule and the evaluation curve of one run."""
 
-    def __init__(self, budget_cost: float, max_epochs: int, lr: float, evals: int, data: dict[str, TensorDataset]):
+    def __init__(
+        self,
+        budget_cost: float,
+        max_epochs: int,
+        lr: float,
+        evals: int,
+        data: dict[str, TensorDataset],
+        charge_scoring: bool = True,
+    ) -> None:
         self.budget_cost = budget_cost
+        self.charge_scoring = charge_scoring
         self.max_epochs = max_epochs
         self.lr = lr
         self.eval_every = budget_cost / evals
@@ -114,7 +123,7 @@ class BudgetRun(Callback):
         self.cost += 3 * b
         self.steps += 1
         if self._importance is not None and self._importance.last_step_was_importance:
-            self.cost += self._importance.presample * b
+            self.cost += self._importance.presample * b if self.charge_scoring else 0
             self.importance_steps += 1
         if self.cost >= self._next_eval:
             self._evaluate(pl_module)
@@ -166,11 +175,13 @@ def run(
     data: dict[str, TensorDataset],
     max_epochs: int,
     options: dict[str, Any] | None = None,
+    extra_callbacks: list[Callback] | None = None,
 ) -> Any:
     """One budgeted training run; returns its :class:`BudgetRun` (curve, cost, seconds).
 
     ``options`` (for the selection of defaults) go to ``SamplingStrategy`` or, for the importance methods, to
-    ``ImportanceSamplingCallback``; by default every method runs with the library's defaults.
+    ``ImportanceSamplingCallback``; by default every method runs with the library's defaults. ``extra_callbacks``
+    run after the budget's (the gradient-variance probes).
     """
     seed_everything(seed, workers=True, verbose=False)
     model = Classifier(optimizer="sgd", lr=args.lr, momentum=0.9, schedule="none")
@@ -182,8 +193,8 @@ def run(
         data["train"], batch_size=args.batch_size, strategy=strategy, seed=seed, collate_fn=Augment()
     )
     budget_cost = 3.0 * len(data["train"]) * max_epochs  # max_epochs uniform epochs
-    budget = BudgetRun(budget_cost, max_epochs, args.lr, args.evals, data)
-    callbacks: list[Callback] = [budget]
+    budget = BudgetRun(budget_cost, max_epochs, args.lr, args.evals, data, not getattr(args, "free_scoring", False))
+    callbacks: list[Callback] = [budget, *(extra_callbacks or [])]
     if method in ("proportional", "rank", "prune"):
         callbacks.append(LossTracker())
     elif is_importance:
@@ -292,6 +303,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--presample", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu, ... (one device)")
     parser.add_argument("--evals", type=int, default=20, help="evaluation points per run")
+    parser.add_argument(
+        "--free-scoring",
+        action="store_true",
+        help="diagnostic: charge an importance step like a uniform one (equal steps instead of equal compute)",
+    )
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
     if "uniform" not in args.methods:

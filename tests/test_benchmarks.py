@@ -11,7 +11,9 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("mnist1d")
 
-from benchmarks import overhead, run_all, sampler_scale, select_defaults, time_to_quality
+import torch
+
+from benchmarks import gradient_variance, overhead, run_all, sampler_scale, select_defaults, time_to_quality
 
 LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
@@ -71,6 +73,55 @@ def test_time_to_quality_and_the_readme_table(tmp_path):
     assert out.with_suffix(".png").exists()
     table = run_all.render(tmp_path)
     assert "| importance |" in table and "Time to quality" in table
+
+
+def test_free_scoring_charges_an_importance_step_like_a_uniform_one():
+    import argparse
+
+    data = time_to_quality.splits(None)
+    steps = {}
+    for free in (False, True):
+        args = argparse.Namespace(lr=0.1, batch_size=100, presample=3, accelerator="cpu", evals=1, free_scoring=free)
+        budget = time_to_quality.run("importance", 0, args, data, 1, {"tau_th": 1e-9})  # one epoch's cost
+        assert budget.importance_steps > 0
+        steps[free] = budget.steps
+    assert steps[True] == 40  # the whole epoch: importance steps cost 300 like uniform ones
+    assert steps[False] < 40  # charged 600 each, the budget runs out before the epoch ends
+
+
+def test_gradient_variance_is_exact_against_sampled_draws():
+    """The closed-form mean squared error of a weighted draw matches 20,000 sampled draws within 2%."""
+    gen = torch.Generator().manual_seed(0)
+    gradients = torch.randn(6, 5, generator=gen) * torch.arange(1.0, 7.0)[:, None]
+    p = torch.rand(6, generator=gen, dtype=torch.float64) + 0.1
+    p /= p.sum()
+    exact = gradient_variance.mean_squared_error(gradients, p, 2)
+    idx = torch.multinomial(p.expand(20_000, 6), 2, replacement=True, generator=gen)  # (draws, 2)
+    estimates = (gradients.double()[idx] / (6 * p[idx, None])).mean(1)
+    sampled = (estimates - gradients.double().mean(0)).pow(2).sum(1).mean()
+    assert float(sampled) == pytest.approx(exact, rel=0.02)
+    # a point never drawn (p = 0) adds its share of the mean gradient as a squared bias, not an infinity
+    q = torch.tensor([0.5, 0.5, 0, 0, 0, 0], dtype=torch.float64)
+    bias = gradients[2:].double().sum(0) / 6
+    assert gradient_variance.mean_squared_error(gradients, q, 10**9) == pytest.approx(float(bias.pow(2).sum()))
+    # the optimal distribution (p proportional to the norm) never does worse than uniform
+    norms = gradients.norm(dim=1).double()
+    uniform = torch.full((6,), 1 / 6, dtype=torch.float64)
+    optimal = gradient_variance.mean_squared_error(gradients, norms / norms.sum(), 2)
+    assert optimal <= gradient_variance.mean_squared_error(gradients, uniform, 2)
+
+
+def test_gradient_variance_writes_its_probes_and_the_readme_table(tmp_path):
+    out = tmp_path / "gradient_variance.json"
+    args = ["--epochs", "2", "--probes", "2", "--presamples", "1", "--seeds", "1", "--evals", "1"]
+    gradient_variance.main([*args, "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert len(data["summary"]) == 2 and data["summary"][0]["progress"] < data["summary"][1]["progress"]
+    point = data["points"]["0"][0]
+    assert 0 < point["noise_share"] < 1 and point["spearman_optimal"] == pytest.approx(1.0)
+    assert point["reduction_optimal"] >= point["reduction_ce"] * 0.999  # nothing beats the true norms
+    assert out.with_suffix(".png").exists() and "Reported per probe" in data["protocol"]
+    assert "Gradient variance" in run_all.render(tmp_path)
 
 
 class _Untouchable:
