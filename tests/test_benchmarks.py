@@ -89,6 +89,23 @@ def test_free_scoring_charges_an_importance_step_like_a_uniform_one():
     assert steps[False] < 40  # charged 600 each, the budget runs out before the epoch ends
 
 
+def test_the_summary_survives_a_uniform_run_that_ends_where_it_started():
+    """A diverged uniform run ends at chance, which the first evaluation already had: no cost ratio, no crash."""
+    from types import SimpleNamespace
+
+    def result(accs):
+        curve = [
+            {"cost": 300.0 * i, "seconds": i, "test_acc": a, "val_acc": a, "train_loss": 1.0}
+            for i, a in enumerate(accs)
+        ]
+        return SimpleNamespace(curve=curve, importance_steps=0, steps=len(accs))
+
+    runs = {"uniform": [result([0.1, 0.5, 0.1])], "rank": [result([0.1, 0.6, 0.7])]}
+    summary = time_to_quality.summarize(runs, [0])
+    assert summary["uniform"]["cost_to_uniform_acc_ratio"] is None
+    assert summary["rank"]["cost_to_uniform_acc"]["mean"] == 0.0  # reached at once, and reported
+
+
 def test_gradient_variance_is_exact_against_sampled_draws():
     """The closed-form mean squared error of a weighted draw matches 20,000 sampled draws within 2%."""
     gen = torch.Generator().manual_seed(0)
