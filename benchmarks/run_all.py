@@ -146,8 +146,9 @@ def render(out: Path) -> str:
         data = json.loads(path.read_text())
         s = data["settings"]
         lines += [
-            f"**Gradient variance** (`python -m benchmarks.gradient_variance`; the uniform run above ({s['epochs']} "
-            f"epochs), paused at {s['probes']} points; exact per-sample gradients of {s['presamples']} presamples of "
+            f"**Gradient variance** (`python -m benchmarks.gradient_variance`; the uniform time-to-quality set-up "
+            f"with the compute of {s['epochs']} uniform epochs, paused at {s['probes']} points of the run; exact "
+            f"per-sample gradients of {s['presamples']} presamples of "
             f"B = {s['presample'] * s['batch_size']} points per point; mean ± std over {s['seeds']} seeds; reduction "
             f"= total variance of a uniform step of b = {s['batch_size']} / that of an importance step drawing by the "
             "score; an importance step costs 2 uniform steps):",
