@@ -145,10 +145,9 @@ class Probes(Callback):
         if self._next >= self.args.probes or fraction < due - 1e-9:
             return
         self._next += 1
-        found = [probe(pl_module, self.train, self.args.presample, self.args.batch_size, self.generator)]
-        found += [
+        found = [
             probe(pl_module, self.train, self.args.presample, self.args.batch_size, self.generator)
-            for _ in range(self.args.presamples - 1)
+            for _ in range(self.args.presamples)
         ]
         point = {k: median([f[k] for f in found]) for k in found[0]}
         point["progress"] = fraction

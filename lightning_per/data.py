@@ -157,27 +157,25 @@ def _split_keys(keys: Sequence[int | tuple[int, float]]) -> tuple[list[int], Ten
     """A batch's sampler keys as a list of indices, an int64 index tensor and a float32 weight tensor.
 
     The sampler yields plain ints (a uniform pass, weight 1) or ``(index, weight)`` pairs (weighted) for a whole
-    epoch; both are converted in one NumPy call (about 3x faster than ``torch.tensor`` on 100 Python numbers). A
-    batch that mixes the two, from a user's own sampler, is taken key by key.
+    epoch: either is converted in one go. A batch that mixes the two, from a user's own sampler, is taken key by key.
     """
-    if keys and not isinstance(keys[0], tuple):
-        try:
-            array = np.asarray(keys, dtype=np.int64)
-        except (TypeError, ValueError):  # a pair further on
-            array = None
-        if array is not None and array.ndim == 1:
-            return list(keys), torch.from_numpy(array), torch.ones(len(keys))  # type: ignore[arg-type]
-    else:
-        try:
+    try:
+        if keys and isinstance(keys[0], tuple):  # a weighted strategy's pairs
             indices, weights = zip(*keys, strict=True)
-        except (TypeError, ValueError):  # an int further on
-            indices = ()
-        if len(indices) == len(keys):
-            index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-            return list(indices), index, torch.from_numpy(np.asarray(weights, dtype=np.float32))
+            return list(indices), _as_tensor(indices, np.int64), _as_tensor(weights, np.float32)
+        array = np.asarray(keys, dtype=np.int64)  # a uniform pass
+        if array.ndim == 1:
+            return list(keys), torch.from_numpy(array), torch.ones(len(keys))  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # ints and pairs mixed
+        pass
     pairs = [key if isinstance(key, tuple) else (key, 1.0) for key in keys]
-    indices = [int(index) for index, _ in pairs]
-    return indices, torch.tensor(indices, dtype=torch.int64), torch.tensor([w for _, w in pairs], dtype=torch.float32)
+    indices = [index for index, _ in pairs]
+    return indices, _as_tensor(indices, np.int64), _as_tensor([weight for _, weight in pairs], np.float32)
+
+
+def _as_tensor(values: Sequence[float], dtype: type) -> Tensor:
+    """A tensor from Python numbers through NumPy: about 3x faster than ``torch.tensor`` on a list of 100."""
+    return torch.from_numpy(np.asarray(values, dtype=dtype))
 
 
 class _Items(Sequence[tuple[int, float, Any]]):
@@ -216,6 +214,6 @@ class IndexedCollate:
         indices, weights, samples = zip(*items, strict=True)
         return PrioritizedBatch(
             data=self.collate_fn(list(samples)),
-            index=torch.tensor(indices, dtype=torch.int64),
-            weight=torch.tensor(weights, dtype=torch.float32),
+            index=_as_tensor(indices, np.int64),
+            weight=_as_tensor(weights, np.float32),
         )
