@@ -1,8 +1,9 @@
 """The batch type that carries dataset indices and importance weights next to the user's own batch.
 
 A training batch from :class:`~lightning_per.PrioritizedDataModule` is a :class:`PrioritizedBatch`. It unpacks and
-indexes like the batch the user's collate function made (``x, y = batch``, ``batch["image"]``, ``batch.keys()``),
-and adds ``batch.index`` (int64 dataset indices) and ``batch.weight`` (float32 importance weights).
+indexes like the batch the user's collate function made (``x, y = batch`` for tuple and list samples,
+``batch["image"]`` and ``batch.keys()`` for dict samples), and adds ``batch.index`` (int64 dataset indices) and
+``batch.weight`` (float32 importance weights).
 
 It deliberately defines no ``__iter__``: Lightning then reads it as a dataclass when it infers the batch size for
 ``self.log(..., on_epoch=True)``, which is right for every kind of batch (a dict batch iterated would give its
@@ -11,7 +12,7 @@ keys). Unpacking still works through ``__getitem__``; ``batch.data`` is the user
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,15 @@ class PrioritizedBatch:
     weight: Tensor
 
     def __getitem__(self, key: Any) -> Any:
-        return self.data[key]
+        data = self.data
+        if isinstance(key, int) and isinstance(data, Mapping) and key not in data:
+            # `x, y = batch` indexes 0, 1, ...: say how a dict batch is read instead of a bare `KeyError: 0`
+            first = next(iter(map(repr, data)), "'x'")
+            raise TypeError(
+                f"This batch is a dict with the keys {sorted(map(str, data))}: read it by key, e.g. `batch[{first}]`; "
+                "`x, y = batch` unpacks tuple and list samples only."
+            )
+        return data[key]
 
     def __len__(self) -> int:
         return len(self.data)

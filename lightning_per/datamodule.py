@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -32,7 +33,8 @@ class PrioritizedDataModule(LightningDataModule):
         val_dataset: validation set, or ``None``.
         test_dataset: test set, or ``None``.
         batch_size: training batch size per process.
-        strategy: a :class:`SamplingStrategy`, a strategy name, or ``None`` for uniform.
+        strategy: a :class:`SamplingStrategy`, a strategy name, a dict of its arguments (as in YAML), or ``None``
+            for uniform.
         num_workers: DataLoader workers.
         eval_batch_size: batch size of the validation and test loaders (``None``: ``batch_size``).
         seed: seed of the sampler (``None``: the global torch seed, e.g. from ``seed_everything``, taken from
@@ -44,6 +46,7 @@ class PrioritizedDataModule(LightningDataModule):
 
     Raises:
         ValueError: a bad argument (named in the message).
+        TypeError: ``strategy`` of another type, or a dict with a key :class:`SamplingStrategy` does not take.
 
     Example::
 
@@ -74,13 +77,12 @@ class PrioritizedDataModule(LightningDataModule):
             raise ValueError(f"`eval_batch_size` must be > 0, got {eval_batch_size}.")
         if num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
-        if isinstance(strategy, str):
-            strategy = SamplingStrategy(name=strategy)
+        strategy = _as_strategy(strategy)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.test_dataset = test_dataset
         self.batch_size = batch_size
-        self.strategy: SamplingStrategy = strategy or SamplingStrategy("uniform")
+        self.strategy: SamplingStrategy = strategy
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size or batch_size
         self.seed = seed
@@ -92,6 +94,7 @@ class PrioritizedDataModule(LightningDataModule):
         self._sampler: PrioritizedSampler | None = None
         self._pending_state: dict[str, Any] | None = None
         self._warned_schedule = False
+        self._saved_max_epochs: int | None = None  # of the run a checkpoint came from
 
     # ----------------------------------------------------------------------------------------------- state
     @property
@@ -136,6 +139,7 @@ class PrioritizedDataModule(LightningDataModule):
         if "scores" not in state_dict:
             return
         self._pending_state = state_dict
+        self._saved_max_epochs = state_dict.get("sampler", {}).get("max_epochs")
         self._scores, self._sampler = None, None
         if self.train_dataset is not None:
             _ = self.scores  # validates the length now
@@ -256,20 +260,32 @@ class PrioritizedDataModule(LightningDataModule):
         return seed
 
     def _check_schedule(self, max_epochs: int | None) -> None:
-        """Warn once when the strategy anneals over ``max_epochs`` but the Trainer has none."""
+        """Warn once when the schedule needs ``max_epochs`` the Trainer lacks, or a resumed run changed it."""
         strategy = self.strategy
-        scheduled = [
-            f"{key} from {getattr(strategy, key)} to {getattr(strategy, key + '_final')}"
-            for key in ("alpha", "beta", "uniform_mix")
-            if getattr(strategy, key + "_final") not in (None, getattr(strategy, key))
-        ]
+        annealed = strategy.annealed()
         unknown = max_epochs is None or max_epochs < 0
-        if strategy.name in ("proportional", "rank") and scheduled and unknown and not self._warned_schedule:
+        if annealed and unknown and not self._warned_schedule:
             self._warned_schedule = True
             rank_zero_warn(
-                f"The sampling strategy anneals {', '.join(scheduled)} over the Trainer's `max_epochs`, but "
+                f"The sampling strategy anneals {', '.join(annealed)} over the Trainer's `max_epochs`, but "
                 f"`max_epochs={max_epochs}` (training stops by `max_steps` or `max_time`), so they stay at their "
                 "start values. Set `Trainer(max_epochs=...)`, or set the `*_final` values to None for constant ones."
+            )
+        saved, self._saved_max_epochs = self._saved_max_epochs, None
+        if saved is None or saved == max_epochs or unknown:
+            return
+        length = [*annealed]
+        if strategy.uniform_epochs_at_end(saved) or strategy.uniform_epochs_at_end(max_epochs):
+            length.append(
+                f"the final uniform epochs ({strategy.uniform_epochs_at_end(saved)} of {saved}, now "
+                f"{strategy.uniform_epochs_at_end(max_epochs)} of {max_epochs})"
+            )
+        if length and strategy.name != "uniform":
+            rank_zero_warn(
+                f"Resumed from a run with `max_epochs={saved}`, now `max_epochs={max_epochs}`: the sampling schedule "
+                f"({'; '.join(length)}) is rescaled to {max_epochs} epochs from epoch {self.sampler.epoch} on, so "
+                f"the rest of the run draws differently from a run started with `max_epochs={max_epochs}`. Resume "
+                f"with `max_epochs={saved}` to continue the saved schedule."
             )
 
     def teardown(self, stage: str) -> None:
@@ -280,3 +296,23 @@ class PrioritizedDataModule(LightningDataModule):
                 "No per-sample score was recorded during fit: add `LossTracker()` to the Trainer's callbacks "
                 "so that PrioritizedDataModule can re-weight its sampler."
             )
+
+
+def _as_strategy(strategy: Any) -> SamplingStrategy:
+    """A :class:`SamplingStrategy` from what the constructor accepts (a strategy, a name, a dict, ``None``)."""
+    if strategy is None:
+        return SamplingStrategy("uniform")
+    if isinstance(strategy, SamplingStrategy):
+        return strategy
+    if isinstance(strategy, str):
+        return SamplingStrategy(name=strategy)  # type: ignore[arg-type]  # checked there
+    if isinstance(strategy, Mapping):
+        fields = [f.name for f in dataclasses.fields(SamplingStrategy)]
+        unknown = sorted(str(k) for k in strategy if k not in fields)
+        if unknown:
+            raise TypeError(f"`strategy` has the unknown key(s) {unknown}; SamplingStrategy takes {', '.join(fields)}.")
+        return SamplingStrategy(**strategy)
+    raise TypeError(
+        "`strategy` must be a SamplingStrategy, a strategy name ('uniform', 'proportional', 'rank', 'prune'), a dict "
+        f"of SamplingStrategy arguments or None; got {type(strategy).__name__}."
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["all_gather_variable", "release_process_group"]
+__all__ = ["all_gather_variable", "gather_objects_to_rank_zero", "release_process_group"]
 
 
 def all_gather_variable(tensor: Tensor, world_size: int) -> Tensor:
@@ -30,6 +32,24 @@ def all_gather_variable(tensor: Tensor, world_size: int) -> Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(world_size)]
     torch.distributed.all_gather(gathered, padded)
     return torch.cat([g[:c] for g, c in zip(gathered, counts, strict=True)])
+
+
+def gather_objects_to_rank_zero(obj: Any, world_size: int) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (``None`` on the others); a collective on every rank.
+
+    Without an initialised process group, or with one process, ``[obj]``.
+
+    Example::
+
+        >>> gather_objects_to_rank_zero({"a": 1}, world_size=1)
+        [{'a': 1}]
+    """
+    if world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    rank = torch.distributed.get_rank()
+    gathered: list[Any] | None = [None] * world_size if rank == 0 else None
+    torch.distributed.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 def release_process_group() -> None:

@@ -154,10 +154,10 @@ class PrioritizedSampler(DistributedSampler):
         return zip(index.tolist(), plan.weights(index).tolist(), strict=True)
 
     def state_dict(self) -> dict[str, Any]:
-        """The epoch and seed (the plan itself is rebuilt from the score table)."""
-        return {"epoch": self.epoch, "seed": self.seed}
+        """The epoch, the seed and ``max_epochs`` (the plan itself is rebuilt from the score table)."""
+        return {"epoch": self.epoch, "seed": self.seed, "max_epochs": self.max_epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the epoch and seed."""
+        """Restore the epoch and seed (``max_epochs`` stays the current Trainer's)."""
         self.epoch = int(state.get("epoch", self.epoch))
         self.seed = int(state.get("seed", self.seed))

@@ -34,7 +34,8 @@ class SamplingStrategy:
       pass over what is kept, so epochs get shorter. ``prune_ratio = 1`` is a hard threshold (biased).
 
     Drawn samples get importance weights ``(N p_i)^-beta`` (1 for ``uniform``). Annealing: ``alpha``, ``beta``
-    and ``uniform_mix`` move linearly to their ``*_final`` values over the prioritized epochs, and the last
+    and ``uniform_mix`` move linearly from their start values in epoch 1 (epoch 0 is uniform: nothing is scored yet)
+    to their ``*_final`` values in the last prioritized epoch, and the last
     ``final_uniform_epochs`` epochs are plain uniform passes (default: 0, or 1/8 of ``max_epochs`` for ``prune``,
     as in InfoBatch).
 
@@ -118,12 +119,39 @@ class SamplingStrategy:
             return max_epochs // 8
         return 0
 
+    def annealed(self) -> list[str]:
+        """What this strategy anneals over ``max_epochs``, in words (empty: nothing).
+
+        Example::
+
+            >>> SamplingStrategy("proportional", beta=0.4, beta_final=1.0).annealed()
+            ['beta from 0.4 to 1.0']
+        """
+        if not self.with_replacement:
+            return []
+        return [
+            f"{key} from {getattr(self, key)} to {getattr(self, key + '_final')}"
+            for key in ("alpha", "beta", "uniform_mix")
+            if getattr(self, key + "_final") not in (None, getattr(self, key))
+        ]
+
     def scheduled(self, epoch: int, max_epochs: int | None) -> tuple[float, float, float]:
-        """``(alpha, beta, uniform_mix)`` at ``epoch``, moving linearly to the ``*_final`` values."""
+        """``(alpha, beta, uniform_mix)`` at ``epoch``, moving linearly to the ``*_final`` values.
+
+        The schedule spans the prioritized epochs: epoch 0 is uniform (no sample has a score yet), so epoch 1 uses the
+        start values and the last epoch before the ``final_uniform_epochs`` uses the ``*_final`` values (with a single
+        prioritized epoch, the final ones). Without ``max_epochs`` the start values hold throughout.
+
+        Example::
+
+            >>> s = SamplingStrategy("proportional", beta=0.4, beta_final=1.0)
+            >>> [round(s.scheduled(epoch, 5)[1], 2) for epoch in range(1, 5)]
+            [0.4, 0.6, 0.8, 1.0]
+        """
         progress = 0.0
         if max_epochs is not None and max_epochs > 0:
-            prioritized = max_epochs - self.uniform_epochs_at_end(max_epochs)
-            progress = min(1.0, epoch / max(1, prioritized - 1))
+            last = max_epochs - self.uniform_epochs_at_end(max_epochs) - 1  # the last prioritized epoch
+            progress = min(1.0, max(0.0, (epoch - 1) / (last - 1))) if last > 1 else 1.0
 
         def at(start: float, final: float | None) -> float:
             return start if final is None else start + (final - start) * progress
@@ -147,7 +175,9 @@ class SamplingPlan:
         max_weight: divisor of the weights (``None``: no normalisation).
         below: for ``prune``, a mask of the below-threshold samples (weighted ``below_weight``), else ``None``.
         below_weight: ``1 / (1 - r)``.
-        stats: numbers logged under ``per/`` (``ess``, ``max_weight``, ``pruned_fraction``, ...).
+        stats: numbers logged under ``per/``: ``ess`` (Kish's effective sample size over ``N``), ``max_weight``,
+            ``top10_mass`` (the share of the epoch's draws expected on the samples scoring at or above the scores'
+            90th percentile; 0.1 when uniform), and ``alpha``, ``beta`` or ``pruned_fraction``, ``prune_threshold``.
     """
 
     order: Tensor | None
@@ -180,7 +210,7 @@ def _uniform_plan(n: int, generator: torch.Generator) -> SamplingPlan:
         order=torch.randperm(n, generator=generator),
         cdf=None,
         num_draws=n,
-        stats={"ess": 1.0, "max_weight": 1.0},
+        stats={"ess": 1.0, "max_weight": 1.0, "top10_mass": 0.1},
     )
 
 
@@ -210,8 +240,10 @@ def build_plan(
         return _uniform_plan(num_samples, generator)
     alpha, beta, lam = strategy.scheduled(epoch, max_epochs)
     filled = PF.fill_unseen(scores)
+    # the highest-scored tenth (more with ties), for `top10_mass`; its own generator leaves the plan's draws as they are
+    top = filled >= _quantile(filled, 0.9, torch.Generator().manual_seed(0))
     if strategy.name == "prune":
-        return _prune_plan(filled, strategy, generator)
+        return _prune_plan(filled, top, strategy, generator)
     if strategy.name == "proportional":
         priorities = PF.proportional_priorities(filled, alpha, strategy.eps)
     else:
@@ -223,6 +255,8 @@ def build_plan(
     n = p.numel()
     min_p = float(p.min())
     ess = PF.effective_sample_size(p)
+    top_mass = float(p[top].sum())
+    del top
     largest = float((n * min_p) ** -beta) if min_p > 0 else math.inf
     max_weight = largest if strategy.normalize_weights and math.isfinite(largest) else None
     cdf = p.cumsum_(0)
@@ -232,11 +266,17 @@ def build_plan(
         num_draws=strategy.num_samples or n,
         beta=beta,
         max_weight=max_weight,
-        stats={"ess": ess, "max_weight": largest / (max_weight or 1.0), "alpha": alpha, "beta": beta},
+        stats={
+            "ess": ess,
+            "max_weight": largest / (max_weight or 1.0),
+            "top10_mass": top_mass,
+            "alpha": alpha,
+            "beta": beta,
+        },
     )
 
 
-def _prune_plan(scores: Tensor, strategy: SamplingStrategy, generator: torch.Generator) -> SamplingPlan:
+def _prune_plan(scores: Tensor, top: Tensor, strategy: SamplingStrategy, generator: torch.Generator) -> SamplingPlan:
     if strategy.prune_quantile is None:
         threshold = float(scores.double().mean())
     else:
@@ -244,6 +284,7 @@ def _prune_plan(scores: Tensor, strategy: SamplingStrategy, generator: torch.Gen
     uniforms = torch.rand(scores.numel(), generator=generator)
     keep, below = PF.prune_keep_mask(scores, strategy.prune_ratio, threshold, uniforms)
     del uniforms
+    top_mass = float((keep & top).sum()) / max(1, int(keep.sum()))
     kept = keep.nonzero().squeeze(1)
     del keep
     order = kept[torch.randperm(kept.numel(), generator=generator)]
@@ -259,6 +300,7 @@ def _prune_plan(scores: Tensor, strategy: SamplingStrategy, generator: torch.Gen
         stats={
             "ess": order.numel() / n,
             "max_weight": below_weight,
+            "top10_mass": top_mass,
             "pruned_fraction": 1.0 - order.numel() / n,
             "prune_threshold": threshold,
         },

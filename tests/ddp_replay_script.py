@@ -5,7 +5,8 @@ python tests/ddp_replay_script.py OUT_DIR
 Each fit is one pass over a 2-task stream of 80 samples whose first feature is a unique sample id, under
 ``Trainer(accelerator="cpu", devices=2, strategy="ddp")``. Rank ``r`` writes ``OUT_DIR/rank{r}.json`` with, per
 method, its buffer's capacity, size, seen count and the ids it holds, a checksum of its weights, and the rows of
-the accuracy matrix; the ER run also saves ``OUT_DIR/er/last.ckpt`` (every rank's buffer inside).
+the accuracy matrix; the ER run also saves ``OUT_DIR/er/last.ckpt`` (every rank's buffer inside). Each fit also
+builds a checkpoint on rank 0 alone after 3 batches (``OUT_DIR/<method>/rank0_only.ckpt``): it must not hang.
 """
 
 import json
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_per import release_process_group
 from lightning_per.replay import MER, ContinualDataModule, ContinualModule, ExperienceReplay, TaskAccuracyMatrix
+from tests.helpers import SaveOnRankZeroOnly
 
 PER_TASK = 40
 CAPACITY = 30
@@ -50,7 +52,11 @@ def fit(model: ContinualModule, out: Path, name: str) -> dict:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=out / name,
-        callbacks=[matrix, ModelCheckpoint(dirpath=out / name, filename="last")],
+        callbacks=[
+            matrix,
+            ModelCheckpoint(dirpath=out / name, filename="last"),
+            SaveOnRankZeroOnly(out / name / "rank0_only.ckpt", batches=3),
+        ],
     )
     trainer.fit(model, datamodule=dm)
     buffer = model.buffer  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
@@ -169,3 +169,25 @@ def run_two_processes(script: Path, out: Path, *args: str, timeout: int = 300) -
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+class SaveOnRankZeroOnly(Callback):
+    """Builds and writes a checkpoint on global rank 0 alone after ``batches`` training batches.
+
+    As a callback that saves on one process would: ``trainer.save_checkpoint`` itself ends with a barrier, so it must
+    be called on every process, but building the checkpoint (every callback's ``state_dict`` and the module's
+    ``on_save_checkpoint``) on one process must not wait for the others.
+    """
+
+    def __init__(self, path: Path, batches: int) -> None:
+        self.path = path
+        self.batches = batches
+        self._seen = 0
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        self._seen += 1
+        if self._seen == self.batches and trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(trainer._checkpoint_connector.dump_checkpoint(), self.path)

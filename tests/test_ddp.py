@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import ddp_env, free_port, run_two_processes
 
@@ -56,17 +57,28 @@ def test_two_simulated_nodes_of_one_process_each(tmp_path):
 
 
 @pytest.mark.slow
-def test_callback_state_under_ddp_is_saved_and_restored_exactly_and_errors_reach_every_rank(tmp_path):
+def test_callback_state_built_on_one_process_needs_no_other_and_resumes_and_errors_reach_every_rank(tmp_path):
     ranks = run_two_processes(SCRIPT.with_name("ddp_state_script.py"), tmp_path, timeout=120)
-    # LossTracker: rank 1 had no records at the save (it still joined the gather); after the resume the restored
-    # records count once against a step trained again (mean 2.0, not 1.67 as with a copy on every rank)
-    assert ranks[0]["saved"] == [0] and ranks[0]["score0"] == 2.0
-    # ImportanceSamplingCallback: the saved tau_step is the mean of the ranks' own (sqrt(1.375) and sqrt(1.25)),
-    # and the resumed update reproduces the update of the run that took the checkpoint bit for bit
-    expected = (math.sqrt(1.375) + math.sqrt(1.25)) / 2
-    assert ranks[0]["saved_tau"] == ranks[1]["saved_tau"] and ranks[0]["saved_tau"][0] == pytest.approx(expected)
-    for r in ranks:
-        assert r["resumed_tau"] == r["continued_tau"] == 0.5 * ranks[0]["saved_tau"][0]
+    # LossTracker: rank 0's state, built alone, holds the synchronised record (sample 0) and its own since (sample
+    # 1); restored once, it counts once against sample 0 trained again: mean 2.0, not 1.67 as with a copy per rank
+    assert ranks[0]["saved"] == [0, 1]
+    assert ranks[0]["scores"] == ranks[1]["scores"] == [2.0, 5.0]
+    # ImportanceSamplingCallback: rank 0's own tau_step of the pending step, sqrt(1.375), without an all-reduce
+    assert ranks[0]["saved_tau"] == [pytest.approx(math.sqrt(1.375))]
     # a negative score on rank 1 only: both ranks stop with the error, none waits in the all-reduce
     assert "got a negative score on another process" in ranks[0]["negative"]
     assert "got a negative score (-1)" in ranks[1]["negative"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_built_on_rank_zero_alone_does_not_hang_and_step_checkpoints_hold_every_rank(tmp_path):
+    ranks = run_two_processes(SCRIPT.with_name("ddp_state_script.py"), tmp_path, "fit", timeout=180)
+    assert [r["rank"] for r in ranks] == [0, 1]
+    alone = torch.load(tmp_path / "rank0_only.ckpt", weights_only=True)["callbacks"]
+    every = torch.load(tmp_path / "every-step=2.ckpt", weights_only=True)["callbacks"]
+    # 4 steps of 8 per rank; the checkpoint at step 2 follows a synchronisation: both ranks' 2 steps
+    assert every["LossTracker"]["unmerged_index"].numel() == 2 * 2 * 8
+    assert every["ImportanceSamplingCallback"]["pending_taus"] == []  # tau was brought up to date first
+    # built on rank 0 alone at step 3: the synchronised records and rank 0's own third step
+    assert alone["LossTracker"]["unmerged_index"].numel() == 2 * 2 * 8 + 8
+    assert len(alone["ImportanceSamplingCallback"]["pending_taus"]) == 1

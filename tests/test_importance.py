@@ -2,6 +2,8 @@
 
 import logging
 import math
+import re
+import warnings
 from collections import namedtuple
 from pathlib import Path
 from types import SimpleNamespace
@@ -791,17 +793,36 @@ def test_two_processes_share_tau_and_switch_on_the_same_step(tmp_path):
     for own0, own1 in zip(local0, local1, strict=True):
         tau = 0.9 * tau + 0.1 * (own0 + own1) / 2
     assert ranks[0]["tau"][-1] == pytest.approx(tau, rel=1e-9)  # saving state mid-way (below) changed nothing
-    # a checkpoint between updates holds the step's tau_step averaged over the ranks (the value the update
-    # uses), so every rank resumes with it, although Lightning saves rank 0's state only
-    assert ranks[0]["pending"] == ranks[1]["pending"] and all(len(p) == 1 for p in ranks[0]["pending"])
+    # a state taken between updates runs no collective (a checkpoint may be built on one process alone): it holds
+    # this rank's own tau_step of the pending step
+    assert all(len(p) == 1 for r in ranks for p in r["pending"])
     firsts = [i for i, s in enumerate(ranks[0]["steps"]) if i % 4 == 0]  # 4 steps per epoch
     uniform = [i for i in firsts if not ranks[0]["importance"][i]]
-    assert uniform and all(
-        ranks[0]["pending"][i // 4][0] == pytest.approx((local0[i] + local1[i]) / 2, rel=1e-12) for i in uniform
-    )
+    assert uniform
+    for r, local in ((0, local0), (1, local1)):
+        assert all(ranks[r]["pending"][i // 4][0] == pytest.approx(local[i], rel=1e-12) for i in uniform)
     assert ranks[0]["importance"] == ranks[1]["importance"]
     first = ranks[0]["importance"].index(True)
     assert first > 1 and all(ranks[0]["importance"][first:])
     assert ranks[0]["steps"][first] == ranks[1]["steps"][first]
     # the trained points differ by rank (each draws from its own shard)
     assert ranks[0]["trained"] != ranks[1]["trained"]
+
+
+@pytest.mark.parametrize(
+    ("tau_th", "said"),
+    [
+        (NEVER, r"none of the 16 training steps was an importance step: tau peaked at .* no step's estimate"),
+        (ALWAYS, r"15 of 16 training steps \(94%\) were importance steps; tau peaked at"),
+    ],
+)
+def test_the_end_of_training_says_once_how_many_steps_were_importance_steps(tmp_path, caplog, tau_th, said):
+    cb = lp.ImportanceSamplingCallback(
+        score="custom", score_fn=table_score(torch.ones(64)), tau_th=tau_th, tau_every_n_steps=1
+    )
+    trainer = small_trainer(tmp_path, callbacks=[cb], max_epochs=2)
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        trainer.fit(TinyClassifier(), datamodule=_dm())
+    told = caplog.text + "\n".join(str(w.message) for w in warned)
+    assert len(re.findall(said, told)) == 1

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,24 @@ def test_epoch_statistics_reach_loggers_checkpoint_monitors_and_last_stats(tmp_p
     assert ours[-1][1]["per/ess"] == pytest.approx(tracker.last_stats["per/ess"])
     assert float(trainer.callback_metrics["per/ess"]) == pytest.approx(tracker.last_stats["per/ess"])
     assert best.best_model_score is not None and 0 < float(best.best_model_score) <= 1  # monitorable
+
+
+def test_each_epochs_statistics_describe_that_epoch_and_the_schedule_spans_the_prioritized_epochs(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(64), batch_size=16, strategy="proportional", seed=0)  # beta 0.4 -> 1.0
+    logger = RecordingLogger()
+    _, model, tracker = _fit(tmp_path, dm, max_epochs=4, logger=logger)
+    rows = [w for w in logger.writes if "per/ess" in w]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]  # the last epoch is reported
+    assert rows[0]["per/ess"] == 1.0 and rows[0]["per/max_weight"] == 1.0 and "per/beta" not in rows[0]  # uniform
+    # epoch 0 is uniform, so the schedule starts in epoch 1 and ends in the last epoch
+    assert [r["per/beta"] for r in rows[1:]] == pytest.approx([0.4, 0.7, 1.0])
+    assert tracker.last_stats == {k: pytest.approx(v) for k, v in rows[-1].items() if k != "epoch"}
+    for epoch, row in enumerate(rows):  # each row describes the weights that epoch trained with
+        drawn = [w for ws in model.seen_weight[4 * epoch : 4 * epoch + 4] for w in ws]
+        assert max(drawn) <= row["per/max_weight"] + 1e-6
+        assert (max(drawn) > 1.0) == (epoch > 0)
+        assert 0 < row["per/top10_mass"] <= 1 and row["per/seen_fraction"] > 0
+    assert tracker.last_plan is not None and tracker.last_plan.beta == 1.0
 
 
 def test_a_loss_with_several_values_per_sample_is_refused_by_name(tmp_path):
@@ -102,8 +122,20 @@ def test_refresh_pass_scores_every_sample_in_eval_mode(tmp_path):
 
 def test_missing_per_sample_losses_name_the_key_and_the_fix(tmp_path):
     dm = lp.PrioritizedDataModule(blobs(16), batch_size=8)
-    with pytest.raises(KeyError, match=r'per_sample_loss(.|\n)*reduction="none"'):
+    with pytest.raises(ValueError, match=r'per_sample_loss(.|\n)*reduction="none"') as error:
         _fit(tmp_path, dm, model=TinyClassifier(return_mode="tensor"))
+    assert "\n" in str(error.value) and "\\n" not in str(error.value)  # the hint prints on its own lines
+
+
+def test_every_missing_key_is_named_at_once(tmp_path):
+    class LossOnly(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            return {"loss": out["loss"], "per_sample_loss": out["per_sample_loss"]}
+
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8)
+    with pytest.raises(ValueError, match=r"under 'logits' and 'target'.*the keys \['loss', 'per_sample_loss'\]"):
+        _fit(tmp_path, dm, model=LossOnly(), tracker=lp.LossTracker(score="margin"))
 
 
 def test_losses_of_the_wrong_length_are_refused(tmp_path):
@@ -120,16 +152,24 @@ def test_non_finite_losses_never_enter_the_table_and_are_counted(tmp_path):
     assert trainer.callback_metrics["per/nonfinite"] == 2 and tracker._nonfinite_total == 4
 
 
-def test_negative_scores_with_proportional_get_a_clear_error(tmp_path):
+@pytest.mark.parametrize(("first_negative", "flush"), [(0, 256), (3, 2)])
+def test_negative_scores_with_proportional_are_refused_at_the_step_that_returned_them(tmp_path, first_negative, flush):
     class Negative(TinyClassifier):
         def training_step(self, batch, batch_idx):
             out = super().training_step(batch, batch_idx)
-            out["score"] = -out["per_sample_loss"].detach()
+            sign = -1.0 if self.global_step >= first_negative else 1.0
+            out["score"] = sign * out["per_sample_loss"].detach()
             return out
 
-    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8, strategy="proportional")
-    with pytest.raises(ValueError, match=r"non-negative scores.*strategy='rank'"):
-        _fit(tmp_path, dm, model=Negative(), tracker=lp.LossTracker(score="custom"))
+    model = Negative()
+    dm = lp.PrioritizedDataModule(blobs(64), batch_size=8, strategy="proportional")
+    tracker = lp.LossTracker(score="custom", flush_every_n_steps=flush)
+    with pytest.raises(
+        ValueError, match=rf"negative score .* in epoch 0, batch_idx {first_negative},.*strategy='rank'"
+    ):
+        _fit(tmp_path, dm, model=model, tracker=tracker, max_epochs=2)
+    # refused in the first epoch (8 steps), on the first step (a check per fit) or at the next synchronisation
+    assert len(model.seen_index) == first_negative + 1 + (first_negative > 0)
 
 
 def test_iterable_dataset_is_refused_with_the_reason(tmp_path):
@@ -157,11 +197,15 @@ def test_batch_size_larger_than_the_dataset_works(tmp_path):
         _fit(tmp_path, lp.PrioritizedDataModule(blobs(5), batch_size=64, drop_last=True))
 
 
-def test_prune_shortens_epochs_and_ends_with_full_epochs(tmp_path):
+def test_prune_shortens_epochs_and_ends_with_full_epochs(tmp_path, caplog):
     dm = lp.PrioritizedDataModule(
         blobs(80), batch_size=10, strategy=lp.SamplingStrategy("prune", final_uniform_epochs=1)
     )
-    _, model, _ = _fit(tmp_path, dm, max_epochs=4)
+    with caplog.at_level("INFO"):
+        trainer, model, _ = _fit(tmp_path, dm, max_epochs=4)
+    # the notice says what the tracker did, not what the user must do
+    assert "so it set the Trainer's `reload_dataloaders_every_n_epochs` from 0 to 1" in caplog.text
+    assert "nothing to do on your side" in caplog.text and trainer.reload_dataloaders_every_n_epochs == 1
     lengths = [len(model.epoch_index[e]) for e in range(4)]
     assert lengths[0] == 80 and lengths[3] == 80 and all(n < 80 for n in lengths[1:3])
 
@@ -204,6 +248,16 @@ def test_kill_and_resume_draws_exactly_what_the_uninterrupted_run_draws(tmp_path
     assert torch.equal(resumed_dm.scores.scores, full_dm.scores.scores)
 
 
+def test_resume_with_another_max_epochs_warns_that_the_schedule_was_rescaled(tmp_path):
+    _ckpt_run(tmp_path / "a", 3, every=True)
+    ckpt = str(tmp_path / "a" / "epoch=2-step=18.ckpt")
+    with pytest.warns(UserWarning, match=r"`max_epochs=3`, now `max_epochs=6`.*beta from 0.4 to 1.0.*from epoch 3 on"):
+        _ckpt_run(tmp_path / "b", 6, ckpt_path=ckpt)
+    with warnings.catch_warnings():  # the same length continues the saved schedule: nothing to say
+        warnings.filterwarnings("error", "Resumed from a run")
+        _ckpt_run(tmp_path / "c", 3, ckpt_path=str(tmp_path / "a" / "epoch=1-step=12.ckpt"))
+
+
 def test_resume_with_a_dataset_of_another_length_names_both_lengths(tmp_path):
     _ckpt_run(tmp_path, 1, every=True)
     dm = lp.PrioritizedDataModule(blobs(50), batch_size=8, strategy="proportional")
@@ -228,6 +282,18 @@ def test_tracker_state_loads_weights_only(tmp_path):
     u = lp.LossTracker(score="novelty")
     u.load_state_dict(torch.load(tmp_path / "t.pt", weights_only=True))
     assert torch.equal(u._novelty_mean, torch.ones(3))
+
+
+def test_a_strategy_given_as_a_dict_is_accepted_as_yaml_gives_it_and_bad_ones_are_refused_at_once(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(32), batch_size=8, strategy={"name": "rank", "alpha": 0.5})
+    assert dm.strategy == lp.SamplingStrategy("rank", alpha=0.5)
+    _fit(tmp_path, dm)
+    with pytest.raises(TypeError, match=r"unknown key\(s\) \['nme'\]; SamplingStrategy takes name, alpha"):
+        lp.PrioritizedDataModule(blobs(8), strategy={"nme": "rank"})
+    with pytest.raises(ValueError, match="`alpha` must be a finite number >= 0, got -1"):
+        lp.PrioritizedDataModule(blobs(8), strategy={"name": "rank", "alpha": -1})
+    with pytest.raises(TypeError, match=r"`strategy` must be a SamplingStrategy.*got int"):
+        lp.PrioritizedDataModule(blobs(8), strategy=3)
 
 
 def test_the_default_beta_schedule_anneals_to_unbiased_weights_and_warns_without_max_epochs(tmp_path):

@@ -573,6 +573,9 @@ def test_ddp_two_processes_share_the_memory_budget(tmp_path: Path) -> None:
         assert r0["tasks"] == r1["tasks"] == [0, 1]
         assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-9)  # one model, kept in sync
         assert r0["rows"] == r1["rows"] == 2
+    for name in ("er", "mer"):  # built on rank 0 alone before any synchronisation point: rank 0's buffer only
+        alone = torch.load(tmp_path / name / "rank0_only.ckpt", weights_only=True)["replay_buffers"]
+        assert alone[0]["size"] > 0 and alone[1] is None
     ckpt = tmp_path / "er" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert [s["size"] for s in saved["replay_buffers"]] == [15, 15]  # every rank's buffer, not only rank 0's

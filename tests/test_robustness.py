@@ -67,7 +67,7 @@ def test_checkpoint_before_the_epoch_end_keeps_the_unmerged_scores(tmp_path):
     assert state["unmerged_index"].numel() == 3 * 8 and state["unmerged_values"].shape == (24,)
     tracker = lp.LossTracker()
     tracker.load_state_dict(state)
-    index, values, _ = tracker._gather(None, None)  # restored: merged into the table at the next epoch end
+    index, values, _ = tracker._local()  # restored: merged into the table at the next epoch end
     assert torch.equal(index, state["unmerged_index"]) and torch.equal(values, state["unmerged_values"])
 
 
@@ -247,3 +247,14 @@ def test_weighted_mean_weights_each_samples_row_whatever_the_loss_shape():
     for bad in (torch.tensor(1.0), torch.ones(3), torch.ones(5, 4)):
         with pytest.raises(ValueError, match=r"`losses` has shape .* but the batch has 4 weights"):
             lp.weighted_mean(bad, batch)
+
+
+def test_unpacking_a_dict_batch_says_to_read_it_by_key():
+    batch = lp.PrioritizedBatch(
+        {"x": torch.zeros(2, 3), "y": torch.tensor([0, 1])}, torch.tensor([4, 7]), torch.ones(2)
+    )
+    with pytest.raises(TypeError, match=r"dict with the keys \['x', 'y'\]: read it by key, e\.g\. `batch\['x'\]`"):
+        _, _ = batch
+    assert batch["y"].tolist() == [0, 1] and list(batch.keys()) == ["x", "y"]
+    _, y = lp.PrioritizedBatch((torch.zeros(2, 3), torch.tensor([0, 1])), torch.tensor([4, 7]), torch.ones(2))
+    assert y.tolist() == [0, 1]  # tuple samples unpack as before

@@ -18,6 +18,7 @@ from lightning_per import functional as PF
 from lightning_per.batching import concat_batches, select
 from lightning_per.callbacks._inference import prepare_batch, scoring_step
 from lightning_per.callbacks._logging import publish
+from lightning_per.callbacks._sync import checkpoint_due
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 
@@ -95,7 +96,10 @@ class ImportanceSamplingCallback(Callback):
     points among the ``b`` trained), ``per/loss_unweighted`` (the plain mean of the trained points' per-sample
     losses, when ``training_step`` returns them under ``loss_key``). ``tau``, the phase, the ``tau_step`` values of
     the steps since the last update and the counters that seed the draws are saved in checkpoints, so a resumed run
-    continues where it stopped.
+    continues where it stopped (``state_dict`` runs no collective; ``tau`` is also brought up to date at validation
+    starts and before a ``ModelCheckpoint`` saves by ``every_n_train_steps``, so those checkpoints hold every
+    process's steps). At the end of training it says how many steps were importance steps and how high ``tau``
+    got against ``tau_th`` (a warning when none was: the run was then plain uniform training).
 
     Data: train with a :class:`~lightning_per.PrioritizedDataModule` (or a subclass) with ``strategy="uniform"``.
     :class:`~lightning_per.LossTracker` may be added too: it then records the scores of the trained points (with
@@ -221,6 +225,10 @@ class ImportanceSamplingCallback(Callback):
         self._since_log: dict[str, Any] = _empty_log()
         self._log_epoch = -1  # the last epoch with a log
         self._noted_eval = False
+        self._run_steps = 0  # training steps of this run (a resumed run counts on), for the summary at its end
+        self._run_importance_steps = 0
+        self._tau_peak = 0.0
+        self._step_peak = 0.0  # the largest single step's tau_step
         self._trainer: Trainer | None = None
         self._module: LightningModule | None = None
 
@@ -246,6 +254,8 @@ class ImportanceSamplingCallback(Callback):
         if stage != "fit":
             return
         self._trainer, self._module = trainer, pl_module
+        self._run_steps = self._run_importance_steps = 0
+        self._tau_peak, self._step_peak = self._tau, 0.0
         datamodule = getattr(trainer, "datamodule", None)
         if not isinstance(datamodule, PrioritizedDataModule):
             raise TypeError(
@@ -305,8 +315,10 @@ class ImportanceSamplingCallback(Callback):
             self._pending.append(self._score_inputs(outputs, batch))
         acc = self._since_log
         acc["steps"] += 1
+        self._run_steps += 1
         if self._step_stats is not None:  # an importance step: its statistics
             acc["importance_steps"] += 1
+            self._run_importance_steps += 1
             acc["per/max_p"] += self._step_stats[0]
             acc["per/unique_fraction"] += self._step_stats[1]
             losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
@@ -316,7 +328,9 @@ class ImportanceSamplingCallback(Callback):
         connector = getattr(trainer, "_logger_connector", None)
         writes = bool(getattr(connector, "should_update_logs", True))  # loggers write this step's logs
         epoch_end = batch_idx + 1 >= trainer.num_training_batches
-        if writes or epoch_end or len(self._pending) >= self.tau_every_n_steps:
+        # every process updates on the same steps; a checkpoint saved by step count follows an update, so it holds
+        # every process's steps (`state_dict` runs no collective)
+        if writes or epoch_end or len(self._pending) >= self.tau_every_n_steps or checkpoint_due(trainer):
             self._update_tau(trainer, pl_module)
         if writes or (epoch_end and self._log_epoch != trainer.current_epoch):
             self._log(trainer, writes)
@@ -335,6 +349,8 @@ class ImportanceSamplingCallback(Callback):
         for tau_step in taus:
             if tau_step is not None:  # None: a skipped step, which leaves tau as it is
                 self._tau = PF.tau_ema(self._tau, tau_step, self.a_tau)
+                self._tau_peak = max(self._tau_peak, self._tau)
+                self._step_peak = max(self._step_peak, tau_step)
         self._active = self._tau > self.tau_th and trainer.global_step >= self.warmup_steps
 
     @staticmethod
@@ -373,13 +389,45 @@ class ImportanceSamplingCallback(Callback):
             self._since_log = _empty_log()
 
     @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._update_tau(trainer, pl_module)  # a checkpoint saved at the validation's end holds every step
+
+    @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._update_tau(trainer, pl_module)  # `tau` counts every step (every process ends training together)
         self._close_extras()
+        self._summarise()
 
-    @override
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._close_extras()
+    def _summarise(self) -> None:
+        """Say once, at the end of training, how many steps were importance steps and how high ``tau`` got."""
+        steps, active = self._run_steps, self._run_importance_steps
+        if not steps:
+            return
+        against = (
+            f"tau peaked at {self._tau_peak:.3g} (one step's estimate at {self._step_peak:.3g}) against "
+            f"`tau_th={self.tau_th:.3g}`"
+        )
+        if active:
+            rank_zero_info(
+                f"ImportanceSamplingCallback: {active} of {steps} training steps ({active / steps:.0%}) were "
+                f"importance steps; {against}."
+            )
+            return
+        if self.warmup_steps >= steps and self._tau_peak > self.tau_th:
+            why = f"`warmup_steps={self.warmup_steps}` covered the whole run"
+        elif self._step_peak > self.tau_th:
+            why = (
+                f"single steps' estimates passed it but their moving average (`a_tau={self.a_tau}`, starting from "
+                "0) did not: a longer run, or a smaller `a_tau`, lets it catch up"
+            )
+        else:
+            why = "no step's estimate reached it: the presample's scores were too alike for importance sampling to pay"
+        rank_zero_warn(
+            f"ImportanceSamplingCallback: none of the {steps} training steps was an importance step: {against}; "
+            f"{why}. This run was plain uniform training; a lower `tau_th` (by default the cost ratio "
+            "(B + 3b) / 3b of an importance step) switches importance sampling on anyway."
+        )
 
     # ------------------------------------------------------------------------------------------ the step
     def _importance_step(self, trainer: Trainer, pl_module: LightningModule, batch: PrioritizedBatch, i: int) -> None:
@@ -626,21 +674,22 @@ class ImportanceSamplingCallback(Callback):
     # ------------------------------------------------------------------------------------------------ state
     @override
     def state_dict(self) -> dict[str, Any]:
-        # The steps since the last tau update (a checkpoint taken mid-way, e.g. by `every_n_train_steps`) are saved
-        # as their tau_step values, computed now without touching tau: the resumed run updates on the same steps.
-        # Under DDP they are averaged over the processes now, as the update would (Lightning builds the checkpoint
-        # on every process, and saves rank 0's): every process resumes with the values the update would have used.
+        # No collective and no change of state (a checkpoint may be built on one process alone). The steps since the
+        # last tau update are saved as their tau_step values, so the resumed run updates on the same steps. The
+        # checkpoints Lightning takes (epoch ends, validation ends, `every_n_train_steps`) follow an update and have
+        # none; a checkpoint taken at another moment under DDP keeps this process's values, not the average over
+        # the processes the update would take.
         taus, _ = self._step_taus(self._pending)
-        self._pending = list(taus)  # this run keeps its own values, averaged at the update as usual
-        saved = taus
-        if self._trainer is not None and self._module is not None:
-            saved, _ = self._world_taus(self._trainer, self._module, taus)
         return {
             "tau": self._tau,
             "active": self._active,
-            "pending_taus": list(saved),
+            "pending_taus": list(taus),
             "importance_steps": self._importance_steps,
             "extra_batches": self._extra_batches,
+            "run_steps": self._run_steps,
+            "run_importance_steps": self._run_importance_steps,
+            "tau_peak": self._tau_peak,
+            "step_peak": self._step_peak,
         }
 
     @override
@@ -648,12 +697,15 @@ class ImportanceSamplingCallback(Callback):
         self._tau = float(state_dict.get("tau", 0.0))
         self._active = bool(state_dict.get("active", False))
         pending: list[_Pending] = [None if t is None else float(t) for t in state_dict.get("pending_taus", [])]
-        # the saved values are averages over the processes already: rank 0 brings them to the next update alone
-        # (the others count as having skipped those steps), so that update gives them back exactly
+        # rank 0 brings the saved values to the next update alone (the others count as having skipped those steps)
         rank = self._trainer.global_rank if self._trainer is not None else 0
         self._pending = pending if rank == 0 else [None] * len(pending)
         self._importance_steps = int(state_dict.get("importance_steps", 0))
         self._extra_batches = int(state_dict.get("extra_batches", 0))
+        self._run_steps = int(state_dict.get("run_steps", 0))
+        self._run_importance_steps = int(state_dict.get("run_importance_steps", 0))
+        self._tau_peak = float(state_dict.get("tau_peak", self._tau))
+        self._step_peak = float(state_dict.get("step_peak", 0.0))
         self._close_extras()
 
 

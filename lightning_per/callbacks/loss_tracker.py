@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -15,6 +15,7 @@ from typing_extensions import override
 from lightning_per import functional as PF
 from lightning_per.callbacks._inference import prepare_batch, scoring_mode
 from lightning_per.callbacks._logging import publish
+from lightning_per.callbacks._sync import checkpoint_due
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.distributed import all_gather_variable
@@ -37,7 +38,13 @@ class LossTracker(Callback):
     scoring pass over the training set every ``refresh_every_n_epochs`` epochs (eval mode, no grad, each rank
     scores its shard). At the end of each epoch the scores of all ranks are merged into the DataModule's score
     table (the same on every rank) and the sampler's plan for the next epoch is built. Non-finite scores are
-    dropped, counted and logged (``per/nonfinite``), never stored.
+    dropped, counted and logged (``per/nonfinite``), never stored. With ``proportional`` sampling a negative score
+    is refused on the first step of a fit and at every synchronisation after it, naming the step.
+
+    Under DDP the processes' records are gathered at synchronisation points (the first step, every
+    ``flush_every_n_steps`` steps, validation starts, steps where a ``ModelCheckpoint`` saves by
+    ``every_n_train_steps``, epoch ends); ``state_dict`` runs no collective, so a checkpoint built on one process
+    alone does not hang, and one taken at those points holds every process's records.
 
     Score kinds (``score``):
         - ``loss``: the per-sample loss under ``loss_key``.
@@ -48,10 +55,13 @@ class LossTracker(Callback):
           of the samples trained on before.
         - ``custom``: any non-negative per-sample value under ``score_key``.
 
-    Logged every epoch: ``per/ess``, ``per/seen_fraction``, ``per/max_weight``, ``per/pruned_fraction``
-    (prune), ``per/score_q10``/``q50``/``q90``, ``per/nonfinite``. They go to the loggers directly (as Lightning's
-    ``LearningRateMonitor`` does; ``self.log`` would cost about a millisecond per metric), to
-    ``trainer.callback_metrics`` (so ``ModelCheckpoint``/``EarlyStopping`` can monitor them) and to ``last_stats``.
+    Logged at the end of every epoch, each describing that epoch (the one just trained): ``per/ess``,
+    ``per/max_weight``, ``per/top10_mass``, ``per/alpha`` and ``per/beta`` (prioritized epochs), ``per/pruned_fraction``
+    (prune) of the plan it was drawn from; ``per/seen_fraction`` and ``per/nonfinite`` of its records; and
+    ``per/score_q10``/``q50``/``q90`` of the score table after its records. They go to the loggers directly (as
+    Lightning's ``LearningRateMonitor`` does; ``self.log`` would cost about a millisecond per metric), to
+    ``trainer.callback_metrics`` (so ``ModelCheckpoint``/``EarlyStopping`` can monitor them) and to ``last_stats``;
+    ``last_plan`` is that epoch's plan.
 
     Args:
         score: the score kind.
@@ -64,7 +74,8 @@ class LossTracker(Callback):
         refresh_every_n_epochs: run a fresh scoring pass every this many epochs (0: never).
         class_balance: exponent ``γ`` of the class-frequency factor ``(n_c / mean_c n_c)^-γ`` (0: off).
         novelty_momentum: momentum of the running mean embedding.
-        flush_every_n_steps: move recorded scores from the device to the CPU every this many steps.
+        flush_every_n_steps: move recorded scores from the device to the CPU (under DDP: gather them from every
+            process) every this many steps.
 
     Raises:
         ValueError: a bad argument (named in the message).
@@ -111,8 +122,12 @@ class LossTracker(Callback):
         self.class_balance = class_balance
         self.novelty_momentum = novelty_momentum
         self.flush_every_n_steps = flush_every_n_steps
-        self._pending: list[tuple[Tensor, Tensor, Tensor | None]] = []
-        self._flushed: list[tuple[Tensor, Tensor, Tensor | None]] = []
+        self._pending: list[tuple[Tensor, Tensor, Tensor | None, tuple[int, int]]] = []  # per step: (epoch, batch_idx)
+        self._restored: list[tuple[Tensor, Tensor, Tensor | None]] = []  # from a checkpoint, not yet synchronised
+        self._records: list[tuple[Tensor, Tensor, Tensor | None]] = []  # every process's, synchronised, on CPU
+        self._steps_since_sync = 0
+        self._synced_once = False
+        self._nonnegative = False
         self._trainer: Trainer | None = None
         self._module: LightningModule | None = None
         self._novelty_mean: Tensor | None = None
@@ -128,6 +143,11 @@ class LossTracker(Callback):
         if stage != "fit":
             return
         self._trainer, self._module = trainer, pl_module
+        self._pending.clear()
+        self._restored.clear()
+        self._records.clear()
+        self._steps_since_sync = 0
+        self._synced_once = False
         datamodule = getattr(trainer, "datamodule", None)
         if not isinstance(datamodule, PrioritizedDataModule):
             raise TypeError(
@@ -136,23 +156,23 @@ class LossTracker(Callback):
                 "datasets: `PrioritizedDataModule(train_dataset, val_dataset, batch_size=...)`."
             )
         strategy = datamodule.strategy
+        self._nonnegative = strategy.name == "proportional"
         varies = strategy.name == "prune" or (strategy.num_samples is not None and strategy.name != "uniform")
         if varies and trainer.reload_dataloaders_every_n_epochs != 1:  # type: ignore[attr-defined]
             # the epoch length changes (a pruned epoch, or `num_samples` draws after the uniform epoch 0):
             # Lightning must re-read the loader's length every epoch
+            previous = trainer.reload_dataloaders_every_n_epochs  # type: ignore[attr-defined]
             trainer.reload_dataloaders_every_n_epochs = 1  # type: ignore[attr-defined]
-            why = "`prune`" if strategy.name == "prune" else "`num_samples`"
-            rank_zero_info(f"LossTracker: {why} changes the epoch length; set `reload_dataloaders_every_n_epochs=1`.")
+            why = "`prune` shortens epochs" if strategy.name == "prune" else "`num_samples` sets the epoch length"
+            rank_zero_info(
+                f"LossTracker: {why}, so it set the Trainer's `reload_dataloaders_every_n_epochs` from {previous} to "
+                "1 (the training loader is rebuilt every epoch); nothing to do on your side."
+            )
         if self.refresh_every_n_epochs and not pl_module.automatic_optimization:
             raise ValueError(
                 "`refresh_every_n_epochs` calls `training_step` without optimizer steps, which needs automatic "
                 "optimization; set `refresh_every_n_epochs=0` for a module with manual optimization."
             )
-
-    @override
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._pending.clear()
-        self._flushed.clear()
 
     @override
     def on_train_batch_end(
@@ -163,49 +183,69 @@ class LossTracker(Callback):
                 f"LossTracker got a training batch of type {type(batch).__name__} without sample indices: train "
                 "with `trainer.fit(model, datamodule=PrioritizedDataModule(...))`, not with your own dataloader."
             )
-        if outputs is None or (isinstance(outputs, Mapping) and not outputs):
-            return  # a skipped step (`training_step` returned None): nothing was trained, nothing to record
-        values, targets = self._scores_from(outputs, batch)
-        # as little as possible per step (each op costs tens of microseconds right after the optimizer step): the
-        # index needs no detach (an integer tensor), the float conversion and reshape wait for the flush
-        self._pending.append((batch.index, values.detach(), targets))
-        if len(self._pending) >= self.flush_every_n_steps:
-            self._flush()
+        self._steps_since_sync += 1
+        if outputs is not None and not (isinstance(outputs, Mapping) and not outputs):  # else a skipped step
+            values, targets = self._scores_from(outputs, batch)
+            # as little as possible per step (each op costs tens of microseconds right after the optimizer step):
+            # the index needs no detach (an integer tensor), the float conversion and reshape wait for the sync
+            self._pending.append((batch.index, values.detach(), targets, (trainer.current_epoch, batch_idx)))
+        # every process counts the same steps (skipped ones too), so all of them synchronise on the same ones: the
+        # first step of a fit (a negative score is refused at once), every `flush_every_n_steps`, and before a
+        # `ModelCheckpoint` saves by step count
+        if not self._synced_once or self._steps_since_sync >= self.flush_every_n_steps or checkpoint_due(trainer):
+            self._sync(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._sync(trainer, pl_module)  # a checkpoint saved at the validation's end then holds every record
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
+        trained = datamodule.sampler.plan()  # the plan this epoch was drawn from (cached; the table is unchanged)
         refresh = self.refresh_every_n_epochs and (trainer.current_epoch + 1) % self.refresh_every_n_epochs == 0
         if refresh:
             self._pending.clear()
-            self._flushed.clear()
+            self._restored.clear()
+            self._records.clear()
             self._refresh(trainer, pl_module, datamodule)
-        self._flush()
-        index, values, targets = self._merge(trainer, pl_module)
+        self._sync(trainer, pl_module)
+        index, values, targets = _concat(self._records, self._needs_targets)
+        self._records.clear()
         table = datamodule.scores
         if self.class_balance and targets is not None:
             values = values * self._class_factor(index, targets, len(table))
         dropped = table.update(index, values, ema=0.0 if refresh else self.ema)  # checks the indices
         seen = torch.zeros(len(table), dtype=torch.bool)
         seen[index] = True  # linear in the table, cheaper than sorting the epoch's indices
-        seen_fraction = float(seen.sum()) / len(table)
         self._record_nonfinite(dropped)
-        self.last_plan = plan = datamodule.prepare_epoch(trainer.current_epoch + 1)
-        metrics = {f"per/{k}": v for k, v in (plan.stats or {}).items()}
-        metrics["per/seen_fraction"] = seen_fraction
+        # every value describes the epoch just trained: its plan, what it recorded, the scores it left
+        metrics = {f"per/{k}": v for k, v in (trained.stats or {}).items()}
+        metrics["per/seen_fraction"] = float(seen.sum()) / len(table)
         metrics["per/nonfinite"] = float(dropped)
         metrics.update(_quantiles(table.scores))
-        self.last_stats = metrics
+        self.last_plan, self.last_stats = trained, metrics
         publish(trainer, metrics)  # the same on every rank (merged records); not `self.log`: see `_logging`
+        datamodule.prepare_epoch(trainer.current_epoch + 1)  # the next epoch's plan, from the updated table
 
     # --------------------------------------------------------------------------------------------- scoring
     @property
     def _needs_targets(self) -> bool:
         return self.score in ("deviation", "margin", "grad_norm") or bool(self.class_balance)
 
+    @property
+    def _keys(self) -> tuple[str, ...]:
+        """The keys of the ``training_step`` output this score kind reads."""
+        own = {"loss": (self.loss_key,), "custom": (self.score_key,), "novelty": (self.embedding_key,)}
+        keys = own.get(self.score, (self.logits_key,))
+        return (*keys, self.target_key) if self._needs_targets else keys
+
     def _scores_from(self, outputs: Any, batch: PrioritizedBatch) -> tuple[Tensor, Tensor | None]:
         n = batch.batch_size
         kind = self.score
+        if not isinstance(outputs, Mapping) or not all(key in outputs for key in self._keys):
+            self._missing(outputs)
         raw = targets = None
         soft = False
         if self._needs_targets:
@@ -227,15 +267,20 @@ class LossTracker(Callback):
         }[kind]
         return fn(logits.detach(), raw if kind == "grad_norm" and soft else targets), targets
 
+    def _missing(self, outputs: Any) -> NoReturn:
+        """Refuse a ``training_step`` output that lacks keys this score kind reads, naming every missing one."""
+        found = f"the keys {sorted(outputs)}" if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
+        missing = [k for k in self._keys if not (isinstance(outputs, Mapping) and k in outputs)]
+        named = " and ".join(repr(k) for k in missing)
+        values = ", ".join(f'"{k}": ...' for k in missing)
+        hint = TWO_LINE_FIX if self.loss_key in missing else f'Return them: `return {{"loss": loss, {values}}}`.'
+        raise ValueError(
+            f"LossTracker(score={self.score!r}) needs per-sample values under {named} in what `training_step` "
+            f"returns; it returned {found}.\n{hint}"
+        )
+
     def _get(self, outputs: Any, key: str, n: int, scalar: bool = False) -> Tensor:
         """``outputs[key]``, checked: a tensor with one row per sample (``scalar``: one value per sample)."""
-        if not isinstance(outputs, dict) or key not in outputs:
-            found = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
-            hint = TWO_LINE_FIX if key == self.loss_key else f'Return it: `return {{"loss": loss, "{key}": ...}}`.'
-            raise KeyError(
-                f"LossTracker(score={self.score!r}) needs per-sample values under the key {key!r} in what "
-                f"`training_step` returns; it returned {found}.\n{hint}"
-            )
         value = outputs[key]
         if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != n or (scalar and value.numel() != n):
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -289,44 +334,55 @@ class LossTracker(Callback):
                 batch = prepare_batch(trainer, pl_module, batch)
                 outputs = pl_module.training_step(batch, i)
                 values, targets = self._scores_from(outputs, batch)
-                self._pending.append((batch.index, values.float(), targets))
+                self._pending.append((batch.index, values.float(), targets, (trainer.current_epoch, -1)))
 
     # ------------------------------------------------------------------------------------------- bookkeeping
-    def _flush(self) -> None:
-        if not self._pending:
+    def _local(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """This process's records since the last synchronisation (restored ones first), on the module's device."""
+        device = self._module.device if self._module is not None else None
+        return _concat([*self._restored, *(p[:3] for p in self._pending)], self._needs_targets, device)
+
+    def _sync(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Move this process's new records to the CPU, gathered from every process (the same on all of them).
+
+        Every process calls this on the same steps. With ``proportional`` sampling, a negative score stops every
+        process here, naming the step that returned it.
+        """
+        self._synced_once = True
+        self._steps_since_sync = 0
+        if not self._pending and not self._restored and trainer.world_size <= 1:
             return
-        index = torch.cat([p[0] for p in self._pending]).cpu()
-        values = torch.cat([p[1].reshape(-1) for p in self._pending]).float().cpu()
-        targets = None if self._pending[0][2] is None else torch.cat([p[2] for p in self._pending]).cpu()  # type: ignore[misc]
-        self._flushed.append((index, values, targets))
+        index, values, targets = self._local()
+        world = trainer.world_size
+        if world > 1:  # one gather per field for all the steps since the last synchronisation
+            index = all_gather_variable(index, world)
+            values = all_gather_variable(values, world)
+            targets = None if targets is None else all_gather_variable(targets, world)
+        index, values = index.cpu(), values.cpu()
+        if self._nonnegative:
+            self._check_nonnegative(values)
         self._pending.clear()
+        self._restored.clear()
+        if index.numel():
+            self._records.append((index, values, None if targets is None else targets.cpu()))
 
-    def _merge(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Tensor, Tensor, Tensor | None]:
-        """This epoch's records of every rank, concatenated in rank order (the same on all ranks); clears them."""
-        merged = self._gather(trainer, pl_module)
-        self._flushed.clear()
-        return merged
-
-    def _gather(
-        self, trainer: Trainer | None, pl_module: LightningModule | None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        if self._flushed:
-            index = torch.cat([f[0] for f in self._flushed])
-            values = torch.cat([f[1] for f in self._flushed])
-            targets = None if self._flushed[0][2] is None else torch.cat([f[2] for f in self._flushed])  # type: ignore[misc]
+    def _check_nonnegative(self, values: Tensor) -> None:
+        finite = values[torch.isfinite(values)]
+        if not finite.numel() or float(finite.min()) >= 0:
+            return
+        steps = [step for _, v, _, step in self._pending if bool((v.detach().float() < 0).any())]
+        if not steps:
+            where = "on another process"
+        elif steps[0][1] < 0:
+            where = f"in the scoring pass at the end of epoch {steps[0][0]}"
         else:
-            index = torch.empty(0, dtype=torch.int64)
-            values = torch.empty(0)
-            targets = torch.empty(0, dtype=torch.int64) if self._needs_targets else None
-        world = trainer.world_size if trainer is not None else 1
-        if world > 1:
-            assert pl_module is not None
-            device = pl_module.device
-            index = all_gather_variable(index.to(device), world).cpu()
-            values = all_gather_variable(values.to(device), world).cpu()
-            if targets is not None:
-                targets = all_gather_variable(targets.to(device), world).cpu()
-        return index, values, targets
+            where = f"in epoch {steps[0][0]}, batch_idx {steps[0][1]}"
+        raise ValueError(
+            f"LossTracker(score={self.score!r}) recorded a negative score ({float(finite.min()):.4g}) {where}, but "
+            "`proportional` sampling draws in proportion to the scores, so they must be non-negative. Use "
+            "`strategy='rank'` (any real scores) or `'prune'`, or report a non-negative score (e.g. a loss, not a "
+            "log-likelihood)."
+        )
 
     def _record_nonfinite(self, dropped: int) -> None:
         self._nonfinite_total += dropped
@@ -339,20 +395,18 @@ class LossTracker(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        # Records not yet merged into the score table (a checkpoint saved before this epoch's end, e.g. at a
-        # mid-epoch validation or by `every_n_train_steps`) are saved too, gathered from every rank: Lightning
-        # builds the checkpoint on every rank, so the collective is safe.
-        self._flush()
-        records: tuple[Tensor, Tensor, Tensor | None] | None = self._gather(self._trainer, self._module)
-        if records is not None and records[0].numel() == 0:  # every rank joins the gather, also one without records
-            records = None
+        # No collective and no change of state (a checkpoint may be built on one process alone): the records of
+        # every process up to the last synchronisation, and this process's own since then. Checkpoints taken by
+        # Lightning at epoch ends, validation ends and `every_n_train_steps` follow a synchronisation, so they hold
+        # every record; at another moment the other processes' records since the last one are not in it.
+        index, values, targets = _concat([*self._records, self._local()], self._needs_targets)
         return {
             "nonfinite_total": self._nonfinite_total,
             "novelty_mean": self._novelty_mean.cpu() if self._novelty_mean is not None else None,
             "labels": self._labels,
-            "unmerged_index": records[0] if records else None,
-            "unmerged_values": records[1] if records else None,
-            "unmerged_targets": records[2] if records else None,
+            "unmerged_index": index if index.numel() else None,
+            "unmerged_values": values if index.numel() else None,
+            "unmerged_targets": targets if index.numel() else None,
         }
 
     @override
@@ -361,13 +415,29 @@ class LossTracker(Callback):
         self._novelty_mean = state_dict.get("novelty_mean")
         self._labels = state_dict.get("labels")
         self._pending.clear()
-        self._flushed.clear()
+        self._restored.clear()
+        self._records.clear()
         index = state_dict.get("unmerged_index")
         rank = self._trainer.global_rank if self._trainer is not None else 0
         if index is not None and index.numel() and rank == 0:
-            # the records of all ranks, restored once: the epoch-end merge gathers them from rank 0 to every rank
-            # (restored on every rank they would count world_size times against the steps trained after resume)
-            self._flushed.append((index, state_dict["unmerged_values"], state_dict.get("unmerged_targets")))
+            # the records of all processes, restored once: the next synchronisation gathers them from process 0 to
+            # every process (restored on every process they would count world_size times)
+            self._restored.append((index, state_dict["unmerged_values"], state_dict.get("unmerged_targets")))
+
+
+def _concat(
+    parts: list[tuple[Tensor, Tensor, Tensor | None]], with_targets: bool, device: torch.device | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Records ``(index, values, targets)`` joined into one of each (float32 values), on ``device`` (CPU: None)."""
+    device = device or torch.device("cpu")
+    parts = [p for p in parts if p[0].numel()]
+    if not parts:
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return empty, torch.empty(0, device=device), empty if with_targets else None
+    index = torch.cat([p[0].reshape(-1).to(device) for p in parts])
+    values = torch.cat([p[1].reshape(-1).to(device, torch.float32) for p in parts])
+    targets = None if parts[0][2] is None else torch.cat([p[2].to(device) for p in parts if p[2] is not None])
+    return index, values, targets
 
 
 def _quantiles(scores: Tensor, max_points: int = 1 << 20) -> dict[str, float]:

@@ -12,12 +12,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lightning_per.callbacks._sync import checkpoint_due
+from lightning_per.distributed import gather_objects_to_rank_zero
 from lightning_per.examples.models import MLP
 from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReservoirBuffer, pool_buffer_states
 from lightning_per.replay.functional import output_targets, reptile_interpolate_, task_class_mask
@@ -218,10 +220,14 @@ class _ReplayModule(ContinualModule):
     Under DDP each rank keeps its own buffer of ``capacity // world_size`` slots, filled by reservoir sampling
     over that rank's shard of the stream (seeded ``buffer_seed + rank``): the memory budget summed over ranks is
     the single-process one, and the union of the ranks' buffers is a uniform sample of the whole stream.
-    ``on_save_checkpoint`` gathers every rank's buffer into the checkpoint (``checkpoint["replay_buffers"]``, one
-    state per rank); a run resumed on as many processes gets its own buffer back, one resumed on another number of
-    processes (or loaded with ``load_from_checkpoint``) pools the saved buffers and re-shards them
-    (:func:`~lightning_per.replay.pool_buffer_states`).
+    Checkpoints hold every rank's buffer (``checkpoint["replay_buffers"]``, one state per rank) without a
+    collective at save time (a checkpoint built on rank 0 alone does not hang): the buffers are brought to rank 0
+    at synchronisation points (epoch ends, validation starts, steps where a ``ModelCheckpoint`` saves by
+    ``every_n_train_steps``; :meth:`configure_callbacks` adds the callback that does it), so the checkpoints
+    Lightning takes hold every buffer as it is; one taken at another moment holds rank 0's buffer as it is and the
+    others' as of the last synchronisation point (``None`` before the first). A run resumed on as many processes
+    gets its own buffer back, one resumed on another number of processes (or loaded with ``load_from_checkpoint``)
+    pools the saved buffers and re-shards them (:func:`~lightning_per.replay.pool_buffer_states`).
     """
 
     buffer: ReservoirBuffer
@@ -238,6 +244,7 @@ class _ReplayModule(ContinualModule):
             )
         self.total_capacity = capacity
         self.buffer_seed = buffer_seed
+        self._buffer_states: list[Any] | None = None  # every rank's buffer at the last synchronisation (rank 0)
         self._capacity_name = name
         self.buffer = self._make_buffer(capacity, buffer_seed)
 
@@ -259,15 +266,25 @@ class _ReplayModule(ContinualModule):
             )
         return per_rank
 
-    def restore_buffers(self, states: Sequence[dict[str, Any]]) -> None:
-        """Load saved buffers, one per rank of the run that saved them.
+    def restore_buffers(self, states: Sequence[dict[str, Any] | None]) -> None:
+        """Load saved buffers, one per rank of the run that saved them (``None``: a rank's buffer was not saved).
 
         With as many saved states as processes now, rank ``r`` loads state ``r`` (exactly, generator included);
-        otherwise the states are pooled and re-sharded to ``capacity // world_size`` per rank.
+        otherwise the saved states are pooled and re-sharded to ``capacity // world_size`` per rank.
         """
         rank, world = self._rank_world()
+        saved = [s for s in states if s is not None]
+        if len(saved) < len(states):
+            rank_zero_warn(
+                f"The checkpoint holds {len(saved)} of {len(states)} processes' replay buffers (it was taken before "
+                "their first synchronisation point); "
+                + ("the missing ones start empty." if len(states) == world else "the saved ones are pooled.")
+            )
         if len(states) == world:
             state = states[rank]
+            if state is None:
+                self.buffer = self._make_buffer(self._per_rank_capacity(world), self.buffer_seed + rank)
+                return
             if int(state["capacity"]) != self.buffer.capacity:
                 self.buffer = self._make_buffer(int(state["capacity"]), self.buffer_seed + rank)
             self.buffer.load_state_dict(state)
@@ -278,7 +295,21 @@ class _ReplayModule(ContinualModule):
             f"({capacity} slots per rank)."
         )
         self.buffer = self._make_buffer(capacity, self.buffer_seed + rank)
-        self.buffer.load_state_dict(pool_buffer_states(states, rank, world, capacity, seed=self.buffer_seed + rank))
+        self.buffer.load_state_dict(pool_buffer_states(saved, rank, world, capacity, seed=self.buffer_seed + rank))
+
+    def sync_buffers(self) -> None:
+        """Bring every rank's buffer to rank 0 for the next checkpoint; a collective, called on every rank alike."""
+        _, world = self._rank_world()
+        if world > 1:
+            states = gather_objects_to_rank_zero(self.buffer.state_dict(), world)
+            if states is not None:
+                states[0] = None  # rank 0 saves its own buffer as it is at the save
+            self._buffer_states = states
+
+    @override
+    def configure_callbacks(self) -> list[Callback]:
+        """The callback that synchronises the buffers before Lightning's checkpoints (see the class docstring)."""
+        return [_BufferSync()]
 
     @override
     def setup(self, stage: str) -> None:
@@ -294,12 +325,12 @@ class _ReplayModule(ContinualModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = self.buffer.state_dict()
-        states: list[Any] = [state]
-        _, world = self._rank_world()
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # no collective: this rank's buffer as it is, the others' as of the last synchronisation (rank 0 has them)
+        rank, world = self._rank_world()
+        states: list[Any] = list(self._buffer_states or [None] * world)
+        if len(states) != world:
             states = [None] * world
-            torch.distributed.all_gather_object(states, state)  # every rank's buffer, tensors on CPU
+        states[rank] = self.buffer.state_dict()
         checkpoint["replay_buffers"] = states
 
     @override
@@ -611,3 +642,27 @@ def evaluate_tasks(module: ContinualModule, datasets: Sequence[Dataset], batch_s
     finally:
         module.train(was_training)
     return torch.tensor(accs)
+
+
+class _BufferSync(Callback):
+    """Calls :meth:`_ReplayModule.sync_buffers` at the points where Lightning may save a checkpoint.
+
+    Its ``on_train_batch_end`` and ``on_train_epoch_end`` run before the checkpoint callbacks' (Lightning puts those
+    last), and validation starts precede the checkpoints saved at validation ends.
+    """
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if checkpoint_due(trainer):
+            pl_module.sync_buffers()  # type: ignore[operator]
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            pl_module.sync_buffers()  # type: ignore[operator]
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pl_module.sync_buffers()  # type: ignore[operator]
