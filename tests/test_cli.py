@@ -12,7 +12,7 @@ from lightning_per.cli import main
 from lightning_per.examples import Classifier, DigitsDataModule, MNIST1DDataModule
 from lightning_per.examples.data import resolve_data_dir
 
-CONFIGS = sorted(Path("examples/configs").glob("mnist1d*.yaml"))
+CONFIGS = sorted(Path("lightning_per/examples/configs").glob("mnist1d*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -23,7 +23,7 @@ def test_every_mnist1d_config_builds(config, tmp_path):
 
 
 def test_main_config_trains_with_the_plugin(tmp_path):
-    cli = main(["--config", "examples/configs/mnist1d.yaml", f"--data.data_dir={tmp_path}"], run=False)
+    cli = main(["--config", "lightning_per/examples/configs/mnist1d.yaml", f"--data.data_dir={tmp_path}"], run=False)
     assert cli.datamodule.strategy.name == "proportional"
     assert any(isinstance(c, lp.LossTracker) for c in cli.trainer.callbacks)
 
@@ -31,7 +31,7 @@ def test_main_config_trains_with_the_plugin(tmp_path):
 def test_cli_fits_a_tiny_run_with_trainer_flags_and_every_tracker_option(tmp_path):
     args = [
         "fit",
-        "--config=examples/configs/mnist1d_rank.yaml",
+        "--config=lightning_per/examples/configs/mnist1d_rank.yaml",
         f"--data.data_dir={tmp_path}",
         "--data.train_size=200",
         "--data.val_size=100",
@@ -87,11 +87,11 @@ data:
 
 def test_unknown_key_and_bad_value_fail_with_the_cli_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        main(["--config", "examples/configs/mnist1d.yaml", "--data.no_such_key=1"], run=False)
+        main(["--config", "lightning_per/examples/configs/mnist1d.yaml", "--data.no_such_key=1"], run=False)
     assert err.value.code != 0
     assert "no_such_key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--config", "examples/configs/mnist1d.yaml", "--data.strategy.name=bogus"], run=False)
+        main(["--config", "lightning_per/examples/configs/mnist1d.yaml", "--data.strategy.name=bogus"], run=False)
     assert "bogus" in capsys.readouterr().err
 
 
@@ -143,3 +143,58 @@ def test_the_demo_train_loss_column_handles_data_modules_without_one_training_se
     model = TinyClassifier()
     assert math.isnan(_full_train_loss(model, SimpleNamespace()))  # e.g. a continual sequence of tasks
     assert math.isfinite(_full_train_loss(model, SimpleNamespace(train_dataset=blobs(20))))
+
+
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [
+        ("--data.strategy.alpha=-1", "data (lightning_per.examples.MNIST1DDataModule): `alpha` must be a finite"),
+        ("--model.init_args.lr=-1", "model (lightning_per.examples.Classifier): `lr` must be > 0, got -1.0."),
+    ],
+)
+def test_a_bad_constructor_value_reads_like_a_parser_error_with_exit_code_2(tmp_path, capsys, flag, said):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", "lightning_per/examples/configs/mnist1d.yaml", f"--data.data_dir={tmp_path}", flag])
+    assert err.value.code == 2
+    printed = capsys.readouterr().err
+    assert f"error: {said}" in printed and "Traceback" not in printed and len(printed.splitlines()) <= 4
+
+
+def test_the_config_is_saved_next_to_the_logs_and_never_over_a_file_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("mine: true\n")  # a user's own file
+    common = [
+        "fit",
+        f"--config={Path(__file__).parents[1] / 'lightning_per/examples/configs/mnist1d.yaml'}",
+        f"--data.data_dir={tmp_path}",
+        "--data.train_size=100",
+        "--data.val_size=0",
+        "--data.test_size=0",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+    ]
+    main([*common, "--trainer.logger=false"])  # no logger: no config file anywhere
+    assert (tmp_path / "config.yaml").read_text() == "mine: true\n"
+    cli = main([*common, "--trainer.logger=true", f"--trainer.default_root_dir={tmp_path / 'runs'}"])
+    assert (Path(cli.trainer.log_dir) / "config.yaml").is_file()
+    assert (tmp_path / "config.yaml").read_text() == "mine: true\n"
+
+
+def test_the_demo_finds_its_configs_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+    from lightning_per.examples import demo
+
+    monkeypatch.chdir(tmp_path)
+    assert demo.resolve_config("mnist1d") == demo.CONFIG_DIR / "mnist1d.yaml"
+    assert all(demo.resolve_config(name).is_file() for name in demo.DEFAULT_CONFIGS)
+    demo.main(["--config-dir"])
+    assert capsys.readouterr().out.strip() == str(demo.CONFIG_DIR)
+    with pytest.raises(SystemExit):
+        demo.main(["--configs", "no_such_config"])
+    assert "one of the shipped configs: continual_er" in capsys.readouterr().err
+
+
+def test_the_shipped_configs_are_package_data():
+    import tomllib
+
+    data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "examples/configs/*.yaml" in data["tool"]["setuptools"]["package-data"]["lightning_per"]

@@ -760,7 +760,7 @@ def test_cli_config_trains_with_the_callback_and_logs_tau(tmp_path):
 
     args = [
         "fit",
-        "--config=examples/configs/mnist1d_importance.yaml",
+        "--config=lightning_per/examples/configs/mnist1d_importance.yaml",
         f"--data.data_dir={tmp_path}",
         "--data.train_size=300",
         "--data.val_size=100",

@@ -1,6 +1,10 @@
 """The main job behind ``make demo``: MNIST-1D with the plugin, next to the uniform baseline, then a summary.
 
-Run: ``python -m lightning_per.examples.demo [--epochs N] [--configs a.yaml b.yaml]``.
+Run: ``python -m lightning_per.examples.demo [--epochs N] [--configs NAME_OR_PATH ...] [--config-dir]``, from any
+directory. A config is a path to a YAML file or the name of one shipped with the package (``mnist1d``,
+``mnist1d_uniform``, ``mnist1d_rank``, ``continual_er``, ...: the files in :data:`CONFIG_DIR`, which
+``--config-dir`` prints, e.g. for ``lightning-per fit --config "$(python -m lightning_per.examples.demo
+--config-dir)/mnist1d.yaml"``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,30 @@ from torch.utils.data import DataLoader
 
 from lightning_per.cli import main as cli_main
 
-DEFAULT_CONFIGS = ["examples/configs/mnist1d_uniform.yaml", "examples/configs/mnist1d.yaml"]
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The YAML configs shipped with the package (package data: present in an installed package too)."""
+DEFAULT_CONFIGS = ["mnist1d_uniform", "mnist1d"]
+
+
+def resolve_config(name_or_path: str) -> Path:
+    """The YAML file ``name_or_path`` names: an existing path, or a config shipped in :data:`CONFIG_DIR`.
+
+    Raises:
+        FileNotFoundError: neither exists; the message lists the shipped configs.
+
+    Example::
+
+        >>> resolve_config("mnist1d").name
+        'mnist1d.yaml'
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{path.stem}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"No config {name_or_path!r}: give a YAML path or one of the shipped configs: {names}.")
 
 
 def run(config: str, extra: list[str]) -> dict[str, float]:
@@ -52,14 +79,22 @@ def _full_train_loss(model: Any, datamodule: Any) -> float:
     return total / max(count, 1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Parse arguments, train every config, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="config names or YAML paths")
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
-    args = parser.parse_args()
+    parser.add_argument("--config-dir", action="store_true", help="print the folder of the shipped configs and exit")
+    args = parser.parse_args(argv)
+    if args.config_dir:
+        print(CONFIG_DIR)
+        return
+    try:
+        configs = [resolve_config(c) for c in args.configs]
+    except FileNotFoundError as error:
+        parser.error(str(error))
     extra = [f"--trainer.max_epochs={args.epochs}"] if args.epochs else []
-    rows = [(Path(c).stem, run(c, extra)) for c in args.configs]
+    rows = [(c.stem, run(str(c), extra)) for c in configs]
     print("\nMNIST-1D, 4000 training samples, validation accuracy on 1000 held-out samples")
     print("(published baselines on 4000 training samples: CNN ~94%, MLP ~68%)\n")
     print(f"{'config':<24}{'val acc':>10}{'train loss (all 4000)':>24}{'seconds':>10}")
