@@ -75,7 +75,11 @@ def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-
         tensor([1., 2., 4.], dtype=torch.float64)
     """
     if scores.numel() and not bool(torch.isfinite(scores).all()):
-        raise ValueError("`scores` must be finite for proportional priorities; fill unseen entries first.")
+        bad = scores[~torch.isfinite(scores)][0].item()
+        raise ValueError(
+            f"`scores` must be finite for proportional priorities, got {bad}: a score table holds finite scores, and "
+            "NaN for unseen samples, which `fill_unseen` replaces."
+        )
     if scores.numel() and float(scores.min()) < 0:
         raise ValueError(
             f"`proportional` priorities need non-negative scores, got a minimum of {float(scores.min()):.4g}. "
@@ -85,6 +89,10 @@ def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-
     if alpha == 0:
         return torch.ones_like(priorities)
     if alpha != 1:
+        # relative to the largest, so that (s + eps)^alpha cannot leave float64's range (the distribution is the same)
+        largest = float(priorities.max()) if priorities.numel() else 0.0
+        if largest > 0:
+            priorities.div_(largest)
         priorities.pow_(alpha)
     return priorities
 
@@ -111,7 +119,9 @@ def rank_priorities(scores: Tensor, alpha: float = 1.0) -> Tensor:
         _, group, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
         del ordered
         last = counts.cumsum(0).to(torch.float64)  # a group of tied scores covers ranks last - count + 1 .. last
-        ranks[order] = (last - (counts.to(torch.float64) - 1.0) / 2.0)[group]
+        # the power once per group, then gathered: tied scores get bit-identical priorities
+        ranks[order] = (last - (counts.to(torch.float64) - 1.0) / 2.0).pow_(-alpha)[group]
+        return ranks
     return ranks.pow_(-alpha)
 
 
@@ -188,7 +198,7 @@ def effective_sample_size(p: Tensor) -> float:
     if p.numel() == 0:
         return 0.0
     q = p.to(torch.float64).reshape(-1)
-    return float(1.0 / (p.numel() * torch.dot(q, q)))  # dot: no N-sized temporary
+    return min(1.0, float(1.0 / (p.numel() * torch.dot(q, q))))  # dot: no N-sized temporary; 1 at most (rounding)
 
 
 def inverse_cdf_sample(cdf: Tensor, uniforms: Tensor) -> Tensor:

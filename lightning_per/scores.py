@@ -92,13 +92,18 @@ class ScoreTable:
         """Restore the scores.
 
         Raises:
-            ValueError: the saved table was made for a dataset of another length.
+            ValueError: the saved table was made for a dataset of another length, or holds infinite scores.
         """
-        scores = state["scores"]
+        scores = state["scores"].to(torch.float32)  # a float64 score above float32's range becomes inf here
+        if bool(torch.isinf(scores).any()):
+            raise ValueError(
+                f"The checkpoint's score table holds {int(torch.isinf(scores).sum())} infinite scores; a score table "
+                "holds finite scores (NaN for unseen samples), so the checkpoint is damaged."
+            )
         if scores.numel() != len(self):
             raise ValueError(
                 f"The checkpoint's score table has {scores.numel()} samples but the training set has {len(self)}: "
                 "resume with the same training set, or start a new run without `ckpt_path`."
             )
-        self.scores = scores.to(torch.float32).clone()
+        self.scores = scores.clone()
         self.version = int(state.get("version", self.version)) + 1

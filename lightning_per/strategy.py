@@ -253,11 +253,11 @@ def build_plan(
     p = PF.mix_uniform(PF.to_probabilities(priorities, inplace=True), lam, inplace=True)
     del priorities
     n = p.numel()
-    min_p = float(p.min())
+    min_p = float(p[p > 0].min())  # of the drawable samples (a zero-probability one is never drawn)
     ess = PF.effective_sample_size(p)
     top_mass = float(p[top].sum())
     del top
-    largest = float((n * min_p) ** -beta) if min_p > 0 else math.inf
+    largest = float(torch.tensor(n * min_p, dtype=torch.float64).pow(-beta))  # inf, not OverflowError, if huge
     max_weight = largest if strategy.normalize_weights and math.isfinite(largest) else None
     cdf = p.cumsum_(0)
     return SamplingPlan(

@@ -544,7 +544,7 @@ def test_resume_mid_stream_continues_where_it_stopped(tmp_path: Path) -> None:
 
 
 def test_cli_runs_continual_config(tmp_path: Path) -> None:
-    config = REPO / "examples" / "configs" / "continual_er.yaml"
+    config = REPO / "lightning_per" / "examples" / "configs" / "continual_er.yaml"
     args = [
         "fit", "--config", str(config), "--trainer.max_epochs=1", "--trainer.limit_train_batches=5",
         "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
@@ -552,7 +552,7 @@ def test_cli_runs_continual_config(tmp_path: Path) -> None:
     cli = main(args, run=True)
     assert isinstance(cli.model, ExperienceReplay) and isinstance(cli.datamodule, SplitDigits)
     assert cli.model.buffer.seen == 50
-    for path in sorted((REPO / "examples" / "configs").glob("continual_*.yaml")):
+    for path in sorted((REPO / "lightning_per" / "examples" / "configs").glob("continual_*.yaml")):
         built = main(["--config", str(path)], run=False)
         assert isinstance(built.model, ContinualModule) and isinstance(built.datamodule, ContinualDataModule)
 
