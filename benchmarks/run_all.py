@@ -23,6 +23,7 @@ JOBS: dict[str, list[str]] = {
     "sampler_scale": ["-m", "benchmarks.sampler_scale", "--n", "1000000", "10000000", "100000000"],
     "time_to_quality": ["-m", "benchmarks.time_to_quality", "--budget-s", "25", "--seeds", "3"],
     "gradient_variance": ["-m", "benchmarks.gradient_variance"],
+    "label_noise": ["-m", "benchmarks.label_noise", "--seeds", "3"],
 }
 
 
@@ -164,6 +165,28 @@ def render(out: Path) -> str:
                 f"| {_pm(point['reduction_optimal'], 1)} | {_pm(point['tau_ce'], 2)} | {_pm(point['spearman_ce'], 2)} |"
             )
         lines.append("")
+    path = out / "label_noise.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        s = data["settings"]
+        lines += [
+            f"**Label noise** (`python -m benchmarks.label_noise --seeds {s['seeds']}`; MNIST-1D, {s['train_size']} "
+            f"training signals, {s['noise']:.0%} of training and validation labels flipped, clean test labels, "
+            f"{s['epochs']} epochs of SGD + momentum, learning rate per method on the noisy validation split; mean ± "
+            f"std over {s['seeds']} seeds; early-stopped: at the epoch of the best noisy validation accuracy):",
+            "",
+            "| method | lr | final clean test acc (%) | early-stopped (%) | final − uniform's (points) "
+            "| draws on mislabelled samples | memorised (%) | compute / uniform's |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for method, m in data["methods"].items():
+            lines.append(
+                f"| {method} | {m['lr']:g} | {_pm(m['final_test_acc'], 1, 100)} "
+                f"| {_pm(m['early_stopped_test_acc'], 1, 100)} | {_pm(m['final_test_acc_diff_points'], 1)} "
+                f"| {_pm(m['noisy_draw_share'], 2)} | {_pm(m['final_memorised'], 1, 100)} "
+                f"| {_pm(m['compute_ratio'], 2)} |"
+            )
+        lines.append("")
     rounds = sorted((out / "select_defaults").glob("round*.json"), key=lambda p: int(p.stem[5:] or 0))
     if rounds:
         lines += [
@@ -189,9 +212,9 @@ def render(out: Path) -> str:
         lines.append(
             f"Measured on {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads), torch "
             f"{env['torch']}, lightning {env['lightning']}, Python {env['python']}. JSON and PNG plots in "
-            f"`{out}/`. `make bench` re-runs overhead, sampler scale, time to quality and gradient variance; the "
-            "rounds of the choice of defaults and the extra runs named below come from their own commands (in each "
-            "JSON's settings)."
+            f"`{out}/`. `make bench` re-runs overhead, sampler scale, time to quality, gradient variance and label "
+            "noise; the rounds of the choice of defaults and the extra runs named below come from their own commands "
+            "(in each JSON's settings)."
         )
     return "\n".join(lines)
 

@@ -13,7 +13,15 @@ pytest.importorskip("mnist1d")
 
 import torch
 
-from benchmarks import gradient_variance, overhead, run_all, sampler_scale, select_defaults, time_to_quality
+from benchmarks import (
+    gradient_variance,
+    label_noise,
+    overhead,
+    run_all,
+    sampler_scale,
+    select_defaults,
+    time_to_quality,
+)
 
 LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
@@ -185,3 +193,30 @@ def test_the_turnstile_runs_threads_one_step_at_a_time_in_a_fixed_cycle():
         thread.join(timeout=10)
     assert not any(thread.is_alive() for thread in threads)
     assert order == ["a", "b", "c", "a", "b", "c", "a", "c", "a"]
+
+
+def test_label_noise_counts_the_draws_on_flipped_labels(tmp_path):
+    out = tmp_path / "label_noise.json"
+    args = ["--train-size", "300", "--epochs", "2", "--seeds", "1", "--lrs", "0.1", "--out", str(out)]
+    label_noise.main(args)
+    data = json.loads(out.read_text())
+    assert set(data["methods"]) == set(label_noise.METHODS)
+    for method in data["methods"].values():
+        for key in ("noisy_draw_share", "noisy_weight_share"):
+            assert 0 <= method[key]["mean"] <= 1
+        run = method["runs"]["0"]
+        assert len(run["epochs"]) == 2 and all(0 <= e["noisy_draw_share"] <= 1 for e in run["epochs"])
+        assert {"final_test_acc", "best_test_acc", "final_val_acc_noisy", "compute_ratio"} <= set(method)
+    uniform = data["methods"]["uniform"]
+    assert uniform["noisy_draw_share"]["mean"] == pytest.approx(0.3, abs=0.05)  # each sample once an epoch
+    assert uniform["compute_ratio"]["mean"] == 1.0 and data["methods"]["prune"]["compute_ratio"]["mean"] < 1.0
+    assert "test" not in json.dumps(data["lr_selection_val_acc"]) and "mislabelled" in data["protocol"]
+    assert out.with_suffix(".png").exists()
+
+
+def test_label_noise_flips_exactly_the_fraction_to_other_classes():
+    y = torch.arange(1000) % 10
+    noisy, flipped = label_noise.flip_labels(y, 0.3, 10, seed=0)
+    assert int(flipped.sum()) == 300
+    assert bool((noisy[flipped] != y[flipped]).all()) and bool((noisy[~flipped] == y[~flipped]).all())
+    assert torch.equal(noisy, label_noise.flip_labels(y, 0.3, 10, seed=0)[0])  # fixed per seed
