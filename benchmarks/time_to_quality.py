@@ -48,9 +48,9 @@ from lightning_per import (
     PrioritizedDataModule,
     SamplingStrategy,
 )
-from lightning_per.callbacks.importance import ImportanceScore
 from lightning_per.examples.data import load_mnist1d, resolve_data_dir
 from lightning_per.examples.models import Classifier
+from lightning_per.scoring import ScoreName
 
 METHODS = ("uniform", "proportional", "rank", "prune", "importance", "importance_loss")
 
@@ -198,7 +198,7 @@ def run(
     if method in ("proportional", "rank", "prune"):
         callbacks.append(LossTracker())
     elif is_importance:
-        score: ImportanceScore = "loss" if method == "importance_loss" else "ce"
+        score: ScoreName = "loss" if method == "importance_loss" else "grad_norm"
         settings: dict[str, Any] = {"presample": args.presample, "score": score, "seed": seed, **options}
         callbacks.append(ImportanceSamplingCallback(**settings))
     trainer = bench_trainer(args.accelerator, callbacks, max_epochs=max_epochs)

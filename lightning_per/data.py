@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Subset, default_collate
 
-__all__ = ["IndexedDataset", "PrioritizedBatch", "IndexedCollate", "weighted_mean"]
+__all__ = ["IndexedCollate", "IndexedDataset", "PrioritizedBatch", "holdout_split", "weighted_mean"]
 
 
 @dataclass
@@ -226,3 +226,27 @@ class IndexedCollate:
             index=_as_tensor(indices, np.int64),
             weight=_as_tensor(weights, np.float32),
         )
+
+
+def holdout_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
+    """``(rest, holdout)``: a random ``fraction`` of ``dataset`` held out (at least one sample, not all of them).
+
+    Both keep the dataset's order; the choice depends only on the length, ``fraction`` and ``seed``.
+
+    Raises:
+        ValueError: ``dataset`` has fewer than 2 samples, or ``fraction`` is outside (0, 1).
+
+    Example::
+
+        >>> rest, holdout = holdout_split(list(range(10)), 0.3, seed=0)
+        >>> len(rest), len(holdout), sorted([*rest, *holdout]) == list(range(10))
+        (7, 3, True)
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"`fraction` must be in (0, 1), got {fraction}.")
+    if n < 2:
+        raise ValueError(f"A holdout needs a training set of at least 2 samples, got {n}.")
+    held = min(n - 1, max(1, round(fraction * n)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[held:].sort().values.tolist()), Subset(dataset, order[:held].sort().values.tolist())

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lightning_per.data import IndexedCollate, IndexedDataset
+from lightning_per.data import IndexedCollate, IndexedDataset, holdout_split
 from lightning_per.sampler import PrioritizedSampler
 from lightning_per.scores import ScoreTable
 from lightning_per.strategy import SamplingPlan, SamplingStrategy, StrategyName
@@ -43,6 +43,10 @@ class PrioritizedDataModule(LightningDataModule):
         persistent_workers: DataLoader ``persistent_workers`` (with ``num_workers > 0``).
         drop_last: drop the last incomplete training batch.
         collate_fn: collates samples (``None``: ``default_collate``); import path in YAML.
+        holdout_fraction: share of the training set held out as ``holdout_dataset`` and removed from training (for
+            :class:`~lightning_per.IrreducibleLoss`), in [0, 1); ``train_dataset`` is then the rest, and sample
+            indices number the rest.
+        holdout_seed: seed of the holdout's random choice.
 
     Raises:
         ValueError: a bad argument (named in the message).
@@ -69,8 +73,15 @@ class PrioritizedDataModule(LightningDataModule):
         persistent_workers: bool = False,
         drop_last: bool = False,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        holdout_fraction: float = 0.0,
+        holdout_seed: int = 0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= holdout_fraction < 1.0:
+            raise ValueError(f"`holdout_fraction` must be in [0, 1), got {holdout_fraction}.")
+        self.holdout_fraction = holdout_fraction
+        self.holdout_seed = holdout_seed
+        self._split: tuple[Dataset, Dataset] | None = None
         if batch_size <= 0:
             raise ValueError(f"`batch_size` must be > 0, got {batch_size}.")
         if eval_batch_size is not None and eval_batch_size <= 0:
@@ -95,6 +106,31 @@ class PrioritizedDataModule(LightningDataModule):
         self._pending_state: dict[str, Any] | None = None
         self._warned_schedule = False
         self._saved_max_epochs: int | None = None  # of the run a checkpoint came from
+
+    # ----------------------------------------------------------------------------------------------- data
+    @property
+    def train_dataset(self) -> Dataset | None:
+        """The training set: what was given or set, less the ``holdout_fraction`` held out (its indices number it)."""
+        if self.holdout_fraction == 0 or self._given_train is None:
+            return self._given_train
+        return self._holdout_split()[0]
+
+    @train_dataset.setter
+    def train_dataset(self, dataset: Dataset | None) -> None:
+        self._given_train = dataset
+        self._split = None
+
+    @property
+    def holdout_dataset(self) -> Dataset | None:
+        """The held-out part of the training set (``None`` without ``holdout_fraction``)."""
+        if self.holdout_fraction == 0 or self._given_train is None:
+            return None
+        return self._holdout_split()[1]
+
+    def _holdout_split(self) -> tuple[Dataset, Dataset]:
+        if self._split is None:
+            self._split = holdout_split(self._given_train, self.holdout_fraction, self.holdout_seed)  # type: ignore[arg-type]
+        return self._split
 
     # ----------------------------------------------------------------------------------------------- state
     @property

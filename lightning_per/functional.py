@@ -16,6 +16,8 @@ from torch import Tensor
 T = TypeVar("T", float, Tensor)
 
 __all__ = [
+    "draw_from_cdf",
+    "draw_importance_sample",
     "effective_sample_size",
     "fill_unseen",
     "importance_weights",
@@ -23,16 +25,19 @@ __all__ = [
     "margin_score",
     "mix_uniform",
     "mse_grad_norm",
+    "percentile_keep",
     "prediction_deviation",
     "proportional_priorities",
     "prune_keep_mask",
     "rank_priorities",
     "sigmoid_bce_grad_norm",
     "softmax_ce_grad_norm",
+    "sorted_uniforms",
     "tau",
     "tau_ema",
     "tau_from_sums",
     "to_probabilities",
+    "top_k_positions",
 ]
 
 
@@ -281,6 +286,97 @@ def draw_from_cdf(
     p = upper.sub_(torch.where(found > 0, cdf[(found - 1).clamp_(min=0)], 0.0)).div_(total)
     index = torch.empty_like(found).scatter_(0, slot, found)
     return index, torch.empty_like(p).scatter_(0, slot, p)
+
+
+def draw_importance_sample(
+    scores: Tensor, num: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Draw ``num`` positions with replacement with ``p ∝ scores``; weights ``1 / (n p)`` make the mean unbiased.
+
+    Non-finite scores get probability 0 and do not count in ``n`` (the number of finite scores). For any
+    per-sample values ``v``, ``E[mean_j w_j v_{i_j}] = mean over the finite-score points of v``.
+
+    Args:
+        scores: 1-D non-negative scores (any device; the draw runs on the CPU in float64).
+        num: the number of draws.
+        generator: a CPU generator, for reproducible draws.
+
+    Returns:
+        ``(positions, weights, p)``: int64 positions ``(num,)``, float32 weights ``(num,)`` and the float64
+        probabilities of all points; ``None`` when no score is finite and positive (no distribution to draw from).
+
+    Raises:
+        ValueError: a finite score is negative.
+
+    Example::
+
+        >>> generator = torch.Generator().manual_seed(2)
+        >>> positions, weights, p = draw_importance_sample(torch.tensor([1.0, 3.0]), 4, generator)
+        >>> p.tolist()
+        [0.25, 0.75]
+        >>> positions.tolist(), [round(w, 4) for w in weights.tolist()]
+        ([1, 0, 1, 1], [0.6667, 2.0, 0.6667, 0.6667])
+    """
+    values = scores.detach().reshape(-1).to("cpu", torch.float64)
+    finite = torch.isfinite(values)
+    if bool(finite.any()) and float(values[finite].min()) < 0:
+        raise ValueError(
+            f"Importance scores must be non-negative; got a minimum of {float(values[finite].min()):.4g}. "
+            "A score function must return non-negative values (e.g. a gradient norm or a loss)."
+        )
+    values = torch.where(finite, values, torch.zeros_like(values))
+    total = float(values.sum())
+    if not total > 0 or not math.isfinite(total):
+        return None
+    p = values / total
+    uniforms = torch.rand(num, generator=generator, dtype=torch.float64)
+    positions = inverse_cdf_sample(torch.cumsum(p, 0), uniforms)
+    n = int(finite.sum())
+    weights = (1.0 / (n * p[positions])).float()
+    return positions, weights, p
+
+
+def top_k_positions(scores: Tensor, k: int) -> Tensor:
+    """The positions of the ``k`` highest finite scores, highest first; ties go to the earlier position.
+
+    Fewer than ``k`` when fewer scores are finite (NaN and inf are never chosen).
+
+    Example::
+
+        >>> top_k_positions(torch.tensor([0.5, 2.0, float("nan"), 2.0, 1.0]), 3).tolist()
+        [1, 3, 4]
+    """
+    values = scores.detach().reshape(-1).to("cpu", torch.float64)
+    finite = torch.isfinite(values)
+    ordered = torch.sort(torch.where(finite, values, -math.inf), descending=True, stable=True).indices
+    return ordered[: min(k, int(finite.sum()))]
+
+
+def percentile_keep(scores: Tensor, history: Tensor, beta: float, uniforms: Tensor) -> Tensor:
+    """Selective Backprop's rule (Jiang et al., 2019): keep each point with probability ``F(score)^beta``.
+
+    ``F`` is the empirical CDF of ``history`` (recent scores): the share of them at or below the score. Non-finite
+    scores are never kept. Over scores distributed like the history, ``E[F^beta] = 1 / (beta + 1)`` of the points
+    are kept.
+
+    Args:
+        scores: 1-D scores of the candidate points.
+        history: 1-D finite recent scores (the candidates' own included), not empty.
+        beta: the selectivity, > 0 (larger keeps fewer).
+        uniforms: one value in ``[0, 1)`` per point.
+
+    Returns:
+        The boolean mask of the kept points.
+
+    Example::
+
+        >>> percentile_keep(torch.tensor([1.0, 4.0]), torch.arange(1.0, 5.0), 1.0, torch.tensor([0.3, 0.3])).tolist()
+        [False, True]
+    """
+    ordered = torch.sort(history.detach().reshape(-1).to("cpu", torch.float64)).values
+    values = scores.detach().reshape(-1).to("cpu", torch.float64)
+    cdf = torch.searchsorted(ordered, values, right=True).to(torch.float64) / ordered.numel()
+    return torch.isfinite(values) & (uniforms.to(torch.float64) < cdf.pow(beta))
 
 
 def prune_keep_mask(scores: Tensor, ratio: float, threshold: float, uniforms: Tensor) -> tuple[Tensor, Tensor]:

@@ -54,7 +54,7 @@ def main() -> None:
     seed_everything(0, verbose=False)
     dm = lp.PrioritizedDataModule(blobs(128), batch_size=16, strategy="uniform", seed=3)
     cb = lp.ImportanceSamplingCallback(
-        presample=3, tau_th=1.5, tau_every_n_steps=3, score="custom", score_fn=rank_dependent_score
+        presample=3, tau_th=1.5, tau_every_n_steps=3, score=rank_dependent_score
     )  # 4 steps per epoch: tau updates after steps 3, 4 (the epoch end), 7, 8, ...
     trace = Trace(cb)
     trainer = small_trainer(out, callbacks=[cb, trace], max_epochs=5, strategy="ddp", devices=2)

@@ -58,14 +58,14 @@ def units(rank: int, out: Path) -> dict:
         return tensor
 
     trainer.strategy, trainer.global_step = types.SimpleNamespace(reduce=reduce), 0
-    cb = lp.ImportanceSamplingCallback(score="custom", score_fn=lambda outputs, batch: outputs, a_tau=0.5)
+    cb = lp.ImportanceSamplingCallback(score=lambda outputs, batch: outputs, a_tau=0.5)
     cb._trainer, cb._module = trainer, module
-    cb._pending = [torch.tensor([1.0, 1.0, 2.0, 4.0]) if rank == 0 else torch.tensor([1.0, 3.0])]
+    cb._tau.pending = [torch.tensor([1.0, 1.0, 2.0, 4.0]) if rank == 0 else torch.tensor([1.0, 3.0])]
     result["saved_tau"] = cb.state_dict()["pending_taus"] if rank == 0 else None  # on rank 0 alone
     dist.barrier()
-    cb._pending = [torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([-1.0, 2.0])]
+    cb._tau.pending = [torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([-1.0, 2.0])]
     try:
-        cb._update_tau(trainer, module)
+        cb._synchronise(trainer, module)
         result["negative"] = "no error"
     except ValueError as error:
         result["negative"] = str(error)

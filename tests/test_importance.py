@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, default_collate
 
 import lightning_per as lp
 from lightning_per import functional as PF
-from lightning_per.callbacks.importance import draw_importance_sample
+from lightning_per.functional import draw_importance_sample
 from tests.helpers import (
     DictDataset,
     ListDataset,
@@ -127,8 +127,7 @@ def test_tau_and_its_moving_average_are_exact_through_the_callback(tmp_path, tau
         tau_th=0.65,
         a_tau=0.7,
         tau_form=tau_form,
-        score="custom",
-        score_fn=score_fn,
+        score=score_fn,
     )
     _, rows, _ = _fit(tmp_path, cb, dm=_dm(48), max_epochs=2)  # 6 steps per epoch, no logger
     phases = [r["importance"] for r in rows]
@@ -162,7 +161,9 @@ class _Outputs(Callback):
 @pytest.mark.parametrize("every", [1, 4])
 def test_ce_bound_scored_several_steps_at_once_gives_the_per_step_tau(tmp_path, every):
     # 44 points in batches of 8: every epoch ends with a batch of 4, so an update mixes batch sizes
-    cb = lp.ImportanceSamplingCallback(tau_th=NEVER, tau_every_n_steps=every, label_smoothing=0.1)
+    cb = lp.ImportanceSamplingCallback(
+        tau_th=NEVER, tau_every_n_steps=every, score=lp.Score("grad_norm", label_smoothing=0.1)
+    )
     outputs = _Outputs()
     _fit(tmp_path, cb, dm=_dm(44), extra=[outputs], max_epochs=2)
     tau = 0.0
@@ -198,8 +199,8 @@ def test_closed_form_ce_bound_equals_the_autograd_bound(kwargs, loss_fn, soft):
     if soft:
         y = torch.rand(10, 4, generator=g).softmax(-1)
     outputs = {"logits": logits, "target": y}
-    closed = lp.ImportanceSamplingCallback(score="ce", **kwargs)._scores_from(outputs, _batch(10))
-    auto = lp.ImportanceSamplingCallback(score="autograd", loss_fn=loss_fn)._scores_from(outputs, _batch(10))
+    closed = lp.Score("grad_norm", **kwargs)(outputs, _batch(10))
+    auto = lp.Score("grad_norm", bound="autograd", loss_fn=loss_fn)(outputs, _batch(10))
     assert closed.shape == (10,)
     assert torch.allclose(closed, auto, atol=1e-6)
     assert closed.std() > 0.05  # not a degenerate comparison
@@ -219,13 +220,13 @@ def test_closed_form_bce_and_mse_bounds_equal_the_autograd_bound():
 
     for kind, loss_fn, y in (("bce", bce, y_bin), ("mse", mse, y_reg)):
         outputs = {"logits": z, "target": y}
-        closed = lp.ImportanceSamplingCallback(score=kind)._scores_from(outputs, _batch(9))
-        auto = lp.ImportanceSamplingCallback(score="autograd", loss_fn=loss_fn)._scores_from(outputs, _batch(9))
+        closed = lp.Score("grad_norm", bound=kind)(outputs, _batch(9))
+        auto = lp.Score("grad_norm", bound="autograd", loss_fn=loss_fn)(outputs, _batch(9))
         assert torch.allclose(closed, auto, atol=1e-6), kind
     # a reduced loss_fn (the mean) gives scores proportional to the per-sample ones: the same distribution
-    mean_auto = lp.ImportanceSamplingCallback(
-        score="autograd", loss_fn=lambda z, y: F.cross_entropy(z, y)
-    )._scores_from({"logits": z, "target": y_bin.argmax(-1)}, _batch(9))
+    mean_auto = lp.Score("grad_norm", bound="autograd", loss_fn=lambda z, y: F.cross_entropy(z, y))(
+        {"logits": z, "target": y_bin.argmax(-1)}, _batch(9)
+    )
     per_sample = PF.softmax_ce_grad_norm(z, y_bin.argmax(-1))
     assert torch.allclose(mean_auto * 9, per_sample, atol=1e-6)
 
@@ -339,7 +340,7 @@ def test_cost_is_one_no_grad_forward_over_the_presample_and_one_training_pass_ov
 
 
 def test_switch_turns_on_for_heavy_tailed_scores_and_stays_on(tmp_path):
-    cb = lp.ImportanceSamplingCallback(presample=3, score="custom", score_fn=table_score(heavy_scores(128)))
+    cb = lp.ImportanceSamplingCallback(presample=3, score=table_score(heavy_scores(128)))
     assert cb.tau_th == 2.0  # (B + 3b) / (3b) with B = 3b
     _, rows, _ = _fit(tmp_path, cb, dm=_dm(128, 16), max_epochs=4)
     phases = [r["importance"] for r in rows]
@@ -352,9 +353,7 @@ def test_switch_turns_on_for_heavy_tailed_scores_and_stays_on(tmp_path):
 
 
 def test_switch_stays_off_for_uniform_scores(tmp_path):
-    cb = lp.ImportanceSamplingCallback(
-        presample=3, score="custom", score_fn=lambda outputs, batch: torch.ones(len(batch.index))
-    )
+    cb = lp.ImportanceSamplingCallback(presample=3, score=lambda outputs, batch: torch.ones(len(batch.index)))
     trainer, rows, _ = _fit(tmp_path, cb, dm=_dm(128, 16), max_epochs=4)
     assert not any(r["importance"] for r in rows)
     assert all(r["tau"] <= 1.0 + 1e-12 for r in rows) and rows[-1]["tau"] > 0.9  # tau -> 1 < tau_th = 2
@@ -364,9 +363,7 @@ def test_switch_stays_off_for_uniform_scores(tmp_path):
 
 def _resume_run(tmp_path, max_epochs, ckpt_path=None, save=False):
     torch.manual_seed(0)
-    cb = lp.ImportanceSamplingCallback(
-        tau_th=1.5, score="custom", score_fn=table_score(heavy_scores(48, seed=3)), seed=7
-    )
+    cb = lp.ImportanceSamplingCallback(tau_th=1.5, score=table_score(heavy_scores(48, seed=3)), seed=7)
     extra = []
     if save:
         extra.append(ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True))
@@ -418,7 +415,7 @@ def test_a_state_taken_between_tau_updates_keeps_the_pending_steps_and_changes_n
     def run(path, at=None):
         torch.manual_seed(0)
         cb = lp.ImportanceSamplingCallback(
-            tau_th=1.5, tau_every_n_steps=5, score="custom", score_fn=table_score(heavy_scores(48, seed=3)), seed=7
+            tau_th=1.5, tau_every_n_steps=5, score=table_score(heavy_scores(48, seed=3)), seed=7
         )
         saver = _SavesMidWindow(cb, at)
         _, rows, _ = _fit(path, cb, dm=_dm(48), extra=[saver], max_epochs=3)  # 6 steps per epoch
@@ -433,7 +430,7 @@ def test_a_state_taken_between_tau_updates_keeps_the_pending_steps_and_changes_n
     # a callback restored from it takes the pending steps in at its next update, as the run that never saved did
     restored = lp.ImportanceSamplingCallback(tau_th=1.5, tau_every_n_steps=5)
     restored.load_state_dict(state)
-    restored._update_tau(SimpleNamespace(world_size=1, global_step=9), None)
+    restored._synchronise(SimpleNamespace(world_size=1, global_step=9), None)
     expected = state["tau"]
     for tau_step in state["pending_taus"]:
         expected = 0.9 * expected + 0.1 * tau_step
@@ -554,11 +551,9 @@ def test_ce_bound_gives_ignored_targets_score_zero_as_cross_entropy_does(tmp_pat
 
 
 def test_a_negative_score_is_refused_in_the_uniform_phase_already(tmp_path):
-    cb = lp.ImportanceSamplingCallback(
-        tau_every_n_steps=2, tau_th=NEVER, score="custom", score_fn=lambda o, b: -o["per_sample_loss"]
-    )
+    cb = lp.ImportanceSamplingCallback(tau_every_n_steps=2, tau_th=NEVER, score=lambda o, b: -o["per_sample_loss"])
     with pytest.raises(
-        ValueError, match=r"score='custom'\) got a negative score \(-[0-9.]+\): scores must be non-negative"
+        ValueError, match=r"ImportanceSamplingCallback got a negative score \(-[0-9.]+\): scores must be non-negative"
     ):
         _fit(tmp_path, cb, max_epochs=1)
 
@@ -614,13 +609,19 @@ def test_works_with_loss_tracker_and_the_uniform_strategy(tmp_path):
         (dict(a_tau=-0.1), r"`a_tau` must be in \[0, 1\), got -0\.1"),
         (dict(tau_every_n_steps=0), r"`tau_every_n_steps` must be an integer >= 1 .*got 0\."),
         (dict(tau_every_n_steps=2.5), r"`tau_every_n_steps` must be an integer >= 1 .*got 2\.5\."),
-        (dict(score="autograd"), r"`score='autograd'` needs `loss_fn`"),
-        (dict(score="custom"), r"`score='custom'` needs `score_fn`"),
+        (dict(score="autograd"), r"`score` must be one of loss, reducible, grad_norm, .*got 'autograd'"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         lp.ImportanceSamplingCallback(**kwargs)
+
+
+def test_a_score_that_is_neither_a_name_a_score_nor_a_function_is_refused():
+    with pytest.raises(TypeError, match=r"`score` must be a score name, a `lightning_per.Score` or a function.*int"):
+        lp.ImportanceSamplingCallback(score=3)
+    with pytest.raises(ValueError, match=r"`bound='autograd'` needs `loss_fn`"):
+        lp.Score("grad_norm", bound="autograd")
 
 
 class NoLogits(TinyClassifier):
@@ -637,12 +638,13 @@ class ShortLogits(TinyClassifier):
 
 
 def test_outputs_without_logits_say_what_was_found_and_how_to_pass_a_score_function(tmp_path):
-    with pytest.raises(ValueError, match=r"'logits' and 'target'.*'per_sample_loss': \(8,\).*score='custom'"):
+    found = r"under 'logits' and 'target'.*the keys \['loss', 'per_sample_loss'\](.|\n)*fn\(outputs, batch\)"
+    with pytest.raises(ValueError, match=found):
         _fit(tmp_path, lp.ImportanceSamplingCallback(), model=NoLogits())
 
 
 def test_logits_of_the_wrong_length_say_the_shapes_and_how_to_pass_a_score_function(tmp_path):
-    with pytest.raises(ValueError, match=r"'logits' has shape \(7, 3\).*batch has 8 samples.*score_fn"):
+    with pytest.raises(ValueError, match=r"'logits' with shape \(7, 3\), but the batch has 8 samples"):
         _fit(tmp_path, lp.ImportanceSamplingCallback(), model=ShortLogits())
 
 
@@ -653,7 +655,7 @@ def test_non_finite_scores_in_a_presample_are_never_selected(tmp_path):
     table[list(range(3, 64, 6))] = float("inf")
     _, rows, _ = _fit(
         tmp_path,
-        lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS, score="custom", score_fn=table_score(table)),
+        lp.ImportanceSamplingCallback(tau_every_n_steps=1, tau_th=ALWAYS, score=table_score(table)),
     )
     importance = [r for r in rows if r["importance"]]
     assert len(importance) == len(rows) - 1
@@ -685,7 +687,7 @@ def test_a_presample_without_finite_scores_trains_uniformly_and_warns_once(tmp_p
                 assert torch.equal(batch.index, self._index) and bool((batch.weight == 1).all())
                 self.fallbacks += 1
 
-    cb = lp.ImportanceSamplingCallback(tau_th=1.2, score="custom", score_fn=score_fn)
+    cb = lp.ImportanceSamplingCallback(tau_th=1.2, score=score_fn)
     phase = Phase()
     trainer = small_trainer(tmp_path, callbacks=[phase, cb], max_epochs=6)
     with pytest.warns(UserWarning) as record:
@@ -772,7 +774,7 @@ def test_cli_config_trains_with_the_callback_and_logs_tau(tmp_path):
     ]
     cli = main(args)
     (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, lp.ImportanceSamplingCallback)]
-    assert cb.presample == 3 and cb.score == "ce" and cb.tau_th == 2.0
+    assert cb.presample == 3 and cb.score == "grad_norm" and cb.tau_th == 2.0
     assert cli.datamodule.strategy.name == "uniform"
     assert cli.trainer.global_step == 6 and cb.tau > 0
     assert float(cli.trainer.callback_metrics["per/tau"]) == pytest.approx(cb.tau)
@@ -817,9 +819,7 @@ def test_two_processes_share_tau_and_switch_on_the_same_step(tmp_path):
     ],
 )
 def test_the_end_of_training_says_once_how_many_steps_were_importance_steps(tmp_path, caplog, tau_th, said):
-    cb = lp.ImportanceSamplingCallback(
-        score="custom", score_fn=table_score(torch.ones(64)), tau_th=tau_th, tau_every_n_steps=1
-    )
+    cb = lp.ImportanceSamplingCallback(score=table_score(torch.ones(64)), tau_th=tau_th, tau_every_n_steps=1)
     trainer = small_trainer(tmp_path, callbacks=[cb], max_epochs=2)
     with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")

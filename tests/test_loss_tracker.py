@@ -87,7 +87,12 @@ def test_dict_and_list_samples_work(tmp_path, wrap):
     assert dm.scores.seen == 32
 
 
-@pytest.mark.parametrize("score", ["deviation", "margin", "grad_norm", "novelty", "custom"])
+def returned_score(outputs, batch):
+    """A score function: the per-sample values the model returns under "score"."""
+    return outputs["score"]
+
+
+@pytest.mark.parametrize("score", ["deviation", "margin", "grad_norm", "novelty", returned_score])
 def test_every_score_kind_records_finite_non_negative_scores(tmp_path, score):
     dm = lp.PrioritizedDataModule(blobs(32), batch_size=8, strategy="proportional")
     _fit(tmp_path, dm, tracker=lp.LossTracker(score=score))
@@ -163,7 +168,7 @@ def test_negative_scores_with_proportional_are_refused_at_the_step_that_returned
 
     model = Negative()
     dm = lp.PrioritizedDataModule(blobs(64), batch_size=8, strategy="proportional")
-    tracker = lp.LossTracker(score="custom", flush_every_n_steps=flush)
+    tracker = lp.LossTracker(score=returned_score, flush_every_n_steps=flush)
     with pytest.raises(
         ValueError, match=rf"negative score .* in epoch 0, batch_idx {first_negative},.*strategy='rank'"
     ):
@@ -277,11 +282,11 @@ def test_bad_tracker_arguments():
 
 def test_tracker_state_loads_weights_only(tmp_path):
     t = lp.LossTracker(score="novelty")
-    t._novelty_mean = torch.ones(3)
+    t._scorer._novelty_mean = torch.ones(3)
     torch.save(t.state_dict(), tmp_path / "t.pt")
     u = lp.LossTracker(score="novelty")
     u.load_state_dict(torch.load(tmp_path / "t.pt", weights_only=True))
-    assert torch.equal(u._novelty_mean, torch.ones(3))
+    assert torch.equal(u._scorer._novelty_mean, torch.ones(3))
 
 
 def test_a_strategy_given_as_a_dict_is_accepted_as_yaml_gives_it_and_bad_ones_are_refused_at_once(tmp_path):
@@ -307,7 +312,7 @@ def test_the_default_beta_schedule_anneals_to_unbiased_weights_and_warns_without
 
 
 def test_a_non_finite_embedding_scores_nan_but_never_poisons_the_novelty_mean():
-    t = lp.LossTracker(score="novelty", novelty_momentum=0.5)
+    t = lp.Score("novelty", novelty_momentum=0.5)
     t._novelty(torch.tensor([[1.0, 1.0], [3.0, 3.0]]))  # mean (2, 2)
     bad = torch.tensor([[float("nan"), 0.0], [2.0, 4.0], [float("inf"), 1.0]])
     scores = t._novelty(bad)
@@ -316,7 +321,7 @@ def test_a_non_finite_embedding_scores_nan_but_never_poisons_the_novelty_mean():
     t._novelty(torch.full((2, 2), float("nan")))  # a batch without a finite row leaves the mean as it was
     assert torch.allclose(t._novelty_mean, torch.tensor([2.0, 3.0]))
     assert torch.isfinite(t._novelty(torch.zeros(2, 2))).all()
-    u = lp.LossTracker(score="novelty", novelty_momentum=0.5)
+    u = lp.Score("novelty", novelty_momentum=0.5)
     assert torch.isnan(u._novelty(torch.full((2, 2), float("inf")))).all()  # a first batch without a finite row
     u._novelty(torch.full((1, 2), 4.0))
     assert torch.equal(u._novelty_mean, torch.full((2,), 4.0))  # the mean starts from the first finite rows
@@ -327,8 +332,8 @@ def test_targets_as_labels_column_or_one_hot_rows_score_like_plain_labels(score)
     logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 2, 1, 1, 0])
     batch = lp.PrioritizedBatch(None, torch.arange(5), torch.ones(5))
-    t = lp.LossTracker(score=score, class_balance=0.5)
-    expected, _ = t._scores_from({"logits": logits, "target": labels}, batch)
+    t = lp.LossTracker(score=score, class_balance=0.5)._scorer
+    expected = t({"logits": logits, "target": labels}, batch)
     forms = (
         labels[:, None],
         labels.float(),
@@ -337,7 +342,7 @@ def test_targets_as_labels_column_or_one_hot_rows_score_like_plain_labels(score)
         F.one_hot(labels, 3).float(),
     )
     for target in forms:
-        values, classes = t._scores_from({"logits": logits, "target": target}, batch)
+        values, classes = t({"logits": logits, "target": target}, batch), t.labels({"target": target}, 5)
         assert values.shape == (5,) and torch.allclose(values, expected), target
         assert torch.equal(classes, labels)  # what class_balance counts
     with pytest.raises(ValueError, match=r"`targets` has shape \(5, 2\)"):

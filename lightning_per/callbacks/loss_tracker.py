@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, NoReturn
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -12,23 +11,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_per import functional as PF
 from lightning_per.callbacks._inference import prepare_batch, scoring_mode
 from lightning_per.callbacks._logging import publish
 from lightning_per.callbacks._sync import checkpoint_due
 from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.distributed import all_gather_variable
+from lightning_per.scoring import Captured, as_score
+from lightning_per.selection.engine import ScoreArg
+from lightning_per.selection.irreducible import find_irreducible
 from lightning_per.strategy import SamplingPlan
 
-__all__ = ["LossTracker", "ScoreKind"]
-
-ScoreKind = Literal["loss", "deviation", "margin", "grad_norm", "novelty", "custom"]
-_KINDS = ("loss", "deviation", "margin", "grad_norm", "novelty", "custom")
-
-TWO_LINE_FIX = """Change two lines of `training_step`:
-    losses = F.cross_entropy(logits, y, reduction="none")           # one loss per sample
-    return {"loss": lightning_per.weighted_mean(losses, batch), "per_sample_loss": losses}"""
+__all__ = ["LossTracker"]
 
 
 class LossTracker(Callback):
@@ -46,14 +40,10 @@ class LossTracker(Callback):
     ``every_n_train_steps``, epoch ends); ``state_dict`` runs no collective, so a checkpoint built on one process
     alone does not hang, and one taken at those points holds every process's records.
 
-    Score kinds (``score``):
-        - ``loss``: the per-sample loss under ``loss_key``.
-        - ``deviation``: ``1 - p_y`` from ``logits_key`` and ``target_key``.
-        - ``margin``: ``1 - (p_y - max_{k≠y} p_k)`` from ``logits_key`` and ``target_key``.
-        - ``grad_norm``: the gradient-norm bound ``||softmax(z) - onehot(y)||`` (Katharopoulos & Fleuret).
-        - ``novelty``: distance of the embedding under ``embedding_key`` from a running mean of the embeddings
-          of the samples trained on before.
-        - ``custom``: any non-negative per-sample value under ``score_key``.
+    The score (``score``) is a name, a :class:`~lightning_per.Score` or a function ``fn(outputs, batch)`` returning
+    one value per sample, as for the selection callbacks (:mod:`lightning_per.scoring`): by default ``loss``, the
+    per-sample loss ``training_step`` returns under ``per_sample_loss``; ``reducible`` needs an
+    :class:`~lightning_per.IrreducibleLoss` callback and, as it can be negative, the ``rank`` or ``prune`` strategy.
 
     Logged at the end of every epoch, each describing that epoch (the one just trained): ``per/ess``,
     ``per/max_weight``, ``per/top10_mass``, ``per/alpha`` and ``per/beta`` (prioritized epochs), ``per/pruned_fraction``
@@ -64,16 +54,11 @@ class LossTracker(Callback):
     ``last_plan`` is that epoch's plan.
 
     Args:
-        score: the score kind.
-        loss_key: key of the per-sample losses in the ``training_step`` output.
-        logits_key: key of the logits (``deviation``, ``margin``, ``grad_norm``).
-        target_key: key of the integer targets (``deviation``, ``margin``, ``grad_norm``, ``class_balance``).
-        embedding_key: key of the embeddings (``novelty``).
-        score_key: key of the per-sample values (``custom``).
+        score: the score (see above).
         ema: weight of the old score in ``s <- ema * s + (1 - ema) * new`` (0: the latest score).
         refresh_every_n_epochs: run a fresh scoring pass every this many epochs (0: never).
-        class_balance: exponent ``γ`` of the class-frequency factor ``(n_c / mean_c n_c)^-γ`` (0: off).
-        novelty_momentum: momentum of the running mean embedding.
+        class_balance: exponent ``γ`` of the class-frequency factor ``(n_c / mean_c n_c)^-γ`` (0: off); reads the
+            class labels under the score's ``target_key``.
         flush_every_n_steps: move recorded scores from the device to the CPU (under DDP: gather them from every
             process) every this many steps.
 
@@ -87,42 +72,28 @@ class LossTracker(Callback):
 
     def __init__(
         self,
-        score: ScoreKind = "loss",
-        loss_key: str = "per_sample_loss",
-        logits_key: str = "logits",
-        target_key: str = "target",
-        embedding_key: str = "embedding",
-        score_key: str = "score",
+        score: ScoreArg = "loss",
         ema: float = 0.0,
         refresh_every_n_epochs: int = 0,
         class_balance: float = 0.0,
-        novelty_momentum: float = 0.9,
         flush_every_n_steps: int = 256,
     ) -> None:
-        if score not in _KINDS:
-            raise ValueError(f"`score` must be one of {', '.join(_KINDS)}; got {score!r}.")
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"`ema` must be in [0, 1), got {ema}.")
         if refresh_every_n_epochs < 0:
             raise ValueError(f"`refresh_every_n_epochs` must be >= 0, got {refresh_every_n_epochs}.")
         if class_balance < 0:
             raise ValueError(f"`class_balance` must be >= 0, got {class_balance}.")
-        if not 0.0 <= novelty_momentum < 1.0:
-            raise ValueError(f"`novelty_momentum` must be in [0, 1), got {novelty_momentum}.")
         if flush_every_n_steps <= 0:
             raise ValueError(f"`flush_every_n_steps` must be > 0, got {flush_every_n_steps}.")
         self.score = score
-        self.loss_key = loss_key
-        self.logits_key = logits_key
-        self.target_key = target_key
-        self.embedding_key = embedding_key
-        self.score_key = score_key
+        self._scorer = as_score(score, "LossTracker")
         self.ema = ema
         self.refresh_every_n_epochs = refresh_every_n_epochs
         self.class_balance = class_balance
-        self.novelty_momentum = novelty_momentum
         self.flush_every_n_steps = flush_every_n_steps
-        self._pending: list[tuple[Tensor, Tensor, Tensor | None, tuple[int, int]]] = []  # per step: (epoch, batch_idx)
+        # per step: index, what the score needs (resolved at the synchronisation), class labels, (epoch, batch_idx)
+        self._pending: list[tuple[Tensor, Captured, Tensor | None, tuple[int, int]]] = []
         self._restored: list[tuple[Tensor, Tensor, Tensor | None]] = []  # from a checkpoint, not yet synchronised
         self._records: list[tuple[Tensor, Tensor, Tensor | None]] = []  # every process's, synchronised, on CPU
         self._steps_since_sync = 0
@@ -130,7 +101,6 @@ class LossTracker(Callback):
         self._nonnegative = False
         self._trainer: Trainer | None = None
         self._module: LightningModule | None = None
-        self._novelty_mean: Tensor | None = None
         self._labels: Tensor | None = None
         self._nonfinite_total = 0
         self._warned_nonfinite = False
@@ -173,6 +143,15 @@ class LossTracker(Callback):
                 "`refresh_every_n_epochs` calls `training_step` without optimizer steps, which needs automatic "
                 "optimization; set `refresh_every_n_epochs=0` for a module with manual optimization."
             )
+        if self._scorer.name == "reducible":
+            find_irreducible(trainer, "LossTracker")  # refused now rather than at the first step
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._scorer.name == "reducible":
+            table = find_irreducible(trainer, "LossTracker").table
+            assert table is not None  # computed at fit start
+            self._scorer.attach_irreducible(table)
 
     @override
     def on_train_batch_end(
@@ -185,10 +164,11 @@ class LossTracker(Callback):
             )
         self._steps_since_sync += 1
         if outputs is not None and not (isinstance(outputs, Mapping) and not outputs):  # else a skipped step
-            values, targets = self._scores_from(outputs, batch)
             # as little as possible per step (each op costs tens of microseconds right after the optimizer step):
-            # the index needs no detach (an integer tensor), the float conversion and reshape wait for the sync
-            self._pending.append((batch.index, values.detach(), targets, (trainer.current_epoch, batch_idx)))
+            # the index needs no detach (an integer tensor); scores of a closed form wait for the synchronisation
+            captured = self._scorer.capture(outputs, batch)
+            labels = self._scorer.labels(outputs, batch.batch_size) if self.class_balance else None
+            self._pending.append((batch.index, captured, labels, (trainer.current_epoch, batch_idx)))
         # every process counts the same steps (skipped ones too), so all of them synchronise on the same ones: the
         # first step of a fit (a negative score is refused at once), every `flush_every_n_steps`, and before a
         # `ModelCheckpoint` saves by step count
@@ -211,7 +191,7 @@ class LossTracker(Callback):
             self._records.clear()
             self._refresh(trainer, pl_module, datamodule)
         self._sync(trainer, pl_module)
-        index, values, targets = _concat(self._records, self._needs_targets)
+        index, values, targets = _concat(self._records, self._with_labels)
         self._records.clear()
         table = datamodule.scores
         if self.class_balance and targets is not None:
@@ -231,81 +211,8 @@ class LossTracker(Callback):
 
     # --------------------------------------------------------------------------------------------- scoring
     @property
-    def _needs_targets(self) -> bool:
-        return self.score in ("deviation", "margin", "grad_norm") or bool(self.class_balance)
-
-    @property
-    def _keys(self) -> tuple[str, ...]:
-        """The keys of the ``training_step`` output this score kind reads."""
-        own = {"loss": (self.loss_key,), "custom": (self.score_key,), "novelty": (self.embedding_key,)}
-        keys = own.get(self.score, (self.logits_key,))
-        return (*keys, self.target_key) if self._needs_targets else keys
-
-    def _scores_from(self, outputs: Any, batch: PrioritizedBatch) -> tuple[Tensor, Tensor | None]:
-        n = batch.batch_size
-        kind = self.score
-        if not isinstance(outputs, Mapping) or not all(key in outputs for key in self._keys):
-            self._missing(outputs)
-        raw = targets = None
-        soft = False
-        if self._needs_targets:
-            raw = self._get(outputs, self.target_key, n)
-            soft = raw.ndim == 2 and raw.shape[1] > 1  # class probabilities (mixup, smoothing) or one-hot rows
-            targets = raw.argmax(-1) if soft else raw.reshape(-1)  # class labels, kept for `class_balance`
-        if kind == "loss":
-            return self._get(outputs, self.loss_key, n, scalar=True), targets  # flattened at the flush
-        if kind == "custom":
-            return self._get(outputs, self.score_key, n, scalar=True), targets
-        if kind == "novelty":
-            return self._novelty(self._get(outputs, self.embedding_key, n)), targets
-        logits = self._get(outputs, self.logits_key, n)
-        assert raw is not None and targets is not None
-        fn: Callable[[Tensor, Tensor], Tensor] = {
-            "deviation": PF.prediction_deviation,
-            "margin": PF.margin_score,
-            "grad_norm": PF.softmax_ce_grad_norm,
-        }[kind]
-        return fn(logits.detach(), raw if kind == "grad_norm" and soft else targets), targets
-
-    def _missing(self, outputs: Any) -> NoReturn:
-        """Refuse a ``training_step`` output that lacks keys this score kind reads, naming every missing one."""
-        found = f"the keys {sorted(outputs)}" if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
-        missing = [k for k in self._keys if not (isinstance(outputs, Mapping) and k in outputs)]
-        named = " and ".join(repr(k) for k in missing)
-        values = ", ".join(f'"{k}": ...' for k in missing)
-        hint = TWO_LINE_FIX if self.loss_key in missing else f'Return them: `return {{"loss": loss, {values}}}`.'
-        raise ValueError(
-            f"LossTracker(score={self.score!r}) needs per-sample values under {named} in what `training_step` "
-            f"returns; it returned {found}.\n{hint}"
-        )
-
-    def _get(self, outputs: Any, key: str, n: int, scalar: bool = False) -> Tensor:
-        """``outputs[key]``, checked: a tensor with one row per sample (``scalar``: one value per sample)."""
-        value = outputs[key]
-        if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != n or (scalar and value.numel() != n):
-            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(
-                f"`training_step` returned {key!r} with shape {got}, but the batch has {n} samples: return one "
-                f"value per sample (e.g. `reduction='none'`), in batch order.\n{TWO_LINE_FIX}"
-            )
-        return value
-
-    def _novelty(self, embeddings: Tensor) -> Tensor:
-        flat = embeddings.detach().float().reshape(embeddings.shape[0], -1)
-        # a non-finite embedding scores NaN (dropped at the epoch end and counted) but never enters the running
-        # mean; masked rather than filtered, so no host sync per step
-        finite = torch.isfinite(flat).all(dim=1, keepdim=True)
-        count = finite.sum()
-        batch_mean = torch.where(finite, flat, 0.0).sum(0) / count.clamp(min=1)
-        if self._novelty_mean is None or self._novelty_mean.shape != batch_mean.shape:
-            if int(count) == 0:  # nothing to start the mean from yet (one host sync, on the first batch only)
-                return flat.norm(dim=-1) * math.nan
-            self._novelty_mean = batch_mean
-        mean = self._novelty_mean.to(flat.device)
-        scores = (flat - mean).norm(dim=-1)
-        keep = torch.where(count > 0, self.novelty_momentum, 1.0)  # a batch without a finite row changes nothing
-        self._novelty_mean = keep * mean + (1.0 - keep) * batch_mean
-        return scores
+    def _with_labels(self) -> bool:
+        return bool(self.class_balance)
 
     def _class_factor(self, index: Tensor, targets: Tensor, num_samples: int) -> Tensor:
         if self._labels is None or self._labels.numel() != num_samples:  # none yet, or a new training set
@@ -333,14 +240,21 @@ class LossTracker(Callback):
             for i, batch in enumerate(loader):
                 batch = prepare_batch(trainer, pl_module, batch)
                 outputs = pl_module.training_step(batch, i)
-                values, targets = self._scores_from(outputs, batch)
-                self._pending.append((batch.index, values.float(), targets, (trainer.current_epoch, -1)))
+                captured = self._scorer.capture(outputs, batch)
+                labels = self._scorer.labels(outputs, batch.batch_size) if self.class_balance else None
+                self._pending.append((batch.index, captured, labels, (trainer.current_epoch, -1)))
 
     # ------------------------------------------------------------------------------------------- bookkeeping
     def _local(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """This process's records since the last synchronisation (restored ones first), on the module's device."""
         device = self._module.device if self._module is not None else None
-        return _concat([*self._restored, *(p[:3] for p in self._pending)], self._needs_targets, device)
+        values = self._scorer.resolve_many([p[1] for p in self._pending]) if self._pending else None
+        parts = [*self._restored]
+        if values is not None:
+            index = torch.cat([p[0].reshape(-1) for p in self._pending])
+            labels = None if self._pending[0][2] is None else torch.cat([p[2] for p in self._pending])  # type: ignore[misc]
+            parts.append((index, values, labels))
+        return _concat(parts, self._with_labels, device)
 
     def _sync(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Move this process's new records to the CPU, gathered from every process (the same on all of them).
@@ -370,7 +284,7 @@ class LossTracker(Callback):
         finite = values[torch.isfinite(values)]
         if not finite.numel() or float(finite.min()) >= 0:
             return
-        steps = [step for _, v, _, step in self._pending if bool((v.detach().float() < 0).any())]
+        steps = [step for _, c, _, step in self._pending if bool((self._scorer.resolve(c) < 0).any())]
         if not steps:
             where = "on another process"
         elif steps[0][1] < 0:
@@ -378,8 +292,8 @@ class LossTracker(Callback):
         else:
             where = f"in epoch {steps[0][0]}, batch_idx {steps[0][1]}"
         raise ValueError(
-            f"LossTracker(score={self.score!r}) recorded a negative score ({float(finite.min()):.4g}) {where}, but "
-            "`proportional` sampling draws in proportion to the scores, so they must be non-negative. Use "
+            f"LossTracker(score={self._scorer.name!r}) recorded a negative score ({float(finite.min()):.4g}) {where}, "
+            "but `proportional` sampling draws in proportion to the scores, so they must be non-negative. Use "
             "`strategy='rank'` (any real scores) or `'prune'`, or report a non-negative score (e.g. a loss, not a "
             "log-likelihood)."
         )
@@ -399,10 +313,10 @@ class LossTracker(Callback):
         # every process up to the last synchronisation, and this process's own since then. Checkpoints taken by
         # Lightning at epoch ends, validation ends and `every_n_train_steps` follow a synchronisation, so they hold
         # every record; at another moment the other processes' records since the last one are not in it.
-        index, values, targets = _concat([*self._records, self._local()], self._needs_targets)
+        index, values, targets = _concat([*self._records, self._local()], self._with_labels)
         return {
             "nonfinite_total": self._nonfinite_total,
-            "novelty_mean": self._novelty_mean.cpu() if self._novelty_mean is not None else None,
+            "score": self._scorer.state_dict(),
             "labels": self._labels,
             "unmerged_index": index if index.numel() else None,
             "unmerged_values": values if index.numel() else None,
@@ -412,7 +326,7 @@ class LossTracker(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._nonfinite_total = int(state_dict.get("nonfinite_total", 0))
-        self._novelty_mean = state_dict.get("novelty_mean")
+        self._scorer.load_state_dict(state_dict.get("score", {}))
         self._labels = state_dict.get("labels")
         self._pending.clear()
         self._restored.clear()

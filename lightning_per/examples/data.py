@@ -99,6 +99,8 @@ class MNIST1DDataModule(PrioritizedDataModule):
         strategy: how training samples are drawn (see :class:`~lightning_per.PrioritizedDataModule`).
         num_workers: DataLoader workers.
         eval_batch_size: batch size of the validation and test loaders.
+        holdout_fraction: share of the training signals held out for an irreducible-loss model (see
+            :class:`~lightning_per.PrioritizedDataModule`).
 
     Example::
 
@@ -116,6 +118,7 @@ class MNIST1DDataModule(PrioritizedDataModule):
         strategy: SamplingStrategy | StrategyName | None = None,
         num_workers: int = 0,
         eval_batch_size: int = 1000,
+        holdout_fraction: float = 0.0,
     ) -> None:
         for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if value < 0:
@@ -123,7 +126,11 @@ class MNIST1DDataModule(PrioritizedDataModule):
         if train_size == 0:
             raise ValueError("`train_size` must be > 0, got 0.")
         super().__init__(
-            batch_size=batch_size, strategy=strategy, num_workers=num_workers, eval_batch_size=eval_batch_size
+            batch_size=batch_size,
+            strategy=strategy,
+            num_workers=num_workers,
+            eval_batch_size=eval_batch_size,
+            holdout_fraction=holdout_fraction,
         )
         self.train_size = train_size
         self.val_size = val_size
@@ -165,6 +172,8 @@ class DigitsDataModule(PrioritizedDataModule):
         strategy: how training samples are drawn (see :class:`~lightning_per.PrioritizedDataModule`).
         num_workers: DataLoader workers.
         eval_batch_size: batch size of the validation and test loaders.
+        holdout_fraction: share of the training images held out for an irreducible-loss model (see
+            :class:`~lightning_per.PrioritizedDataModule`).
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class DigitsDataModule(PrioritizedDataModule):
         strategy: SamplingStrategy | StrategyName | None = None,
         num_workers: int = 0,
         eval_batch_size: int = 512,
+        holdout_fraction: float = 0.0,
     ) -> None:
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= value < 1.0:
@@ -183,7 +193,11 @@ class DigitsDataModule(PrioritizedDataModule):
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(f"`val_fraction + test_fraction` must be < 1, got {val_fraction} + {test_fraction}.")
         super().__init__(
-            batch_size=batch_size, strategy=strategy, num_workers=num_workers, eval_batch_size=eval_batch_size
+            batch_size=batch_size,
+            strategy=strategy,
+            num_workers=num_workers,
+            eval_batch_size=eval_batch_size,
+            holdout_fraction=holdout_fraction,
         )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction

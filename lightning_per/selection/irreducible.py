@@ -1,0 +1,238 @@
+"""IrreducibleLoss: the loss of every training sample under a small model trained on a holdout set (RHO-LOSS)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from typing_extensions import override
+
+from lightning_per.callbacks._inference import scoring_mode
+from lightning_per.data import IndexedCollate, IndexedDataset
+from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.distributed import all_gather_variable
+
+__all__ = ["IrreducibleLoss", "find_irreducible"]
+
+
+class IrreducibleLoss(Callback):
+    """Trains a small model on a holdout set once, then records the loss of every training sample under it.
+
+    The irreducible loss of Mindermann et al. (ICML 2022, RHO-LOSS): what a model that never saw a sample still
+    loses on it, so ``loss - irreducible`` (the ``reducible`` score) is high for points that are learnable and not
+    yet learnt, and low for noisy points (high under both models) and learnt ones. At the start of ``fit`` the
+    callback trains ``model`` on the holdout (its own short Lightning fit on this process's device, with the main
+    Trainer's accelerator and precision; under DDP every process trains its own copy, from the same seed, on the
+    whole holdout), then each process computes the losses of its shard of the training set (eval mode, no
+    gradients) and the shards are gathered, so every process holds the same table: one float32 per training sample,
+    by dataset index. The table is saved in checkpoints and not computed again on resume. Its cost, in
+    forward-sample units (a forward 1, a forward and backward 3), is ``cost_units``.
+
+    Args:
+        model: the irreducible-loss model, a LightningModule whose ``training_step`` returns per-sample losses under
+            ``loss_key`` (the two-line convention); trained here unless ``train=False`` (already trained).
+        holdout: the holdout set (``None``: the DataModule's ``holdout_dataset``, from
+            ``PrioritizedDataModule(holdout_fraction=...)``, which removes it from training).
+        max_epochs: epochs of the model's training on the holdout.
+        batch_size: batch size of that training and of the pass over the training set (``None``: the DataModule's).
+        train: train ``model`` on the holdout (``False``: use it as it is).
+        loss_key: key of the per-sample losses in ``model``'s ``training_step`` output.
+        seed: seed of the model's training (the main run's random state is left as it was).
+
+    Raises:
+        ValueError: a bad argument; at setup, no holdout; at fit start, a saved table of another length.
+        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
+
+    Example::
+
+        dm = PrioritizedDataModule(train_ds, val_ds, batch_size=32, holdout_fraction=0.25)
+        callbacks = [IrreducibleLoss(model=SmallNet(), max_epochs=10), TopKSelection(presample=10)]
+        Trainer(callbacks=callbacks, max_epochs=5).fit(model, datamodule=dm)
+    """
+
+    def __init__(
+        self,
+        model: LightningModule | None = None,
+        holdout: Dataset | None = None,
+        max_epochs: int = 10,
+        batch_size: int | None = None,
+        train: bool = True,
+        loss_key: str = "per_sample_loss",
+        seed: int = 0,
+    ) -> None:
+        if model is not None and not isinstance(model, LightningModule):
+            raise TypeError(f"`model` must be a LightningModule, got {type(model).__name__}.")
+        if max_epochs < 1:
+            raise ValueError(f"`max_epochs` must be >= 1, got {max_epochs}.")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        self.model = model
+        self.holdout = holdout
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.train = train
+        self.loss_key = loss_key
+        self.seed = seed
+        self.table: Tensor | None = None
+        self.cost_units = 0.0
+        self.seconds = 0.0
+        self._sizes: tuple[int, int] | None = None  # (training set, holdout) the table was computed for
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, PrioritizedDataModule):
+            raise TypeError(
+                "IrreducibleLoss needs the training data to come from a `lightning_per.PrioritizedDataModule`, so "
+                f"that the table is indexed like its samples; got {type(datamodule).__name__}."
+            )
+        if self.model is None:
+            raise ValueError("IrreducibleLoss needs `model`: the small model to train on the holdout set.")
+        if self._holdout(datamodule) is None and self.train:
+            raise ValueError(
+                "IrreducibleLoss has no holdout set to train on: pass `holdout=...`, or hold out part of the training "
+                "set with `PrioritizedDataModule(holdout_fraction=0.25)` (removed from training), or pass an already "
+                "trained model with `train=False`."
+            )
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
+        sizes = (len(datamodule.train_dataset), len(self._holdout(datamodule) or []))  # type: ignore[arg-type]
+        if self.table is not None:  # restored from a checkpoint
+            self._check_restored(sizes)
+            return
+        start = time.perf_counter()
+        assert self.model is not None
+        if self.train:
+            self._fit_model(trainer, pl_module, datamodule)
+            self.cost_units = 3.0 * self.max_epochs * sizes[1]
+        self.table = self._compute_table(trainer, pl_module, datamodule)
+        self.cost_units += sizes[0]
+        self.seconds = time.perf_counter() - start
+        self._sizes = sizes
+        unknown = int(torch.isnan(self.table).sum())
+        if unknown:
+            rank_zero_warn(f"IrreducibleLoss: {unknown} training samples have a non-finite irreducible loss (NaN).")
+        rank_zero_info(
+            f"IrreducibleLoss: {'trained on ' + str(sizes[1]) + ' holdout samples and ' if self.train else ''}scored "
+            f"{sizes[0]} training samples in {self.seconds:.2f} s ({self.cost_units:.3g} forward-sample units)."
+        )
+
+    def _holdout(self, datamodule: PrioritizedDataModule) -> Dataset | None:
+        return self.holdout if self.holdout is not None else datamodule.holdout_dataset
+
+    def _fit_model(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> None:
+        """Train the model on the holdout: a fit of its own on this process's device, the main RNG left untouched."""
+        assert self.model is not None
+        holdout = self._holdout(datamodule)
+        device = pl_module.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            loader = DataLoader(
+                IndexedDataset(holdout),  # type: ignore[arg-type]
+                batch_size=self.batch_size or datamodule.batch_size,
+                shuffle=True,
+                collate_fn=IndexedCollate(datamodule.collate_fn),
+                num_workers=datamodule.num_workers,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+            fitter = Trainer(
+                accelerator=type(trainer.accelerator)(),
+                devices=[device.index or 0] if device.type == "cuda" else 1,
+                precision=trainer.precision,
+                max_epochs=self.max_epochs,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                default_root_dir=trainer.default_root_dir,
+            )
+            fitter.fit(self.model, train_dataloaders=loader)
+
+    def _compute_table(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> Tensor:
+        """Every training sample's loss under the model: this process's shard, gathered from every process."""
+        assert self.model is not None
+        model = self.model.to(pl_module.device)
+        dataset = IndexedDataset(datamodule.train_dataset)  # type: ignore[arg-type]
+        world, rank = trainer.world_size, trainer.global_rank
+        loader = DataLoader(
+            Subset(dataset, list(range(rank, len(dataset), world))),
+            batch_size=self.batch_size or datamodule.eval_batch_size,
+            collate_fn=IndexedCollate(datamodule.collate_fn),
+            num_workers=datamodule.num_workers,
+        )
+        index_parts, loss_parts = [], []
+        with scoring_mode(model, trainer):
+            for i, batch in enumerate(loader):
+                batch = batch.to(pl_module.device)
+                outputs = model.training_step(batch, i)
+                losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
+                if not isinstance(losses, Tensor) or losses.numel() != batch.batch_size:
+                    got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
+                    raise ValueError(
+                        f"IrreducibleLoss: the model's `training_step` must return one loss per sample under "
+                        f"{self.loss_key!r} (e.g. `F.cross_entropy(logits, y, reduction='none')`); got {got}."
+                    )
+                index_parts.append(batch.index)
+                loss_parts.append(losses.detach().reshape(-1).float())
+        device = pl_module.device
+        index = torch.cat(index_parts) if index_parts else torch.empty(0, dtype=torch.int64, device=device)
+        values = torch.cat(loss_parts) if loss_parts else torch.empty(0, device=device)
+        index = all_gather_variable(index.to(device), world).cpu()
+        values = all_gather_variable(values.to(device), world).cpu()
+        table = torch.full((len(dataset),), float("nan"), dtype=torch.float32)
+        table[index] = values
+        return table
+
+    def _check_restored(self, sizes: tuple[int, int]) -> None:
+        assert self.table is not None
+        if self.table.numel() != sizes[0] or (self._sizes is not None and self._sizes != sizes):
+            saved = self._sizes or (self.table.numel(), -1)
+            raise ValueError(
+                f"The checkpoint's irreducible losses are for {saved[0]} training samples (holdout {saved[1]}), but "
+                f"this run has {sizes[0]} (holdout {sizes[1]}): the table would be read at other samples' indices. "
+                "Resume with the same data and `holdout_fraction`, or start a new run without `ckpt_path`."
+            )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "sizes": list(self._sizes) if self._sizes is not None else None,
+            "cost_units": self.cost_units,
+            "seconds": self.seconds,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.table = state_dict.get("table")
+        sizes = state_dict.get("sizes")
+        self._sizes = (int(sizes[0]), int(sizes[1])) if sizes is not None else None
+        self.cost_units = float(state_dict.get("cost_units", 0.0))
+        self.seconds = float(state_dict.get("seconds", 0.0))
+
+
+def find_irreducible(trainer: Trainer, owner: str) -> IrreducibleLoss:
+    """The Trainer's :class:`IrreducibleLoss` callback, for a ``reducible`` score.
+
+    Raises:
+        ValueError: there is none.
+    """
+    found = [c for c in trainer.callbacks if isinstance(c, IrreducibleLoss)]  # type: ignore[attr-defined]
+    if not found:
+        raise ValueError(
+            f"{owner}(score='reducible') needs the irreducible loss of every training sample: add "
+            "`lightning_per.IrreducibleLoss(model=...)` to the Trainer's callbacks (it trains a small model on a "
+            "holdout set once and computes them)."
+        )
+    return found[0]
