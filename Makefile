@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.lightning-per-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ test: lint
 
 bench: setup
 	$(PY) -m benchmarks.run_all
+
+# On a CUDA machine: the gpu-marked tests in mixed precision, the cost ratio and the overhead, in bench_out/gpu_check
+# (under 8 minutes); without CUDA, a CPU smoke version in seconds.
+gpu-check: setup
+	$(PY) -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) lightning_logs

@@ -220,3 +220,16 @@ def test_label_noise_flips_exactly_the_fraction_to_other_classes():
     assert int(flipped.sum()) == 300
     assert bool((noisy[flipped] != y[flipped]).all()) and bool((noisy[~flipped] == y[~flipped]).all())
     assert torch.equal(noisy, label_noise.flip_labels(y, 0.3, 10, seed=0)[0])  # fixed per seed
+
+
+def test_the_gpu_check_runs_its_cpu_smoke_version_and_writes_one_folder(tmp_path):
+    from benchmarks import gpu_check
+
+    gpu_check.main(["--smoke", "--out", str(tmp_path), "--tests-matching", "reducible"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["smoke"] and summary["failed"] == []
+    assert summary["parts"]["tests"]["summary"].startswith("1 passed")
+    ratio = json.loads((tmp_path / "cost_ratio.json").read_text())
+    assert ratio["B"] == 3 * ratio["b"] and ratio["ratio_cost_model"] == 1.0 and ratio["ratio_measured"] > 0
+    assert set(summary["parts"]["overhead"]["ratio"]) >= {"tracker", "importance_active"}
+    assert (tmp_path / "tests.xml").exists() and (tmp_path / "overhead.png").exists()

@@ -1,0 +1,125 @@
+"""Every callback on the accelerator at hand, in mixed precision: the same semantics as on CPU in fp32.
+
+Marked ``gpu``: ``make gpu-check`` runs them on CUDA (``bf16-mixed`` and ``16-mixed``, and checks that the tracker's
+per-step path makes no host sync); without CUDA they run on the CPU in ``bf16-mixed`` as part of the suite, so the
+GPU check cannot rot.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Callback
+
+import lightning_per as lp
+from tests.helpers import TinyClassifier, blobs, small_trainer
+
+CUDA = torch.cuda.is_available()
+ACCELERATOR = "cuda" if CUDA else "cpu"
+PRECISIONS = ["bf16-mixed", "16-mixed"] if CUDA else ["bf16-mixed"]
+
+pytestmark = pytest.mark.gpu
+
+
+class OnDevice(TinyClassifier):
+    """Checks, on every training step, that the batch, its weights and the outputs live on the module's device.
+
+    The weights' values are checked on the device (a count of bad ones, read after ``fit``), so that the check itself
+    makes no host sync.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(features=8, classes=4)
+        self.checked = 0
+        self.bad_weights: torch.Tensor | int = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        assert batch.weight.device == x.device == self.device, (batch.weight.device, x.device, self.device)
+        assert batch.index.device == self.device and batch.index.dtype == torch.int64
+        self.bad_weights = self.bad_weights + ((~torch.isfinite(batch.weight)) | (batch.weight <= 0)).sum()
+        if torch.is_grad_enabled():
+            self.checked += 1
+        logits = self(x)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        return {"loss": lp.weighted_mean(losses, batch), "per_sample_loss": losses, "logits": logits, "target": y}
+
+
+class NoSyncBetween(Callback):
+    """Turns CUDA's sync debug mode to ``error`` for the steps that are not synchronisation points of the tracker.
+
+    Put first and last in the callback list (``first=True`` / ``False``): the mode covers the training step and every
+    callback's ``on_train_batch_end`` in between.
+    """
+
+    def __init__(self, first: bool, quiet_steps: range) -> None:
+        self.first = first
+        self.quiet_steps = quiet_steps
+        self.guarded = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.first and CUDA and batch_idx in self.quiet_steps:
+            torch.cuda.set_sync_debug_mode("error")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.first and CUDA and batch_idx in self.quiet_steps:
+            torch.cuda.set_sync_debug_mode("default")
+            self.guarded += 1
+
+
+def _fit(tmp_path, callbacks, precision, strategy="uniform", max_epochs=2):
+    model = OnDevice()
+    dm = lp.PrioritizedDataModule(blobs(96, features=8, classes=4), batch_size=8, strategy=strategy, seed=0)
+    trainer = small_trainer(
+        tmp_path, callbacks=callbacks, accelerator=ACCELERATOR, precision=precision, max_epochs=max_epochs
+    )
+    trainer.fit(model, datamodule=dm)
+    assert all(p.device.type == ACCELERATOR and bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert model.checked == trainer.global_step > 0 and int(model.bad_weights) == 0
+    return trainer, model, dm
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("strategy", ["proportional", "rank", "prune"])
+def test_loss_tracker_on_the_device_with_no_host_sync_between_its_synchronisation_points(tmp_path, precision, strategy):
+    tracker = lp.LossTracker(flush_every_n_steps=8)  # 12 steps per epoch: syncs at batch 0, 8 and the epoch end
+    first, last = NoSyncBetween(True, range(1, 7)), NoSyncBetween(False, range(1, 7))
+    trainer, _, dm = _fit(tmp_path, [first, tracker, last], precision, strategy=strategy)
+    assert dm.scores.seen == 96 and bool(torch.isfinite(dm.scores.scores).all())
+    assert math.isfinite(trainer.callback_metrics["per/ess"]) and (last.guarded >= 6 if CUDA else last.guarded == 0)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lp.ImportanceSamplingCallback(tau_th=1e-9, tau_every_n_steps=1),
+        lambda: lp.TopKSelection(presample=4, score="loss"),
+        lambda: lp.SelectiveBackprop(beta=1.0, presample=2),
+    ],
+    ids=["importance", "topk", "selective_backprop"],
+)
+def test_each_selection_rule_on_the_device(tmp_path, precision, make):
+    rule = make()
+    trainer, _, _ = _fit(tmp_path, [rule], precision)
+    assert rule._run_selected >= trainer.global_step - 1 > 0
+    assert math.isfinite(float(trainer.callback_metrics["per/loss_unweighted"]))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_reducible_loss_selection_on_the_device(tmp_path, precision):
+    dm = lp.PrioritizedDataModule(blobs(96, features=8, classes=4), batch_size=8, seed=0, holdout_fraction=0.25)
+    irreducible = lp.IrreducibleLoss(model=TinyClassifier(features=8, classes=4), max_epochs=2)
+    model = OnDevice()
+    trainer = small_trainer(
+        tmp_path,
+        callbacks=[irreducible, lp.TopKSelection(presample=4)],
+        accelerator=ACCELERATOR,
+        precision=precision,
+        max_epochs=1,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert irreducible.table is not None and irreducible.table.device.type == "cpu"
+    assert bool(torch.isfinite(irreducible.table).all()) and model.checked == trainer.global_step == 9
+    assert int(model.bad_weights) == 0
