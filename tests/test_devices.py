@@ -84,10 +84,13 @@ def _fit(tmp_path, callbacks, precision, strategy="uniform", max_epochs=2):
 @pytest.mark.parametrize("strategy", ["proportional", "rank", "prune"])
 def test_loss_tracker_on_the_device_with_no_host_sync_between_its_synchronisation_points(tmp_path, precision, strategy):
     tracker = lp.LossTracker(flush_every_n_steps=8)  # 12 steps per epoch: syncs at batch 0, 8 and the epoch end
-    first, last = NoSyncBetween(True, range(1, 7)), NoSyncBetween(False, range(1, 7))
+    # 16-mixed's GradScaler reads its inf check on the host every step by design: the guard covers bf16-mixed
+    quiet = range(1, 7) if precision == "bf16-mixed" else range(0)
+    first, last = NoSyncBetween(True, quiet), NoSyncBetween(False, quiet)
     trainer, _, dm = _fit(tmp_path, [first, tracker, last], precision, strategy=strategy)
     assert dm.scores.seen == 96 and bool(torch.isfinite(dm.scores.scores).all())
-    assert math.isfinite(trainer.callback_metrics["per/ess"]) and (last.guarded >= 6 if CUDA else last.guarded == 0)
+    guarded = CUDA and precision == "bf16-mixed"
+    assert math.isfinite(trainer.callback_metrics["per/ess"]) and (last.guarded >= 6 if guarded else last.guarded == 0)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
