@@ -3,7 +3,7 @@
 Protocol. One command (``make gpu-check``) that writes everything under one folder (``--out``,
 bench_out/gpu_check by default):
 
-1. ``tests.xml`` / ``tests.txt``: the tests marked ``gpu`` (``tests/test_devices.py``: a DataModule with
+1. ``tests.txt``: the tests marked ``gpu`` (``tests/test_devices.py``: a DataModule with
    ``LossTracker`` under each strategy, each selection rule and reducible-loss selection, on ``cuda`` with
    ``precision="bf16-mixed"`` and ``"16-mixed"``, asserting the batch, its weights and the model on the device,
    finite positive weights, and no host sync in the tracker's per-step path, by CUDA's sync debug mode).
@@ -14,7 +14,10 @@ bench_out/gpu_check by default):
    importance sampling's wall-clock claim (Katharopoulos & Fleuret, measured on GPUs) can hold.
 3. ``overhead.json`` / ``.png``: ``benchmarks.overhead`` on the device with the CNN at ``--width`` (step-time ratios of
    the tracker and the importance callback to plain Lightning).
-4. ``summary.json``: the device, the versions, each part's status and seconds.
+4. ``long_training.json`` / ``.png``: ``benchmarks.long_training`` on the device at a reduced budget (60 uniform
+   epochs of compute, one seed, peak learning rate 0.1 or 0.2 chosen on validation): importance sampling against
+   uniform at equal compute and at equal wall-clock, the regime where the paper's claim can hold.
+5. ``summary.json``: the device, the versions, each part's status and seconds.
 
 Without CUDA (or with ``--smoke``) the same command runs a CPU smoke version in seconds (the gpu tests in
 ``bf16-mixed`` on the CPU, tiny timings), so the script cannot rot; CI runs it.
@@ -38,6 +41,8 @@ from benchmarks.common import parser as make_parser
 from lightning_per.examples.models import ConvNet1D
 
 SMOKE_OVERHEAD = ["--steps", "50", "--warmup", "10", "--train-size", "200", "--batch-size", "20"]
+LONG = ["--epochs", "60", "--seeds", "1", "--lrs", "0.1", "0.2"]  # a reduced budget: minutes on one GPU
+SMOKE_LONG = ["--epochs", "1", "--seeds", "1", "--lrs", "0.1", "--evals", "2", "--width", "8"]
 
 
 def cost_ratio(device: str, width: int, batch_size: int, presample: int, repeats: int) -> dict[str, Any]:
@@ -87,25 +92,32 @@ def cost_ratio(device: str, width: int, batch_size: int, presample: int, repeats
 
 
 def run_tests(out: Path, extra: list[str]) -> dict[str, Any]:
-    """The ``gpu``-marked tests in a fresh process; their report in ``tests.xml`` and ``tests.txt``."""
+    """The ``gpu``-marked tests in a fresh process; their report in ``tests.txt``."""
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-W", "ignore"]
-    cmd += [f"--junitxml={out / 'tests.xml'}", *extra, "tests/test_devices.py"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    (out / "tests.txt").write_text(done.stdout + done.stderr)
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    return {"returncode": done.returncode, "summary": lines[-1] if lines else "", "command": " ".join(cmd)}
+    done = _run([*cmd, *extra, "tests/test_devices.py"], out / "tests.txt")
+    lines = [line for line in done["output"].splitlines() if line.strip()]
+    return {"returncode": done["returncode"], "summary": lines[-1] if lines else "", "command": done["command"]}
 
 
-def run_overhead(out: Path, device: str, width: int, sizes: list[str]) -> dict[str, Any]:
-    """``benchmarks.overhead`` on ``device`` at ``width`` (``sizes``: its size flags), in a fresh process."""
-    cmd = [sys.executable, "-m", "benchmarks.overhead", "--accelerator", device, "--width", str(width), *sizes]
-    cmd += ["--out", str(out / "overhead.json")]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    (out / "overhead.txt").write_text(done.stdout + done.stderr)
-    result: dict[str, Any] = {"returncode": done.returncode, "command": " ".join(cmd)}
-    if done.returncode == 0:
-        result["ratio"] = json.loads((out / "overhead.json").read_text())["ratio"]
+def run_benchmark(out: Path, name: str, flags: list[str]) -> dict[str, Any]:
+    """``benchmarks.<name>`` with ``flags`` in a fresh process, writing ``<name>.json`` and ``.png`` to ``out``."""
+    done = _run([sys.executable, "-m", f"benchmarks.{name}", *flags, "--out", str(out / f"{name}.json")])
+    result = {"returncode": done["returncode"], "command": done["command"]}
+    if done["returncode"] == 0:
+        data = json.loads((out / f"{name}.json").read_text())
+        result["ratio"] = data.get("ratio") or {m: r["train_loss_ratio_to_uniform"] for m, r in data["methods"].items()}
     return result
+
+
+def _run(cmd: list[str], log: Path | None = None) -> dict[str, Any]:
+    """Run ``cmd`` from the repository's root; its output goes to ``log`` (else to ``logs.txt`` beside it)."""
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    output = done.stdout + done.stderr
+    if log is not None:
+        log.write_text(output)
+    else:
+        print(output[-4000:], flush=True)
+    return {"returncode": done.returncode, "command": " ".join(cmd), "output": output}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,7 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     parts = {
         "tests": lambda: run_tests(out, ["-k", args.tests_matching] if args.tests_matching else []),
         "cost_ratio": lambda: cost_ratio(device, width, 100, 3, 20 if smoke else 200),
-        "overhead": lambda: run_overhead(out, device, width, SMOKE_OVERHEAD if smoke else []),
+        "overhead": lambda: run_benchmark(
+            out, "overhead", ["--accelerator", device, "--width", str(width), *(SMOKE_OVERHEAD if smoke else [])]
+        ),
+        "long_training": lambda: run_benchmark(
+            out, "long_training", ["--accelerator", device, *(SMOKE_LONG if smoke else LONG)]
+        ),
     }
     for name, part in parts.items():
         start = time.perf_counter()

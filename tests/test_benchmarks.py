@@ -232,4 +232,24 @@ def test_the_gpu_check_runs_its_cpu_smoke_version_and_writes_one_folder(tmp_path
     ratio = json.loads((tmp_path / "cost_ratio.json").read_text())
     assert ratio["B"] == 3 * ratio["b"] and ratio["ratio_cost_model"] == 1.0 and ratio["ratio_measured"] > 0
     assert set(summary["parts"]["overhead"]["ratio"]) >= {"tracker", "importance_active"}
-    assert (tmp_path / "tests.xml").exists() and (tmp_path / "overhead.png").exists()
+    assert set(summary["parts"]["long_training"]["ratio"]) == {"uniform", "importance", "importance_clock"}
+    assert (tmp_path / "tests.txt").exists() and (tmp_path / "long_training.png").exists()
+
+
+def test_replay_buffers_reports_every_operation_and_its_ratio_to_randint(tmp_path):
+    from benchmarks import replay_buffers
+
+    out = tmp_path / "replay_buffers.json"
+    args = ["--capacities", "1000", "20000", "--calls", "20", "--warmup", "2", "--feature-dim", "4"]
+    replay_buffers.main([*args, "--out", str(out)])
+    data = json.loads(out.read_text())
+    ops = {"prioritized_draw_us", "priority_update_us", "uniform_draw_us", "insert_us", "randint_us"}
+    assert set(data["capacity"]) == {"1000", "20000"}
+    for figures in data["capacity"].values():
+        assert ops <= set(figures) and all(v > 0 for v in figures.values())
+    assert data["ratio_to_randint"]["1000"]["insert_us"] == pytest.approx(
+        data["capacity"]["1000"]["insert_us"] / data["capacity"]["1000"]["randint_us"], rel=0.02
+    )
+    assert data["settings"]["batch_size"] == 256 and data["settings"]["torch_threads"] == 1
+    assert "median" in data["protocol"] and data["env"]["torch"] and out.with_suffix(".png").exists()
+    torch.set_num_threads(torch.get_num_threads())  # the script set one thread for this process
