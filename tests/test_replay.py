@@ -1,8 +1,7 @@
-"""Tests of lightning_per.replay: buffers, sum tree, ER, MER, Task-IL / Class-IL, resume, CLI and DDP."""
+"""Tests of lightning_per.replay: ER, MER, Task-IL / Class-IL, resume, CLI and DDP (buffers: test_replay_buffers)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from scipy.stats import chisquare
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -23,16 +21,11 @@ from lightning_per.replay import (
     PrioritizedReplayBuffer,
     ReservoirBuffer,
     SplitDigits,
-    SumTree,
     TaskAccuracyMatrix,
     TaskStreamSampler,
-    average_accuracy,
-    backward_transfer,
     fit_tasks,
-    pool_buffer_states,
-    reservoir_slots,
-    task_class_mask,
 )
+from lightning_per.replay.functional import average_accuracy, backward_transfer, task_class_mask
 from tests.helpers import run_two_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,51 +60,7 @@ def _batch(n: int, task: int, dim: int = 4, label: int | None = None) -> tuple[t
     return torch.randn(n, dim), y, torch.full((n,), task, dtype=torch.int64)
 
 
-# ------------------------------------------------------------------------------------------ reservoir
-def test_reservoir_acceptance_is_exactly_k_over_j() -> None:
-    # item j = 20 with k = 10 must be kept with probability 10/20 = 0.5, not 10/21 = 0.476 (the off-by-one).
-    g = torch.Generator().manual_seed(0)
-    trials = 40_000
-    kept = sum(int(reservoir_slots(seen=19, capacity=10, n=1, generator=g)[0] >= 0) for _ in range(trials))
-    rate = kept / trials
-    se = math.sqrt(0.25 / trials)  # 0.0025
-    assert abs(rate - 0.5) < 4 * se  # 0.476 is 9.5 standard errors away
-    assert reservoir_slots(seen=0, capacity=10, n=10).tolist() == list(range(10))  # the first k always kept
-
-
-def test_reservoir_inclusion_probability_is_uniform() -> None:
-    n_items, capacity, runs = 60, 12, 1500
-    counts = torch.zeros(n_items)
-    for run in range(runs):
-        buf = ReservoirBuffer(capacity, seed=run)
-        for start in range(0, n_items, 7):  # batched inserts, uneven last batch
-            ids = torch.arange(start, min(start + 7, n_items))
-            buf.add(ids.float().unsqueeze(1), ids, torch.zeros_like(ids))
-        counts[buf.contents()[1]] += 1
-        assert len(buf) == capacity and buf.seen == n_items
-    expected = runs * capacity / n_items  # 300 per item
-    _, p = chisquare(counts.numpy(), [expected] * n_items)
-    assert p > 1e-3, f"inclusion counts not uniform (p={p:.2e})"
-    assert (counts.sum() / runs) == capacity
-
-
-def test_reservoir_batched_insert_keeps_last_write() -> None:
-    buf = ReservoirBuffer(capacity=3, seed=0)
-    buf.add(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
-    for _ in range(20):
-        buf.add(torch.randn(50, 1), torch.zeros(50, dtype=torch.long), torch.zeros(50, dtype=torch.long))
-    assert len(buf) == 3 and buf.seen == 1003
-    assert buf._x is not None and buf._x.shape == (3, 1)  # memory bounded by the capacity
-
-
-def test_buffer_holds_copies_not_references() -> None:
-    buf = ReservoirBuffer(capacity=4)
-    x = torch.ones(2, 3)
-    buf.add(x, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
-    x.fill_(5.0)
-    assert torch.equal(buf.contents()[0], torch.ones(2, 3))
-
-
+# ------------------------------------------------------------------------------------------ buffers in the modules
 @pytest.mark.parametrize("capacity", [0, -3])
 def test_capacity_must_be_positive(capacity: int) -> None:
     with pytest.raises(ValueError, match=rf"`capacity` must be a positive integer, got {capacity}"):
@@ -124,123 +73,32 @@ def test_capacity_must_be_positive(capacity: int) -> None:
 
 def test_replay_batch_larger_than_buffer_draws_what_there_is() -> None:
     buf = ReservoirBuffer(capacity=10, seed=0)
-    assert buf.sample(5).x.numel() == 0  # empty: nothing, no error
-    buf.add(*_batch(3, 0))
+    empty = buf.sample(5)  # nothing stored yet: nothing, no error
+    assert empty.batch is None and empty.slots.numel() == 0
+    buf.add(_batch(3, 0))
     sample = buf.sample(8)
-    assert sample.x.shape == (3, 4) and sorted(sample.slots.tolist()) == [0, 1, 2]
+    assert sample.batch[0].shape == (3, 4) and sorted(sample.slots.tolist()) == [0, 1, 2]
     per = PrioritizedReplayBuffer(capacity=10)
-    per.add(*_batch(3, 0))
+    per.add(_batch(3, 0))
     assert per.sample(8).slots.shape == (8,)  # with replacement
     with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than `capacity=4`"):
         model = ExperienceReplay(capacity=4, replay_batch_size=10, input_dim=4, num_tasks=2)
-    model.buffer.add(*_batch(6, 0))
-    assert model.buffer.sample(model.replay_batch_size).x.shape == (4, 4)  # what there is
+    model.buffer.add(_batch(6, 0))
+    assert model.buffer.sample(model.replay_batch_size).batch[0].shape == (4, 4)  # what there is
     with pytest.warns(UserWarning, match=r"`replay_batch_size - 1` = 9 replays per draw is more than `memories=3`"):
         MER(memories=3, replay_batch_size=10)
 
 
 def test_shape_change_between_tasks_is_rejected() -> None:
     buf = ReservoirBuffer(capacity=5)
-    buf.add(*_batch(2, 0, dim=4))
-    with pytest.raises(ValueError, match=r"task\(s\) \[1\] have shape \(5,\).*shape \(4,\)"):
-        buf.add(*_batch(2, 1, dim=5))
+    buf.add(_batch(2, 0, dim=4))
+    with pytest.raises(ValueError, match=r"samples \(Tensor\[float32, \(5,\)\].*samples \(Tensor\[float32, \(4,\)\]"):
+        buf.add(_batch(2, 1, dim=5))
     tasks = [TensorDataset(torch.randn(4, 3), torch.zeros(4, dtype=torch.long)) for _ in range(2)]
     tasks[1] = TensorDataset(torch.randn(4, 5), torch.full((4,), 2))
     dm = ContinualDataModule(tasks=tasks, classes_per_task=2)
     with pytest.raises(ValueError, match=r"task 1 have shape \(5,\), but task 0's have shape \(3,\)"):
         dm.setup("fit")
-
-
-def test_buffer_state_dict_round_trip_with_weights_only(tmp_path: Path) -> None:
-    buf = PrioritizedReplayBuffer(capacity=6, alpha=0.7, seed=3)
-    buf.add(*_batch(9, 0))
-    buf.update_priorities(torch.tensor([0, 2]), torch.tensor([3.0, 0.5]))
-    torch.save(buf.state_dict(), tmp_path / "buf.pt")
-    state = torch.load(tmp_path / "buf.pt", weights_only=True)
-    other = PrioritizedReplayBuffer(capacity=6, alpha=0.7)
-    other.load_state_dict(state)
-    for a, b in zip(buf.contents(), other.contents(), strict=True):
-        assert torch.equal(a, b)
-    assert other.seen == 9 and other.max_priority == buf.max_priority
-    assert torch.equal(other.probabilities(), buf.probabilities())
-    assert torch.equal(other.sample(4).slots, buf.sample(4).slots)  # generator state restored
-    uniform = ReservoirBuffer(capacity=6)
-    uniform.add(*_batch(4, 0))
-    other.load_state_dict(uniform.state_dict())  # a uniform buffer's state: every item at the max priority
-    assert torch.allclose(other.probabilities(), torch.full((4,), 0.25, dtype=torch.float64))
-
-
-def test_pooling_buffers_reshards_them_for_another_world_size() -> None:
-    ranks = [PrioritizedReplayBuffer(capacity=5, alpha=1.0, seed=r) for r in range(2)]
-    for r, buf in enumerate(ranks):
-        ids = torch.arange(r * 100, r * 100 + 8)
-        buf.add(ids.float().unsqueeze(1), ids % 2, torch.zeros(8, dtype=torch.long))
-        buf.update_priorities(torch.arange(5), buf.contents()[0][:, 0])  # priority = id + eps
-    states = [b.state_dict() for b in ranks]
-    one = PrioritizedReplayBuffer(capacity=10, alpha=1.0)
-    one.load_state_dict(pool_buffer_states(states, part=0, parts=1, capacity=10))
-    ids = one.contents()[0][:, 0]
-    assert len(one) == 10 and one.seen == 16
-    assert sorted(ids.tolist()) == sorted(torch.cat([b.contents()[0][:, 0] for b in ranks]).tolist())
-    assert torch.allclose(one._tree.values()[:10], ids.double() + 1e-3)  # priorities follow their items
-    shares = [pool_buffer_states(states, part=r, parts=4, capacity=2, seed=r) for r in range(4)]
-    assert [s["size"] for s in shares] == [2, 2, 2, 2] and all(s["seen"] == 4 for s in shares)
-    held = torch.cat([s["x"][:, 0] for s in shares])
-    assert held.unique().numel() == 8  # disjoint shares
-    with pytest.raises(ValueError, match=r"`part` must be in \[0, 4\), got 4"):
-        pool_buffer_states(states, part=4, parts=4, capacity=2)
-
-
-# ------------------------------------------------------------------------------------------ sum tree
-def test_sum_tree_draws_match_probabilities() -> None:
-    g = torch.Generator().manual_seed(0)
-    values = torch.rand(13, generator=g, dtype=torch.float64) + 0.05
-    values[4] = 0.0  # never drawn
-    tree = SumTree(13)
-    tree.update(torch.arange(13), values)
-    draws = 200_000
-    idx = tree.find(torch.rand(draws, generator=g, dtype=torch.float64) * tree.total)
-    counts = torch.bincount(idx, minlength=13).double()
-    assert counts[4] == 0
-    nz = values > 0
-    expected = values[nz] / values.sum() * draws
-    _, p = chisquare(counts[nz].numpy(), expected.numpy())
-    assert p > 1e-3, f"sum-tree draws do not follow p (p={p:.2e})"
-
-
-def test_sum_tree_updates_are_exact() -> None:
-    g = torch.Generator().manual_seed(1)
-    tree = SumTree(37)
-    leaves = torch.zeros(37, dtype=torch.float64)
-    for _ in range(200):
-        idx = torch.randperm(37, generator=g)[:5]
-        val = torch.rand(5, generator=g, dtype=torch.float64) * 10
-        tree.update(idx, val)
-        leaves[idx] = val
-    assert torch.equal(tree.values(), leaves)
-    s = tree._sum
-    internal = torch.arange(1, tree._size)
-    assert torch.equal(s[internal], s[2 * internal] + s[2 * internal + 1])  # recomputed, no drift
-    assert tree.total == pytest.approx(math.fsum(leaves.tolist()), rel=1e-14)
-    assert tree.min == float(leaves.min())
-    assert tree.find(torch.tensor([tree.total], dtype=torch.float64)).item() < 37  # rounding edge stays in range
-
-
-def test_prioritized_buffer_alpha_once_and_weights() -> None:
-    buf = PrioritizedReplayBuffer(capacity=4, alpha=0.5, beta=1.0, eps=1e-3, seed=0)
-    buf.add(*_batch(4, 0))
-    assert torch.allclose(buf.probabilities(), torch.full((4,), 0.25, dtype=torch.float64))  # new = max priority
-    buf.update_priorities(torch.tensor([0, 1, 2, 3]), torch.tensor([3.0, 1.0, 0.0, 8.0]))
-    raw = torch.tensor([3.0, 1.0, 0.0, 8.0], dtype=torch.float64) + 1e-3
-    expected_p = raw.pow(0.5) / raw.pow(0.5).sum()  # alpha applied exactly once
-    assert torch.allclose(buf.probabilities(), expected_p, rtol=1e-12)
-    assert buf.max_priority == pytest.approx(8.001)
-    sample = buf.sample(64)
-    p = expected_p[sample.slots]
-    w = (4 * p) ** -1.0 / (4 * expected_p.min()) ** -1.0
-    assert torch.allclose(sample.weight.double(), w, rtol=1e-6)
-    buf.add(*_batch(1, 0))  # a newly written item gets the max priority
-    assert buf.probabilities().max() == pytest.approx(float(raw.max().pow(0.5) / buf._tree.total), rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------ Task-IL / Class-IL
@@ -337,7 +195,7 @@ def test_stream_sampler_shards_every_task_across_ranks_and_resumes() -> None:
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
 def test_er_batches_contain_the_requested_mix() -> None:
     model = ExperienceReplay(capacity=50, replay_batch_size=3, input_dim=4, num_tasks=2, classes_per_task=2)
-    model.buffer.add(*_batch(20, 0))
+    model.buffer.add(_batch(20, 0))
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = model.per_sample_loss
 
@@ -359,7 +217,7 @@ def test_prioritized_er_sets_replayed_priorities_to_their_losses() -> None:
     model = ExperienceReplay(
         capacity=20, replay_batch_size=6, prioritized=True, alpha=1.0, input_dim=4, num_tasks=2, classes_per_task=2
     )
-    model.buffer.add(*_batch(8, 0))  # not full: the incoming batch goes to new slots, not over replayed ones
+    model.buffer.add(_batch(8, 0))  # not full: the incoming batch goes to new slots, not over replayed ones
     drawn: list[torch.Tensor] = []
     losses: list[torch.Tensor] = []
     sample, loss_fn = model.buffer.sample, model.per_sample_loss
@@ -378,7 +236,7 @@ def test_prioritized_er_sets_replayed_priorities_to_their_losses() -> None:
     model.per_sample_loss = spy_loss  # type: ignore[method-assign]
     model.training_step(_batch(2, 1), 0)
     slots, replay_losses = drawn[0], losses[0][2:]
-    tree = model.buffer._tree.values().float()
+    tree = torch.from_numpy(model.buffer.sampler.tree.values()).float()
     for slot in slots.unique().tolist():
         last = int(torch.nonzero(slots == slot).max())  # a slot drawn twice keeps its last loss
         assert tree[slot] == pytest.approx(float(replay_losses[last]) + 1e-3, rel=1e-5)
@@ -398,7 +256,7 @@ def test_mer_reptile_interpolation_matches_hand_computation(tmp_path: Path) -> N
     )  # fmt: skip
     memory_x = torch.tensor([[0.5, -1.0], [-2.0, 0.5], [1.5, 1.0]])
     memory_y = torch.tensor([0, 1, 0])
-    model.buffer.add(memory_x, memory_y, torch.zeros(3, dtype=torch.long))
+    model.buffer.add((memory_x, memory_y, torch.zeros(3, dtype=torch.long)))
     drawn: list[list[int]] = []
     sample = model.buffer.sample
 
@@ -432,7 +290,7 @@ def test_mer_reptile_interpolation_matches_hand_computation(tmp_path: Path) -> N
 
 def test_mer_inner_batch_has_k_minus_one_replays() -> None:
     model = MER(memories=20, replay_batch_size=4, batches_per_example=1, input_dim=4, num_tasks=2)
-    model.buffer.add(*_batch(10, 0))
+    model.buffer.add(_batch(10, 0))
     bx, _by, bt = model._inner_batch(*_batch(1, 1))
     assert bx.shape[0] == 4 and bt.tolist() == [0, 0, 0, 1]  # k - 1 replays, then the new example
 
@@ -584,20 +442,6 @@ def test_ddp_two_processes_share_the_memory_budget(tmp_path: Path) -> None:
     assert one.buffer.capacity == 30 and one.buffer.seen == 80  # one process gets the whole budget back
     ids = sorted(int(i) for i in one.buffer.contents()[0][:, 0].tolist())
     assert ids == sorted(ranks[0]["er"]["ids"] + ranks[1]["er"]["ids"])
-
-
-def test_non_finite_replay_losses_leave_priorities_and_later_adds_intact() -> None:
-    buffer = PrioritizedReplayBuffer(capacity=8, alpha=1.0)
-    buffer.add(*_batch(4, 0))
-    before = buffer._tree.values()[:4].clone()
-    with pytest.warns(UserWarning, match="2 non-finite priorities"):
-        dropped = buffer.update_priorities(torch.tensor([0, 1, 2]), torch.tensor([float("inf"), float("nan"), 5.0]))
-    assert dropped == 2 and math.isfinite(buffer.max_priority)
-    assert torch.equal(buffer._tree.values()[:2], before[:2]) and float(buffer._tree.values()[2]) == pytest.approx(
-        5.001
-    )
-    buffer.add(*_batch(2, 1))  # new items get the (finite) max priority and are drawable
-    assert len(buffer) == 6 and bool((buffer.probabilities() > 0).all())
 
 
 def test_acc_after_an_intermediate_task_counts_only_the_tasks_trained_so_far() -> None:

@@ -42,7 +42,10 @@ def fill_unseen(scores: Tensor, default: float | None = None) -> Tensor:
 
 
 def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-6) -> Tensor:
-    """Priorities ``(s + eps) ** alpha`` in float64 (``alpha = 0`` is uniform).
+    """Priorities proportional to ``(s + eps) ** alpha``, in float64 (``alpha = 0`` is uniform).
+
+    Only their ratios matter (a distribution is made of them): for ``alpha`` other than 0 and 1 they are taken
+    relative to the largest, so that the power cannot leave float64's range.
 
     Args:
         scores: 1-D tensor of non-negative, finite scores.

@@ -1,5 +1,9 @@
 """Experience replay for continual learning: reservoir and prioritized buffers, ER and MER, Task-IL and Class-IL.
 
+The buffers store samples of any structure of tensors; their parts live one to a module: ``storage``
+(:class:`~lightning_per.replay.storage.TensorStorage`), ``writer`` (reservoir), ``uniform`` and ``prioritized``
+(samplers), ``sumtree``, ``protocols``, ``pooling`` (re-sharding saved buffers) and ``functional`` (pure functions).
+
 Example::
 
     from lightning.pytorch import Trainer
@@ -10,7 +14,7 @@ Example::
     Trainer(max_epochs=1, callbacks=[TaskAccuracyMatrix(verbose=True)]).fit(model, datamodule=dm)
 """
 
-from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReplaySample, ReservoirBuffer, pool_buffer_states
+from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReplayBuffer, ReplaySample, ReservoirBuffer
 from lightning_per.replay.callbacks import TaskAccuracyMatrix
 from lightning_per.replay.data import (
     ContinualDataModule,
@@ -21,18 +25,8 @@ from lightning_per.replay.data import (
     TaskDataset,
     TaskStreamSampler,
 )
-from lightning_per.replay.functional import (
-    average_accuracy,
-    backward_transfer,
-    last_write_per_slot,
-    output_targets,
-    reptile_interpolate_,
-    reservoir_slots,
-    task_class_mask,
-)
 from lightning_per.replay.loop import fit_tasks
 from lightning_per.replay.module import MER, ContinualModule, ExperienceReplay, evaluate_tasks
-from lightning_per.replay.sumtree import SumTree
 
 __all__ = [
     "MER",
@@ -41,23 +35,15 @@ __all__ = [
     "ExperienceReplay",
     "PermutedMNIST1D",
     "PrioritizedReplayBuffer",
+    "ReplayBuffer",
     "ReplaySample",
     "ReservoirBuffer",
     "RotatedDigits",
     "SplitDigits",
     "SplitMNIST1D",
-    "SumTree",
     "TaskAccuracyMatrix",
     "TaskDataset",
     "TaskStreamSampler",
-    "average_accuracy",
-    "backward_transfer",
     "evaluate_tasks",
     "fit_tasks",
-    "last_write_per_slot",
-    "output_targets",
-    "pool_buffer_states",
-    "reptile_interpolate_",
-    "reservoir_slots",
-    "task_class_mask",
 ]

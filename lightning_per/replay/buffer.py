@@ -1,208 +1,216 @@
-"""Replay memories: a reservoir buffer over a stream and its prioritized variant."""
+"""Replay buffers: a storage, a reservoir writer and a sampler (uniform or prioritized) behind one small class."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_per.functional import importance_weights, proportional_priorities
-from lightning_per.replay.functional import last_write_per_slot, reservoir_slots
-from lightning_per.replay.sumtree import SumTree
+from lightning_per.replay.pooling import upgrade_buffer_state
+from lightning_per.replay.prioritized import PrioritizedReplaySampler
+from lightning_per.replay.protocols import Sampler, Writer
+from lightning_per.replay.storage import TensorStorage
+from lightning_per.replay.uniform import UniformReplaySampler
+from lightning_per.replay.writer import ReservoirWriter
 
-__all__ = ["PrioritizedReplayBuffer", "ReplaySample", "ReservoirBuffer", "pool_buffer_states"]
+__all__ = ["PrioritizedReplayBuffer", "ReplayBuffer", "ReplaySample", "ReservoirBuffer"]
 
 
 class ReplaySample(NamedTuple):
-    """``(x, y, task, slots, weight)`` drawn from a buffer: the buffer slots drawn and their importance weights.
+    """A draw: ``batch`` (the stored structure, leading dimension the number drawn), its slots and weights.
 
-    ``weight`` is 1 for uniform draws.
+    ``batch`` is ``None`` before anything was stored. ``slots`` are int64 on the CPU (give them back to
+    :meth:`PrioritizedReplayBuffer.update_priorities`); ``batch`` and ``weight`` (float32, 1 for uniform draws) are on
+    the buffer's device.
     """
 
-    x: Tensor
-    y: Tensor
-    task: Tensor
+    batch: Any
     slots: Tensor
     weight: Tensor
 
 
-class ReservoirBuffer:
-    """A fixed-capacity memory of ``(x, y, task)`` filled by reservoir sampling over a stream seen once.
+class ReplayBuffer:
+    """A fixed-capacity memory over a stream, composed of a storage, a writer and a sampler.
 
-    The ``j``-th item (1-based) is kept with probability exactly ``capacity / j`` once the buffer is full, so
-    every item seen so far is in the buffer with probability ``capacity / seen``. Items are copied into
-    preallocated tensors (CPU, allocated on the first :meth:`add`), so memory is bounded by the capacity and
-    no reference to a dataset is held. Inserts are vectorised over a batch.
+    :meth:`add` copies a batch's items into the slots the writer chooses (reservoir sampling by default, so every
+    item seen so far is held with probability ``capacity / seen``); :meth:`sample` draws held items as the sampler
+    chooses. Samples may be any structure of tensors (a tensor, tuples / lists / dicts, nested); the first batch fixes
+    the structure, dtypes and per-sample shapes. One seeded generator drives every random decision, and
+    :meth:`state_dict` saves it: a buffer restored mid-stream continues exactly as the uninterrupted one. The work of
+    an add or a draw of ``k`` items grows with ``k`` (and ``log capacity`` when prioritized), never with the capacity.
 
     Args:
         capacity: the number of items kept.
-        seed: seed of the buffer's own random generator (reservoir decisions and draws).
+        sampler: which items a draw returns (default :class:`~lightning_per.replay.uniform.UniformReplaySampler`).
+        writer: which slots new items take (default :class:`~lightning_per.replay.writer.ReservoirWriter`).
+        device: where the samples are kept (``None``: CPU); draws come back there.
+        seed: seed of the buffer's generator.
 
     Raises:
-        ValueError: ``capacity <= 0``.
+        ValueError: ``capacity`` is not a positive integer, or the writer or the sampler has another capacity.
 
     Example::
 
-        >>> buf = ReservoirBuffer(capacity=4, seed=0)
-        >>> _ = buf.add(torch.randn(10, 3), torch.arange(10), torch.zeros(10, dtype=torch.long))
+        >>> buf = ReplayBuffer(capacity=4, seed=0)
+        >>> _ = buf.add({"image": torch.randn(10, 3), "label": torch.arange(10)})
         >>> len(buf), buf.seen
         (4, 10)
-        >>> buf.sample(2).x.shape
-        torch.Size([2, 3])
+        >>> draw = buf.sample(2)
+        >>> draw.batch["image"].shape, draw.weight
+        (torch.Size([2, 3]), tensor([1., 1.]))
     """
 
-    def __init__(self, capacity: int = 1000, seed: int = 0) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
-            raise ValueError(f"`capacity` must be a positive integer, got {capacity!r}. Use e.g. `capacity=1000`.")
-        self.capacity = capacity
+    def __init__(
+        self,
+        capacity: int = 1000,
+        sampler: Sampler | None = None,
+        writer: Writer | None = None,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.storage = TensorStorage(capacity, device)
+        self.writer: Writer = ReservoirWriter(capacity) if writer is None else writer
+        if self.writer.capacity != capacity:
+            raise ValueError(f"The writer has capacity {self.writer.capacity}, the buffer {capacity}.")
+        self.sampler: Sampler = UniformReplaySampler() if sampler is None else sampler
+        sampler_capacity = getattr(self.sampler, "capacity", capacity)  # a sampler with per-slot state has one
+        if sampler_capacity != capacity:
+            raise ValueError(f"The sampler has capacity {sampler_capacity}, the buffer {capacity}.")
         self.seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
-        self._x: Tensor | None = None
-        self._y = torch.zeros(capacity, dtype=torch.int64)
-        self._task = torch.zeros(capacity, dtype=torch.int64)
-        self._size = 0
-        self._seen = 0
+        self._rng = np.random.default_rng(seed)
 
-    def __len__(self) -> int:
-        return self._size
+    @property
+    def capacity(self) -> int:
+        """The number of items kept."""
+        return self.storage.capacity
+
+    @property
+    def device(self) -> torch.device:
+        """Where the samples are kept."""
+        return self.storage.device
 
     @property
     def seen(self) -> int:
         """How many stream items were offered to the buffer."""
-        return self._seen
+        return self.writer.seen
 
-    @property
-    def sample_shape(self) -> tuple[int, ...] | None:
-        """The shape of one stored ``x`` (``None`` before the first :meth:`add`)."""
-        return None if self._x is None else tuple(self._x.shape[1:])
+    def __len__(self) -> int:
+        return len(self.writer)
 
-    def contents(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(x, y, task)`` of the items held (views of the storage; copy before changing them)."""
-        if self._x is None:
-            return torch.empty(0), self._y[:0], self._task[:0]
-        return self._x[: self._size], self._y[: self._size], self._task[: self._size]
+    def contents(self) -> Any:
+        """The items held, as the stored structure of views of the storage (copy before changing them).
 
-    def _check(self, x: Tensor, y: Tensor, task: Tensor) -> None:
-        if x.ndim < 1 or y.shape != (x.shape[0],) or task.shape != (x.shape[0],):
-            raise ValueError(
-                f"`x`, `y` and `task` must be a batch with one label and task id per row, got shapes "
-                f"{tuple(x.shape)}, {tuple(y.shape)} and {tuple(task.shape)}."
-            )
-        if self._x is not None and tuple(x.shape[1:]) != self.sample_shape:
-            tasks = sorted(set(task.tolist()))
-            raise ValueError(
-                f"`x` samples of task(s) {tasks} have shape {tuple(x.shape[1:])}, but the buffer holds samples of "
-                f"shape {self.sample_shape}: every task of a sequence must give inputs of the same shape "
-                "(resize or pad them in the task's dataset)."
-            )
+        ``None`` before anything was stored.
+        """
+        return self.storage.view(len(self))
 
-    def _write(self, slots: Tensor, items: Tensor, x: Tensor, y: Tensor, task: Tensor) -> None:
-        if self._x is None:
-            self._x = torch.zeros((self.capacity, *x.shape[1:]), dtype=x.dtype)
-        self._x[slots] = x[items].to(self._x.dtype)
-        self._y[slots] = y[items].to(torch.int64)
-        self._task[slots] = task[items].to(torch.int64)
-
-    @torch.no_grad()
-    def add(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
-        """Offer a batch of stream items; return the slots written (in the order of ``items``, see below).
+    def add(self, batch: Any) -> Tensor:
+        """Offer a batch of stream items (copied); return the slots written.
 
         Args:
-            x: ``(n, ...)`` inputs (copied to CPU).
-            y: ``(n,)`` labels.
-            task: ``(n,)`` task ids.
+            batch: a tensor, or tuples / lists / dicts of tensors, each with the same leading batch dimension.
 
         Returns:
-            int64 slots that received an item (each once).
+            int64 slots (CPU) that received an item, each once.
 
         Raises:
-            ValueError: mismatched batch shapes, or samples whose shape differs from those already stored.
+            TypeError: a leaf of ``batch`` is not a tensor.
+            ValueError: the structure, a dtype or a per-sample shape differs from the stored ones (the message
+                names both), or the tensors have different batch sizes.
         """
-        x, y, task = x.detach().cpu(), y.detach().cpu(), task.detach().cpu()
-        self._check(x, y, task)
-        n = x.shape[0]
-        slots = reservoir_slots(self._seen, self.capacity, n, self._generator)
-        written, items = last_write_per_slot(slots, self.capacity)
-        if written.numel():
-            self._write(written, items, x, y, task)
-        self._seen += n
-        self._size = min(self._seen, self.capacity)
-        return written
-
-    def _draw_uniform(self, batch_size: int) -> Tensor:
-        count = min(batch_size, self._size)
-        return torch.randperm(self._size, generator=self._generator)[:count]
+        leaves, n = self.storage.prepare(batch)
+        slots, items = self.writer.plan(n, self._rng)
+        if slots.size:
+            rows = None if items.size == n else torch.from_numpy(items)  # items ascend: all n means 0..n-1
+            self.storage.write(torch.from_numpy(slots), leaves, rows)
+            self.sampler.on_write(slots)
+        return torch.from_numpy(slots)
 
     def sample(self, batch_size: int) -> ReplaySample:
-        """Draw ``min(batch_size, len(self))`` distinct items uniformly (fewer than asked while the buffer fills).
-
-        Asking for more than the buffer holds is not an error: what there is is returned (possibly nothing).
+        """Draw held items as the sampler decides (what there is while the buffer holds too few: possibly none).
 
         Raises:
             ValueError: ``batch_size`` is negative.
         """
         if batch_size < 0:
             raise ValueError(f"`batch_size` must be >= 0, got {batch_size}.")
-        index = self._draw_uniform(batch_size)
-        return self._gather(index, torch.ones(index.numel()))
-
-    def _gather(self, index: Tensor, weight: Tensor) -> ReplaySample:
-        x, y, task = self.contents()
-        if self._x is None:
-            return ReplaySample(x, y, task, index, weight.float())
-        return ReplaySample(x[index], y[index], task[index], index, weight.float())
+        slots, weights = self.sampler.sample(len(self), batch_size, self._rng)
+        index = torch.from_numpy(slots)
+        batch = self.storage.read(index) if self.storage.allocated else None
+        if weights is None:
+            weight = torch.ones(index.numel(), device=self.device)
+        else:
+            weight = torch.from_numpy(weights)
+            if weight.device != self.device:
+                weight = weight.to(self.device)
+        return ReplaySample(batch, index, weight)
 
     def state_dict(self) -> dict[str, Any]:
-        """Contents, counters and generator state: tensors and plain values (loads with ``weights_only=True``)."""
-        x, y, task = self.contents()
+        """Items held, counters, sampler state and generator state: tensors and plain values (``weights_only``)."""
+        size = len(self)
         return {
             "capacity": self.capacity,
-            "seen": self._seen,
-            "size": self._size,
-            "x": x.clone(),
-            "y": y.clone(),
-            "task": task.clone(),
-            "generator": self._generator.get_state(),
+            **self.writer.state_dict(),
+            "size": size,
+            **self.storage.state_dict(size),
+            **self.sampler.state_dict(size),
+            "rng": self._rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`.
+        """Restore a :meth:`state_dict` (also one saved before samples could have any structure).
 
         Raises:
             ValueError: the saved buffer holds more items than this one's capacity.
         """
+        state = upgrade_buffer_state(state)
         size = int(state["size"])
         if size > self.capacity:
             raise ValueError(
                 f"The saved buffer holds {size} items but `capacity` is {self.capacity}; "
                 "construct the buffer with the capacity it was saved with."
             )
-        self._seen = int(state["seen"])
-        self._size = size
-        self._y.zero_()
-        self._task.zero_()
-        self._x = None
-        if size:
-            x = state["x"]
-            self._x = torch.zeros((self.capacity, *x.shape[1:]), dtype=x.dtype)
-            self._x[:size] = x
-            self._y[:size] = state["y"]
-            self._task[:size] = state["task"]
-        if "generator" in state:
-            self._generator.set_state(state["generator"])
+        size = self.storage.load_state_dict(state)
+        self.writer.load_state_dict({**state, "size": size})
+        self.sampler.load_state_dict(state, size)
+        self._rng = np.random.default_rng(self.seed)
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
 
 
-class PrioritizedReplayBuffer(ReservoirBuffer):
-    """A reservoir buffer whose draws follow ``p_i ∝ priority_i ** alpha`` (prioritized experience replay).
+class ReservoirBuffer(ReplayBuffer):
+    """A reservoir-sampled memory with uniform draws of distinct items (:class:`ReplayBuffer` with defaults).
 
-    Priorities are the last loss of each item plus ``eps``; a newly written item gets the largest priority
-    seen so far, so it is replayed soon. A float64 sum tree (with a min tree for the largest weight) makes
-    draws and updates O(log n) and vectorised over a batch; ``alpha`` is applied exactly once, when a
-    priority is written. Draws are with replacement and carry importance weights ``(n p_i) ** -beta``
-    divided by the largest possible weight ``(n p_min) ** -beta``.
+    Args:
+        capacity: the number of items kept.
+        seed: seed of the buffer's generator (reservoir decisions and draws).
+        device: where the samples are kept (``None``: CPU).
+
+    Raises:
+        ValueError: ``capacity`` is not a positive integer.
+
+    Example::
+
+        >>> buf = ReservoirBuffer(capacity=4, seed=0)
+        >>> _ = buf.add((torch.randn(10, 3), torch.arange(10)))
+        >>> x, y = buf.sample(2).batch
+        >>> x.shape, len(buf), buf.seen
+        (torch.Size([2, 3]), 4, 10)
+    """
+
+    def __init__(self, capacity: int = 1000, seed: int = 0, device: str | torch.device | None = None) -> None:
+        super().__init__(capacity, UniformReplaySampler(), device=device, seed=seed)
+
+
+class PrioritizedReplayBuffer(ReplayBuffer):
+    """A reservoir-sampled memory whose draws follow ``p_i ∝ priority_i ** alpha`` (prioritized experience replay).
+
+    Priorities are the last loss of each item plus ``eps``; a newly written item gets the largest priority given so
+    far, so it is replayed soon. Draws are with replacement and carry importance weights ``(n p_i) ** -beta``
+    divided by the largest possible weight ``(n p_min) ** -beta`` (see
+    :class:`~lightning_per.replay.prioritized.PrioritizedReplaySampler`).
 
     Args:
         capacity: the number of items kept (reservoir sampling decides which).
@@ -210,6 +218,7 @@ class PrioritizedReplayBuffer(ReservoirBuffer):
         beta: importance-weight exponent in ``[0, 1]`` (1 is unbiased).
         eps: added to every priority so that no item has zero probability.
         seed: seed of the buffer's generator.
+        device: where the samples are kept (``None``: CPU).
 
     Raises:
         ValueError: ``capacity <= 0``, ``alpha < 0``, ``beta`` outside ``[0, 1]`` or ``eps <= 0``.
@@ -217,71 +226,53 @@ class PrioritizedReplayBuffer(ReservoirBuffer):
     Example::
 
         >>> buf = PrioritizedReplayBuffer(capacity=8, alpha=1.0, beta=1.0, seed=0)
-        >>> _ = buf.add(torch.randn(8, 2), torch.zeros(8, dtype=torch.long), torch.zeros(8, dtype=torch.long))
-        >>> batch = buf.sample(4)
-        >>> buf.update_priorities(batch.slots, torch.rand(4))  # the number of non-finite values left out
+        >>> _ = buf.add((torch.randn(8, 2), torch.zeros(8, dtype=torch.long)))
+        >>> draw = buf.sample(4)
+        >>> buf.update_priorities(draw.slots, torch.rand(4))  # the number of non-finite values left out
         0
     """
 
+    sampler: PrioritizedReplaySampler
+
     def __init__(
-        self, capacity: int = 1000, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-3, seed: int = 0
+        self,
+        capacity: int = 1000,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        eps: float = 1e-3,
+        seed: int = 0,
+        device: str | torch.device | None = None,
     ) -> None:
-        super().__init__(capacity=capacity, seed=seed)
-        if alpha < 0:
-            raise ValueError(f"`alpha` must be >= 0, got {alpha}.")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"`beta` (importance-weight exponent) must be in [0, 1], got {beta}.")
-        if eps <= 0:
-            raise ValueError(f"`eps` must be > 0, got {eps}.")
-        self.alpha = alpha
-        self.beta = beta
-        self.eps = eps
-        self._tree = SumTree(capacity)
-        self._max_priority = 1.0
-        self._warned_nonfinite = False
+        super().__init__(capacity, PrioritizedReplaySampler(capacity, alpha, beta, eps), device=device, seed=seed)
+
+    @property
+    def alpha(self) -> float:
+        """Priority exponent."""
+        return self.sampler.alpha
+
+    @property
+    def beta(self) -> float:
+        """Importance-weight exponent."""
+        return self.sampler.beta
+
+    @property
+    def eps(self) -> float:
+        """Added to every priority."""
+        return self.sampler.eps
 
     @property
     def max_priority(self) -> float:
-        """The largest priority seen so far (before ``alpha``), given to new items."""
-        return self._max_priority
+        """The largest priority given so far (before ``alpha``), given to new items."""
+        return self.sampler.max_priority
 
     def probabilities(self) -> Tensor:
         """float64 draw probabilities of the items held."""
-        values = self._tree.values()[: self._size]
-        return values / self._tree.total
+        return self.sampler.probabilities(len(self))
 
-    @torch.no_grad()
-    def add(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
-        """Offer a batch (see :meth:`ReservoirBuffer.add`); written slots get the current max priority."""
-        written = super().add(x, y, task)
-        if written.numel():
-            value = torch.full((written.numel(),), self._max_priority**self.alpha, dtype=torch.float64)
-            self._tree.update(written, value)
-        return written
-
-    def sample(self, batch_size: int) -> ReplaySample:
-        """Draw ``batch_size`` items with replacement with ``p ∝ priority ** alpha`` (none while empty).
-
-        Raises:
-            ValueError: ``batch_size`` is negative.
-        """
-        if batch_size < 0:
-            raise ValueError(f"`batch_size` must be >= 0, got {batch_size}.")
-        if self._size == 0 or batch_size == 0:
-            return self._gather(torch.zeros(0, dtype=torch.int64), torch.ones(0))
-        total = self._tree.total
-        u = torch.rand(batch_size, dtype=torch.float64, generator=self._generator)
-        index = self._tree.find(u * total)
-        p = self._tree.values(index) / total
-        max_weight = float((self._size * self._tree.min / total) ** -self.beta)
-        weight = importance_weights(p, self._size, self.beta, max_weight)
-        return self._gather(index, weight)
-
-    @torch.no_grad()
     def update_priorities(self, index: Tensor, priority: Tensor) -> int:
         """Set the priorities of drawn items to ``|priority| + eps`` (e.g. their latest losses).
 
-        A slot drawn several times keeps the last finite value given for it. Non-finite values (NaN/inf losses) are
+        A slot given several times keeps the last finite value given for it. Non-finite values (NaN/inf losses) are
         left out: an item given only those keeps its priority, and the max priority given to new items stays
         finite (warned once).
 
@@ -291,126 +282,4 @@ class PrioritizedReplayBuffer(ReservoirBuffer):
         Raises:
             ValueError: shapes differ, or an index is not an item held.
         """
-        index = index.detach().cpu().to(torch.int64).flatten()
-        priority = priority.detach().cpu().to(torch.float64).flatten()
-        if index.shape != priority.shape:
-            raise ValueError(f"`index` and `priority` must have the same shape, got {index.shape}, {priority.shape}.")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self._size):
-            raise ValueError(f"`index` must point at items held, in [0, {self._size}), got {index.tolist()}.")
-        finite = torch.isfinite(priority)
-        dropped = int(priority.numel() - finite.sum())
-        if dropped:
-            index, priority = index[finite], priority[finite]
-            if not self._warned_nonfinite:
-                self._warned_nonfinite = True
-                warnings.warn(
-                    f"PrioritizedReplayBuffer.update_priorities got {dropped} non-finite priorities (NaN/inf "
-                    "losses); those items keep their previous priorities. Warned once.",
-                    stacklevel=2,
-                )
-        if index.numel() == 0:
-            return dropped
-        slots, items = last_write_per_slot(index, self.capacity)
-        magnitude = priority[items].abs()
-        self._max_priority = max(self._max_priority, float(magnitude.max()) + self.eps)
-        self._tree.update(slots, proportional_priorities(magnitude, self.alpha, self.eps))
-        return dropped
-
-    def state_dict(self) -> dict[str, Any]:
-        """Adds the priorities (sum tree leaves) and the max priority to the reservoir state."""
-        state = super().state_dict()
-        state["tree"] = self._tree.state_dict()
-        state["max_priority"] = self._max_priority
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; a uniform buffer's state gives every item the max priority."""
-        super().load_state_dict(state)
-        self._max_priority = float(state.get("max_priority", 1.0))
-        self._tree = SumTree(self.capacity)
-        if "tree" in state:
-            self._tree.load_state_dict(state["tree"])
-        elif self._size:
-            value = torch.full((self._size,), self._max_priority**self.alpha, dtype=torch.float64)
-            self._tree.update(torch.arange(self._size), value)
-
-
-def pool_buffer_states(
-    states: Sequence[dict[str, Any]], part: int, parts: int, capacity: int, seed: int = 0
-) -> dict[str, Any]:
-    """Pool saved buffers (e.g. one per DDP rank) and keep share ``part`` of ``parts``, for a buffer of ``capacity``.
-
-    Used when a run resumes on a different number of processes: the items of all ``states`` are concatenated,
-    share ``part`` takes every ``parts``-th of them (starting at ``part``), and a uniformly chosen ``capacity``
-    of those if more remain. ``seen`` becomes the total seen divided by ``parts``; priorities (when every state
-    has them) follow their items and the max priority is the largest saved. The result loads with
-    :meth:`ReservoirBuffer.load_state_dict` (or the prioritized one) into a buffer of ``capacity`` slots.
-
-    Args:
-        states: :meth:`ReservoirBuffer.state_dict` results.
-        part: the share to keep, in ``[0, parts)``.
-        parts: the number of shares (the new world size).
-        capacity: the slots of the buffer that will load the result.
-        seed: seed of the subsampling and of the result's generator.
-
-    Raises:
-        ValueError: ``part`` outside ``[0, parts)``, ``capacity <= 0`` or saved items of different shapes.
-
-    Example::
-
-        >>> a, b = ReservoirBuffer(4, seed=0), ReservoirBuffer(4, seed=1)
-        >>> _ = a.add(torch.zeros(6, 2), torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.long))
-        >>> _ = b.add(torch.ones(6, 2), torch.ones(6, dtype=torch.long), torch.ones(6, dtype=torch.long))
-        >>> merged = ReservoirBuffer(8)
-        >>> merged.load_state_dict(pool_buffer_states([a.state_dict(), b.state_dict()], part=0, parts=1, capacity=8))
-        >>> len(merged), merged.seen, merged.contents()[1].tolist()
-        (8, 12, [0, 0, 0, 0, 1, 1, 1, 1])
-    """
-    if not 0 <= part < parts:
-        raise ValueError(f"`part` must be in [0, {parts}), got {part}.")
-    if capacity <= 0:
-        raise ValueError(f"`capacity` must be a positive integer, got {capacity}.")
-    held = [s for s in states if int(s["size"]) > 0]
-    shapes = {tuple(s["x"].shape[1:]) for s in held}
-    if len(shapes) > 1:
-        raise ValueError(f"The saved buffers hold samples of different shapes {sorted(shapes)}; they cannot be pooled.")
-    generator = torch.Generator().manual_seed(seed)
-    seen = sum(int(s["seen"]) for s in states) // parts
-    prioritized = bool(states) and all("tree" in s for s in states)
-    max_priority = max((float(s.get("max_priority", 1.0)) for s in states), default=1.0)
-    if held:
-        x = torch.cat([s["x"][: int(s["size"])] for s in held])
-        y = torch.cat([s["y"][: int(s["size"])] for s in held])
-        task = torch.cat([s["task"][: int(s["size"])] for s in held])
-        sizes = [int(s["size"]) for s in held]
-        value = torch.cat(
-            [
-                s["tree"]["values"][:n].to(torch.float64) if prioritized else torch.ones(n)
-                for s, n in zip(held, sizes, strict=True)
-            ]
-        )
-        keep = torch.arange(part, x.shape[0], parts)
-        if keep.numel() > capacity:
-            keep = keep[torch.randperm(keep.numel(), generator=generator)[:capacity]].sort().values
-        x, y, task, value = x[keep], y[keep], task[keep], value[keep]
-    else:
-        x, y, task, value = torch.empty(0), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), None
-    size = int(y.numel())
-    state: dict[str, Any] = {
-        "capacity": capacity,
-        "seen": max(seen, size),
-        "size": size,
-        "x": x,
-        "y": y,
-        "task": task,
-        "generator": generator.get_state(),
-    }
-    if prioritized:
-        values = torch.zeros(capacity, dtype=torch.float64)
-        written = torch.zeros(capacity, dtype=torch.bool)
-        if value is not None:
-            values[:size] = value
-            written[:size] = True
-        state["tree"] = {"capacity": capacity, "values": values, "written": written}
-        state["max_priority"] = max_priority
-    return state
+        return self.sampler.update(index, priority, len(self))

@@ -21,8 +21,9 @@ from typing_extensions import override
 from lightning_per.callbacks._sync import checkpoint_due
 from lightning_per.distributed import gather_objects_to_rank_zero
 from lightning_per.examples.models import MLP
-from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReservoirBuffer, pool_buffer_states
+from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReplayBuffer, ReservoirBuffer
 from lightning_per.replay.functional import output_targets, reptile_interpolate_, task_class_mask
+from lightning_per.replay.pooling import pool_buffer_states
 
 __all__ = ["MER", "ContinualModule", "ExperienceReplay", "evaluate_tasks"]
 
@@ -227,10 +228,10 @@ class _ReplayModule(ContinualModule):
     Lightning takes hold every buffer as it is; one taken at another moment holds rank 0's buffer as it is and the
     others' as of the last synchronisation point (``None`` before the first). A run resumed on as many processes
     gets its own buffer back, one resumed on another number of processes (or loaded with ``load_from_checkpoint``)
-    pools the saved buffers and re-shards them (:func:`~lightning_per.replay.pool_buffer_states`).
+    pools the saved buffers and re-shards them (:func:`~lightning_per.replay.pooling.pool_buffer_states`).
     """
 
-    buffer: ReservoirBuffer
+    buffer: ReplayBuffer
 
     def _init_buffer(self, capacity: int, buffer_seed: int, name: str, replays: int, replays_label: str) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
@@ -248,7 +249,7 @@ class _ReplayModule(ContinualModule):
         self._capacity_name = name
         self.buffer = self._make_buffer(capacity, buffer_seed)
 
-    def _make_buffer(self, capacity: int, seed: int) -> ReservoirBuffer:
+    def _make_buffer(self, capacity: int, seed: int) -> ReplayBuffer:
         return ReservoirBuffer(capacity, seed=seed)
 
     def _rank_world(self) -> tuple[int, int]:
@@ -426,7 +427,7 @@ class ExperienceReplay(_ReplayModule):
         self._init_buffer(capacity, buffer_seed, "capacity", replay_batch_size, "`replay_batch_size`")
 
     @override
-    def _make_buffer(self, capacity: int, seed: int) -> ReservoirBuffer:
+    def _make_buffer(self, capacity: int, seed: int) -> ReplayBuffer:
         if self.prioritized:
             return PrioritizedReplayBuffer(capacity, alpha=self.alpha, beta=self.priority_beta, seed=seed)
         return ReservoirBuffer(capacity, seed=seed)
@@ -438,9 +439,10 @@ class ExperienceReplay(_ReplayModule):
         replay = self.buffer.sample(self.replay_batch_size)
         n = x.shape[0]
         if replay.slots.numel():
-            xs = torch.cat([x, replay.x.to(x.device, x.dtype)])
-            ys = torch.cat([y, replay.y.to(y.device)])
-            ts = torch.cat([task, replay.task.to(task.device)])
+            rx, ry, rt = replay.batch
+            xs = torch.cat([x, rx.to(x.device, x.dtype)])
+            ys = torch.cat([y, ry.to(y.device, y.dtype)])
+            ts = torch.cat([task, rt.to(task.device)])
             weights = torch.cat([torch.ones(n, device=x.device), replay.weight.to(x.device)])
         else:
             xs, ys, ts, weights = x, y, task, torch.ones(n, device=x.device)
@@ -448,7 +450,7 @@ class ExperienceReplay(_ReplayModule):
         loss = (losses * weights).mean()
         if isinstance(self.buffer, PrioritizedReplayBuffer) and replay.slots.numel():
             self.buffer.update_priorities(replay.slots, losses[n:].detach())
-        self.buffer.add(x, y, task)
+        self.buffer.add((x, y.to(torch.int64), task))
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/replay_size", float(replay.slots.numel()), batch_size=n)
         self.log("train/buffer_size", float(len(self.buffer)), batch_size=n)
@@ -565,10 +567,11 @@ class MER(_ReplayModule):
         replay = self.buffer.sample(min(self.replay_batch_size - 1, max(available, 0)))
         if replay.slots.numel() == 0:
             return x, y, task
+        rx, ry, rt = replay.batch
         return (
-            torch.cat([replay.x.to(x.device, x.dtype), x]),
-            torch.cat([replay.y.to(y.device), y]),
-            torch.cat([replay.task.to(task.device), task]),
+            torch.cat([rx.to(x.device, x.dtype), x]),
+            torch.cat([ry.to(y.device, y.dtype), y]),
+            torch.cat([rt.to(task.device), task]),
         )
 
     def meta_update(self, x: Tensor, y: Tensor, task: Tensor) -> Tensor:
@@ -609,7 +612,7 @@ class MER(_ReplayModule):
         losses = []
         for sl in units:
             losses.append(self.meta_update(x[sl], y[sl], task[sl]))
-            self.buffer.add(x[sl], y[sl], task[sl])
+            self.buffer.add((x[sl], y[sl].to(torch.int64), task[sl]))
         loss = torch.stack(losses).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         self.log("train/buffer_size", float(len(self.buffer)), batch_size=x.shape[0])
