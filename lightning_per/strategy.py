@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -16,10 +16,10 @@ from torch import Tensor
 
 from lightning_per import functional as PF
 
-__all__ = ["SamplingPlan", "SamplingStrategy", "StrategyName", "build_plan"]
+__all__ = ["STRATEGY_NAMES", "SamplingPlan", "SamplingStrategy", "StrategyName", "build_plan"]
 
 StrategyName = Literal["uniform", "proportional", "rank", "prune"]
-_NAMES = ("uniform", "proportional", "rank", "prune")
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 
 
 @dataclass
@@ -81,8 +81,8 @@ class SamplingStrategy:
     prune_quantile: float | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in _NAMES:
-            raise ValueError(f"`name` must be one of {', '.join(_NAMES)}; got {self.name!r}.")
+        if self.name not in STRATEGY_NAMES:
+            raise ValueError(f"`name` must be one of {', '.join(STRATEGY_NAMES)}; got {self.name!r}.")
         for key in ("alpha", "alpha_final"):
             value = getattr(self, key)
             if value is not None and not (value >= 0 and math.isfinite(value)):

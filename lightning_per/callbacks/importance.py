@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from lightning_per.selection.tau import TauEstimate
 
 __all__ = ["ImportanceSamplingCallback"]
 
-_TAU_FORMS = ("rooted", "unrooted")
+TauForm = Literal["rooted", "unrooted"]
+_TAU_FORMS: tuple[str, ...] = get_args(TauForm)
 
 
 class ImportanceSamplingCallback(OnlineSelection):
@@ -67,7 +68,7 @@ class ImportanceSamplingCallback(OnlineSelection):
         presample: int = 3,
         tau_th: float | None = None,
         a_tau: float = 0.9,
-        tau_form: Literal["rooted", "unrooted"] = "rooted",
+        tau_form: TauForm = "rooted",
         warmup_steps: int = 0,
         tau_every_n_steps: int = 16,
         score: ScoreArg = "grad_norm",
