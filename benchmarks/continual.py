@@ -1,33 +1,41 @@
-"""Continual-learning benchmark: online fine-tuning vs ER vs prioritized ER vs MER, in Task-IL and Class-IL.
+"""Continual-learning benchmark: what replay buys over fine-tuning, at the reference settings and at equal steps.
 
-Task sequences built from the embedded data (no download):
+Every method trains the same user module, ``lightning_per.examples.ContinualClassifier`` (a 2x100 ReLU MLP, plain
+SGD at lr 0.1), in one fit over the stream (a single pass, incoming batches of 10): fine-tuning (the module alone);
+ER and prioritized ER (``ExperienceReplay`` callback, 200 memories, 10 replays per batch); MER (the module wrapped in
+``MER``: ``variant="batch"``, ``k=10`` (9 replays + the incoming batch), ``s=5`` inner batches, 5 samples per inner
+SGD step, ``beta=0.3``, ``gamma=1``: 20 inner SGD steps per incoming batch). Rows:
 
-* ``permuted_mnist1d``: 10 tasks, MNIST-1D under a fixed permutation of its 40 inputs per task (task 0 unpermuted);
-* ``rotated_digits``: 10 tasks, scikit-learn's 8x8 digits rotated by ``18 t`` degrees; both have the same 10
-  classes in every task (the MER paper's MNIST Permutations / Rotations setting);
-* ``split_digits`` and ``split_mnist1d``: 5 tasks of 2 classes (the Task-IL vs Class-IL setting).
+* reference settings: each method as above (fine-tuning and ER take 1 step per incoming batch, MER 20);
+* equal steps: ER and fine-tuning with as many gradient steps per incoming batch as MER takes (each incoming batch
+  trained 20 times in a row, ``TaskSequence(repeats=20)``, fresh replays each time; ER offers it to its buffer once);
+* memory sweep: ER with 50, 200 and 1000 memories.
 
-Each run is one ``trainer.fit`` over the stream: a single pass, incoming batches of 10, a 2x100 MLP trained with
-plain SGD, and :class:`~lightning_per.replay.TaskAccuracyMatrix` evaluating every task's held-out set after each
-task. ACC is the mean accuracy over all tasks after the last one; BWT (backward transfer) the mean change of a
-task's accuracy between the end of its own training and the end of the stream (negative: forgetting). Every
-scenario runs in Task-IL (a head block per task, other blocks masked) and Class-IL (one head over the classes seen;
-a shared 10-way head for the permuted / rotated sequences), with seeds ``0..n-1`` (seed = data, order, init and
-buffer). Writes the JSON (``--out``) and a PNG of the accuracy on every task over time next to it::
+Scenarios (embedded data, no download): ``split_digits`` (5 tasks of 2 classes, about 270 training images each) and
+``split_mnist1d`` (5 tasks of 2 classes, 1000 signals each) in Class-IL (one head over the classes seen so far) and
+Task-IL (the task's two outputs); ``rotated_digits`` (10 rotations by 18 t degrees, 300 images each) and
+``permuted_mnist1d`` (10 input permutations, 2000 signals each: MNIST-1D is hard for an MLP, and a task of 500
+signals is barely learnt in one pass) with one shared 10-way head (domain-IL, the MER paper's setting).
+:class:`~lightning_per.replay.TaskAccuracyMatrix` evaluates every task's held-out set after each task: ACC is the
+mean accuracy over all tasks after the last one, BWT (backward transfer) the mean change of a task's accuracy
+between the end of its own training and the end of the stream (negative: forgetting), and the diagonal each task's
+accuracy right after it was trained (how well a task is learnt before the next one arrives; chance is 0.5 on a
+2-class task in Task-IL, 1 / classes seen in Class-IL, 0.1 on a 10-class task). Mean ± sample standard deviation
+over seeds ``0..n-1`` (seed = data split, order, initialisation and buffer).
+One process, one torch thread::
 
-    python benchmarks/continual.py --out bench_out/continual.json            # 3 seeds, 3.5-7 min on 2 CPU cores
-    python benchmarks/continual.py --out bench_out/continual.json --quick    # smaller tasks, 2 seeds
+    python -m benchmarks.continual --out bench_out/continual.json            # 3 seeds, about 20 min on one core
+    python -m benchmarks.continual --out bench_out/continual.json --quick    # smaller tasks, 1 seed (a smoke run)
 
-JSON: ``{"scenarios": {"rotated_digits/task_il": {"methods": {"finetune": {"acc": ..., "acc_std": ..., "bwt": ...,
-"bwt_std": ..., "matrix_mean": [[...]], "runs": [...]}, "er": ..., "per": ..., "mer": ...}}, ...}, "settings": ...,
-"env": ...}``.
+JSON: ``{"scenarios": {"split_digits/class_il": {"rows": {"finetune": {"acc", "acc_std", "bwt", "bwt_std",
+"diag", "diag_std", "diagonal", "steps_per_batch", "seconds", "runs"}, "er", "per", "mer", "finetune_equal_steps",
+"er_equal_steps", "er_m50", "er_m1000"}}}, "settings", "env", "protocol"}``; the PNG next to it plots ACC per row.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import sys
 import time
@@ -36,35 +44,40 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, LightningModule, seed_everything
 
 if __package__ in (None, ""):  # run as `python benchmarks/continual.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import bench_trainer, environment, protocol, quiet
-from lightning_per.replay import (
-    MER,
-    ContinualDataModule,
-    ContinualModule,
-    ExperienceReplay,
-    PermutedMNIST1D,
-    RotatedDigits,
-    SplitDigits,
-    SplitMNIST1D,
-    TaskAccuracyMatrix,
-)
+from lightning_per.examples import ContinualClassifier, PermutedMNIST1D, RotatedDigits, SplitDigits, SplitMNIST1D
+from lightning_per.replay import MER, ExperienceReplay, TaskAccuracyMatrix, TaskSequence
 
-METHODS = ("finetune", "er", "per", "mer")
-SCENARIOS = ("permuted_mnist1d", "rotated_digits", "split_digits", "split_mnist1d")
-IL = ("task", "class")
+SEQUENCES = ("split_digits", "split_mnist1d", "rotated_digits", "permuted_mnist1d")
+SCENARIOS = (
+    "split_digits/class_il",
+    "split_digits/task_il",
+    "split_mnist1d/class_il",
+    "split_mnist1d/task_il",
+    "rotated_digits/domain_il",
+    "permuted_mnist1d/domain_il",
+)
+REFERENCE = ("finetune", "er", "per", "mer")
+EQUAL = ("finetune_equal_steps", "er_equal_steps")
+SWEEP = ("er_m50", "er_m1000")
+ROWS = (*REFERENCE, *EQUAL, *SWEEP)
 
 SETTINGS: dict[str, Any] = {
     "passes": 1,
     "batch_size": 10,
-    "mlp": "2x100 ReLU, plain SGD",
+    "model": "ContinualClassifier: 2x100 ReLU MLP, SGD lr 0.1",
     "lr": 0.1,
-    "train_per_task": {"default": 500, "quick": 150},
     "memories": 200,
+    "sweep_memories": [50, 200, 1000],
+    "per_task": {
+        "default": {"split_mnist1d": 1000, "permuted_mnist1d": 2000, "rotated_digits": 300},
+        "quick": {"split_mnist1d": 300, "permuted_mnist1d": 300, "rotated_digits": 100},
+    },
     "er": {"replay_batch_size": 10},
     "per": {"replay_batch_size": 10, "alpha": 0.6, "priority_beta": 0.4},
     "mer": {
@@ -78,188 +91,204 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def make_datamodule(name: str, seed: int, quick: bool) -> tuple[ContinualDataModule, dict[str, Any]]:
-    """The scenario's sequence for ``seed`` and the model arguments that describe it."""
-    n = SETTINGS["train_per_task"]["quick" if quick else "default"]
-    if name == "permuted_mnist1d":
-        dm: ContinualDataModule = PermutedMNIST1D(
-            num_tasks=10, train_per_task=n, test_per_task=500, data_seed=seed, seed=seed
-        )
-        return dm, {"input_dim": 40, "num_tasks": 10, "classes_per_task": 10, "shared_classes": True}
-    if name == "rotated_digits":
-        dm = RotatedDigits(num_tasks=10, train_per_task=n, data_seed=seed, seed=seed)
-        return dm, {"input_dim": 64, "num_tasks": 10, "classes_per_task": 10, "shared_classes": True}
+def mer_steps_per_batch() -> int:
+    """MER's inner SGD steps per full incoming batch (buffer holding ``k - 1``): ``s * ceil((k - 1 + b) / step)``."""
+    mer, b = SETTINGS["mer"], SETTINGS["batch_size"]
+    return int(mer["batches_per_example"] * -(-(mer["replay_batch_size"] - 1 + b) // mer["step_batch_size"]))
+
+
+def make_sequence(name: str, seed: int, quick: bool, repeats: int = 1) -> tuple[TaskSequence, dict[str, Any]]:
+    """The sequence for ``seed`` and the classifier arguments that describe it."""
+    sizes = SETTINGS["per_task"]["quick" if quick else "default"]
+    common: dict[str, Any] = {"batch_size": SETTINGS["batch_size"], "seed": seed, "repeats": repeats}
     if name == "split_digits":
-        dm = SplitDigits(num_tasks=5, data_seed=seed, seed=seed)
-        return dm, {"input_dim": 64, "num_tasks": 5, "classes_per_task": 2, "shared_classes": False}
+        dm: TaskSequence = SplitDigits(num_tasks=5, data_seed=seed, **common)
+        return dm, {"in_features": 64, "num_tasks": 5, "classes_per_task": 2, "shared_classes": False}
     if name == "split_mnist1d":
-        dm = SplitMNIST1D(num_tasks=5, num_samples=1500 if quick else 2500, data_seed=seed, seed=seed)
-        return dm, {"input_dim": 40, "num_tasks": 5, "classes_per_task": 2, "shared_classes": False}
-    raise ValueError(f"unknown scenario {name!r}; choose from {SCENARIOS}")
+        n = sizes["split_mnist1d"] * 5 * 5 // 4  # 20% held out
+        dm = SplitMNIST1D(num_tasks=5, num_samples=n, test_fraction=0.2, data_seed=seed, **common)
+        return dm, {"in_features": 40, "num_tasks": 5, "classes_per_task": 2, "shared_classes": False}
+    if name == "rotated_digits":
+        dm = RotatedDigits(num_tasks=10, train_per_task=sizes["rotated_digits"], data_seed=seed, **common)
+        return dm, {"in_features": 64, "num_tasks": 10, "classes_per_task": 10, "shared_classes": True}
+    if name == "permuted_mnist1d":
+        n = sizes["permuted_mnist1d"]
+        dm = PermutedMNIST1D(num_tasks=10, train_per_task=n, test_per_task=500, data_seed=seed, **common)
+        return dm, {"in_features": 40, "num_tasks": 10, "classes_per_task": 10, "shared_classes": True}
+    raise ValueError(f"unknown sequence {name!r}; choose from {SEQUENCES}")
 
 
-def build(method: str, common: dict[str, Any], seed: int) -> ContinualModule:
-    """The model of ``method`` with the benchmark's settings."""
-    lr, memories = SETTINGS["lr"], SETTINGS["memories"]
-    if method == "finetune":
-        return ContinualModule(lr=lr, **common)
-    if method in ("er", "per"):
-        return ExperienceReplay(
-            capacity=memories, prioritized=method == "per", buffer_seed=seed, lr=lr, **SETTINGS[method], **common
-        )
-    if method == "mer":
-        return MER(memories=memories, lr=lr, buffer_seed=seed, **SETTINGS["mer"], **common)
-    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+def build(row: str, shape: dict[str, Any], il: str, seed: int) -> tuple[LightningModule, list[Callback]]:
+    """The module (MER-wrapped for ``mer``) and the replay callbacks of ``row``, for ``il`` (class, task, domain)."""
+    scenario = "task" if il == "task" else "class"  # domain-IL: one shared head over the same classes
+    module = ContinualClassifier(scenario=scenario, lr=SETTINGS["lr"], **shape)  # type: ignore[arg-type]
+    if row.startswith("finetune"):
+        return module, []
+    if row == "mer":
+        return MER(module, memories=SETTINGS["memories"], seed=seed, **SETTINGS["mer"]), []
+    memories = int(row.removeprefix("er_m")) if row.startswith("er_m") else SETTINGS["memories"]
+    settings = SETTINGS["per"] if row == "per" else SETTINGS["er"]
+    return module, [ExperienceReplay(capacity=memories, prioritized=row == "per", seed=seed, **settings)]
 
 
-def run_one(job: tuple[str, str, str, int, bool]) -> dict[str, Any]:
-    """One fit over the stream; returns ACC, BWT, the accuracy matrix and the wall time."""
-    name, scenario, method, seed, quick = job
+def run_one(job: tuple[str, str, int, bool]) -> dict[str, Any]:
+    """One fit over the stream; returns ACC, BWT, the diagonal, the accuracy matrix, steps and wall time."""
+    key, row, seed, quick = job
+    name, il = key.split("/")
     quiet()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     seed_everything(seed, verbose=False)
-    dm, common = make_datamodule(name, seed, quick)
-    model = build(method, {**common, "scenario": scenario}, seed)
-    matrix = TaskAccuracyMatrix()
-    trainer = bench_trainer("cpu", [matrix], max_epochs=1)
+    repeats = mer_steps_per_batch() if row in EQUAL else 1
+    dm, shape = make_sequence(name, seed, quick, repeats)
+    model, callbacks = build(row, shape, il.removesuffix("_il"), seed)
+    matrix = TaskAccuracyMatrix(inputs=[0, 2])
+    trainer = bench_trainer("cpu", [*callbacks, matrix], max_epochs=1)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
+    incoming = trainer.num_training_batches // repeats
     return {
-        "key": f"{name}/{scenario}_il",
-        "method": method,
+        "key": key,
+        "row": row,
         "seed": seed,
         "acc": matrix.acc,
         "bwt": matrix.bwt,
+        "diagonal": matrix.diagonal.tolist(),
         "seconds": round(time.perf_counter() - start, 2),
         "steps": trainer.global_step,  # optimizer steps (MER: every inner SGD step)
+        "steps_per_batch": round(trainer.global_step / max(incoming, 1), 2),
         "matrix": matrix.matrix.tolist(),
     }
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation over seeds of ACC and BWT, and the mean accuracy matrix."""
-
-    def mean_std(key: str) -> tuple[float, float]:
-        values = [r[key] for r in runs]
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-    acc, acc_std = mean_std("acc")
-    bwt, bwt_std = mean_std("bwt")
+    """Mean and sample standard deviation over seeds of ACC, BWT and the mean diagonal; the mean matrix."""
+    acc, acc_std = _mean_std([r["acc"] for r in runs])
+    bwt, bwt_std = _mean_std([r["bwt"] for r in runs])
+    diag, diag_std = _mean_std([statistics.fmean(r["diagonal"]) for r in runs])
     return {
         "acc": round(acc, 4),
         "acc_std": round(acc_std, 4),
         "bwt": round(bwt, 4),
         "bwt_std": round(bwt_std, 4),
+        "diag": round(diag, 4),
+        "diag_std": round(diag_std, 4),
+        "diagonal": [round(v, 4) for v in torch.tensor([r["diagonal"] for r in runs]).mean(0).tolist()],
+        "steps_per_batch": runs[0]["steps_per_batch"],
         "seconds": round(sum(r["seconds"] for r in runs), 1),
         "matrix_mean": torch.tensor([r["matrix"] for r in runs]).mean(0).round(decimals=4).tolist(),
-        "runs": [{k: r[k] for k in ("seed", "acc", "bwt", "seconds", "steps")} for r in runs],
+        "runs": [{k: r[k] for k in ("seed", "acc", "bwt", "diagonal", "seconds", "steps")} for r in runs],
     }
 
 
+LABELS = {
+    "finetune": "fine-tune",
+    "er": "ER",
+    "per": "prioritized ER",
+    "mer": "MER",
+    "finetune_equal_steps": "fine-tune, equal steps",
+    "er_equal_steps": "ER, equal steps",
+    "er_m50": "ER, 50 memories",
+    "er_m1000": "ER, 1000 memories",
+}
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """Reference and equal-steps rows (ACC, BWT, diagonal), then the memory sweep (ACC)."""
+
+    def pm(r: dict[str, Any], key: str, signed: bool = False) -> str:
+        return f"{r[key]:+.3f} ± {r[key + '_std']:.3f}" if signed else f"{r[key]:.3f} ± {r[key + '_std']:.3f}"
+
+    lines = [
+        "| scenario | method | steps / batch | ACC | BWT | diagonal (mean over tasks) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, res in results.items():
+        for row in (*REFERENCE, *EQUAL):
+            r = res["rows"].get(row)
+            if r is not None:
+                cells = [key, LABELS[row], f"{r['steps_per_batch']:g}", pm(r, "acc"), pm(r, "bwt", True), pm(r, "diag")]
+                lines.append("| " + " | ".join(cells) + " |")
+    sweep = [f"er_m{m}" if m != SETTINGS["memories"] else "er" for m in SETTINGS["sweep_memories"]]
+    lines += ["", "| scenario | " + " | ".join(f"ER, {m} memories" for m in SETTINGS["sweep_memories"]) + " |"]
+    lines.append("|---" * (len(sweep) + 1) + "|")
+    for key, res in results.items():
+        cells = [pm(res["rows"][row], "acc") if row in res["rows"] else "" for row in sweep]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
-    """One panel per scenario and method: accuracy on each task (one line per task) after each task trained."""
+    """ACC (bars, mean ± std) and the mean diagonal (dots) of every row, one panel per scenario."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = list(results)
-    fig, axes = plt.subplots(len(keys), len(METHODS), figsize=(3.2 * len(METHODS), 2.3 * len(keys)), squeeze=False)
-    for row, key in enumerate(keys):
-        for col, method in enumerate(METHODS):
-            ax = axes[row][col]
-            res = results[key]["methods"].get(method)
-            if res is None:
-                ax.axis("off")
-                continue
-            m = torch.tensor(res["matrix_mean"])
-            tasks = m.shape[0]
-            colors = plt.get_cmap("viridis")(torch.linspace(0, 1, tasks).tolist())
-            for j in range(tasks):
-                ax.plot(range(j + 1, tasks + 1), m[j:, j].tolist(), color=colors[j], lw=1.2, marker=".", ms=3)
-            ax.set_ylim(0, 1.02)
-            ax.set_xticks(range(1, tasks + 1))
-            ax.tick_params(labelsize=6)
-            ax.grid(alpha=0.3)
-            ax.set_title(f"{key} {method}: ACC {res['acc']:.2f}, BWT {res['bwt']:+.2f}", fontsize=7)
-            if col == 0:
-                ax.set_ylabel("accuracy", fontsize=7)
-            if row == len(keys) - 1:
-                ax.set_xlabel("tasks trained", fontsize=7)
-    fig.suptitle("accuracy on task j (one line per task, dark = first) after training on tasks 1..i", fontsize=9)
-    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.985))
+    cols = 3
+    fig, axes = plt.subplots(
+        -(-len(keys) // cols), cols, figsize=(4.2 * cols, 3.0 * -(-len(keys) // cols)), squeeze=False
+    )
+    for ax, key in zip(axes.flat, keys, strict=False):
+        rows = [r for r in ROWS if r in results[key]["rows"]]
+        stats = [results[key]["rows"][r] for r in rows]
+        xs = range(len(rows))
+        ax.bar(
+            xs, [s["acc"] for s in stats], yerr=[s["acc_std"] for s in stats], color="tab:blue", alpha=0.7, label="ACC"
+        )
+        ax.plot(xs, [s["diag"] for s in stats], "o", color="tab:orange", ms=4, label="diagonal")
+        ax.set_xticks(list(xs), [LABELS[r].replace(", ", "\n") for r in rows], fontsize=5.5, rotation=60)
+        ax.set_ylim(0, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(axis="y", labelsize=6)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle("ACC after the last task (bars) and accuracy on each task right after it (dots)", fontsize=9)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.97))
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def markdown_table(results: dict[str, Any]) -> str:
-    """ACC / BWT per method and scenario, mean ± std over seeds."""
-    lines = ["| scenario | " + " | ".join(f"{m} ACC / BWT" for m in METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
-    for key, res in results.items():
-        cells = []
-        for m in METHODS:
-            r = res["methods"][m]
-            cells.append(f"{r['acc']:.3f} ± {r['acc_std']:.3f} / {r['bwt']:+.3f} ± {r['bwt_std']:.3f}")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def report(r: dict[str, Any]) -> None:
-    """Print one run's line."""
-    line = f"{r['key']:28s} {r['method']:9s} seed {r['seed']}  ACC {r['acc']:.3f}  BWT {r['bwt']:+.3f}"
-    print(f"{line}  ({r['seconds']:.1f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON path; the PNG is written next to it")
-    parser.add_argument("--quick", action="store_true", help="smaller tasks and 2 seeds (a smoke run)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smaller tasks and 1 seed (a smoke run)")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3, 1 with --quick)")
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one CPU thread each)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     args = parser.parse_args(argv)
     quiet()
-    seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 3)))
-    for name in args.scenarios:  # generate and cache the data once, before the workers start
-        for seed in seeds:
-            make_datamodule(name, seed, args.quick)[0].setup("fit")
-    jobs = [
-        (name, scenario, method, seed, args.quick)
-        for name in args.scenarios
-        for scenario in IL
-        for seed in seeds
-        for method in reversed(args.methods)  # the slowest (MER) first: better packing over the workers
-    ]
+    seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
+    jobs = [(key, row, seed, args.quick) for key in args.scenarios for seed in seeds for row in args.rows]
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    if args.workers > 1:
-        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            for r in pool.imap_unordered(run_one, jobs):
-                runs.append(r)
-                report(r)
-    else:
-        for job in jobs:
-            runs.append(run_one(job))
-            report(runs[-1])
+    for job in jobs:  # one process, one thread: the runs do not compete for the cores
+        r = run_one(job)
+        runs.append(r)
+        diag = statistics.fmean(r["diagonal"])
+        print(f"{r['key']:28s} {r['row']:21s} seed {r['seed']}  ACC {r['acc']:.3f}  BWT {r['bwt']:+.3f}  "
+              f"diag {diag:.3f}  ({r['seconds']:.1f} s)", flush=True)  # fmt: skip
     total = time.perf_counter() - start
     results: dict[str, Any] = {}
-    for name in args.scenarios:
-        for scenario in IL:
-            key = f"{name}/{scenario}_il"
-            mine = sorted((r for r in runs if r["key"] == key), key=lambda r: r["seed"])
-            results[key] = {"methods": {m: summarize([r for r in mine if r["method"] == m]) for m in args.methods}}
-    env = {**environment(), "workers": args.workers, "threads_per_run": 1, "seconds_total": round(total, 1)}
-    env["seeds"] = seeds
-    payload = {"settings": SETTINGS, "quick": args.quick, "env": env, "scenarios": results}
-    payload["protocol"] = protocol(__doc__)
+    for key in args.scenarios:
+        mine = [r for r in runs if r["key"] == key]
+        rows = {row: sorted((r for r in mine if r["row"] == row), key=lambda r: r["seed"]) for row in args.rows}
+        results[key] = {"rows": {row: summarize(rs) for row, rs in rows.items() if rs}}
+    env = {**environment(), "processes": 1, "threads_per_run": 1, "seconds_total": round(total, 1), "seeds": seeds}
+    payload = {"settings": SETTINGS, "mer_steps_per_batch": mer_steps_per_batch(), "quick": args.quick, "env": env}
+    payload.update(scenarios=results, protocol=protocol(__doc__))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=1) + "\n")
     png = args.out.with_suffix(".png")
     plot(results, png)
-    if set(args.methods) == set(METHODS):
-        print("\n" + markdown_table(results))
+    print("\n" + markdown_tables(results))
     print(f"\nwrote {args.out} and {png} in {total:.0f} s")
 
 

@@ -3,10 +3,11 @@
 python tests/ddp_replay_script.py OUT_DIR
 
 Each fit is one pass over a 2-task stream of 80 samples whose first feature is a unique sample id, under
-``Trainer(accelerator="cpu", devices=2, strategy="ddp")``. Rank ``r`` writes ``OUT_DIR/rank{r}.json`` with, per
-method, its buffer's capacity, size, seen count and the ids it holds, a checksum of its weights, and the rows of
-the accuracy matrix; the ER run also saves ``OUT_DIR/er/last.ckpt`` (every rank's buffer inside). Each fit also
-builds a checkpoint on rank 0 alone after 3 batches (``OUT_DIR/<method>/rank0_only.ckpt``): it must not hang.
+``Trainer(accelerator="cpu", devices=2, strategy="ddp")``, with the user's module (``ContinualClassifier``): ER as a
+callback, MER as a wrapper. Rank ``r`` writes ``OUT_DIR/rank{r}.json`` with, per method, its buffer's capacity, size,
+seen count and the ids it holds, a checksum of its weights, the rows of the accuracy matrix and the ER callback's
+``state_key``; each fit saves ``OUT_DIR/<method>/last.ckpt`` (every rank's buffer inside) and builds a checkpoint on
+rank 0 alone after 3 batches (``OUT_DIR/<method>/rank0_only.ckpt``): it must not hang.
 """
 
 import json
@@ -14,14 +15,15 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_per import release_process_group
-from lightning_per.replay import MER, ContinualDataModule, ContinualModule, ExperienceReplay, TaskAccuracyMatrix
+from lightning_per.examples import ContinualClassifier
+from lightning_per.replay import MER, ExperienceReplay, ReplayBuffer, TaskAccuracyMatrix, TaskSequence
 from tests.helpers import SaveOnRankZeroOnly
 
 PER_TASK = 40
@@ -39,9 +41,9 @@ def tasks() -> list[TensorDataset]:
     return out
 
 
-def fit(model: ContinualModule, out: Path, name: str) -> dict:
-    dm = ContinualDataModule(tasks=tasks(), test_tasks=tasks(), classes_per_task=2, batch_size=4)
-    matrix = TaskAccuracyMatrix()
+def fit(model: LightningModule, out: Path, name: str, extra: list[Callback], buffer_of: object) -> dict:
+    dm = TaskSequence(tasks=tasks(), test_tasks=tasks(), batch_size=4)
+    matrix = TaskAccuracyMatrix(inputs=[0, 2])
     trainer = Trainer(
         accelerator="cpu",
         devices=2,
@@ -53,13 +55,14 @@ def fit(model: ContinualModule, out: Path, name: str) -> dict:
         num_sanity_val_steps=0,
         default_root_dir=out / name,
         callbacks=[
+            *extra,
             matrix,
             ModelCheckpoint(dirpath=out / name, filename="last"),
             SaveOnRankZeroOnly(out / name / "rank0_only.ckpt", batches=3),
         ],
     )
     trainer.fit(model, datamodule=dm)
-    buffer = model.buffer  # type: ignore[attr-defined]
+    buffer: ReplayBuffer = buffer_of.buffer  # type: ignore[attr-defined]
     x, _, task = buffer.contents()
     return {
         "rank": trainer.global_rank,
@@ -71,16 +74,21 @@ def fit(model: ContinualModule, out: Path, name: str) -> dict:
         "tasks": sorted(set(task.tolist())),
         "weights": float(sum(p.detach().double().sum() for p in model.parameters())),
         "rows": matrix.completed,
+        "state_key": extra[0].state_key if extra else None,
     }
+
+
+def module() -> ContinualClassifier:
+    return ContinualClassifier(in_features=4, num_tasks=2, classes_per_task=2, optimizer="adam", lr=0.01)
 
 
 def main() -> None:
     out = Path(sys.argv[1])
     seed_everything(0, verbose=False)
-    er = ExperienceReplay(capacity=CAPACITY, replay_batch_size=4, prioritized=True, input_dim=4, num_tasks=2)
-    results = {"er": fit(er, out, "er")}
-    mer = MER(memories=CAPACITY, replay_batch_size=4, batches_per_example=2, beta=0.5, input_dim=4, num_tasks=2)
-    results["mer"] = fit(mer, out, "mer")
+    replay = ExperienceReplay(capacity=CAPACITY, replay_batch_size=4, prioritized=True)
+    results = {"er": fit(module(), out, "er", [replay], replay)}
+    mer = MER(module(), memories=CAPACITY, replay_batch_size=4, batches_per_example=2, beta=0.5, variant="batch")
+    results["mer"] = fit(mer, out, "mer", [], mer)
     (out / f"rank{results['er']['rank']}.json").write_text(json.dumps(results))
 
 

@@ -1,6 +1,18 @@
 """Runnable examples on embedded data (MNIST-1D, scikit-learn digits); importable by the CLI after install."""
 
 from lightning_per.examples.data import DigitsDataModule, MNIST1DDataModule
-from lightning_per.examples.models import MLP, Classifier, ConvNet1D
+from lightning_per.examples.models import MLP, Classifier, ContinualClassifier, ConvNet1D
+from lightning_per.examples.sequences import PermutedMNIST1D, RotatedDigits, SplitDigits, SplitMNIST1D
 
-__all__ = ["MLP", "Classifier", "ConvNet1D", "DigitsDataModule", "MNIST1DDataModule"]
+__all__ = [
+    "MLP",
+    "Classifier",
+    "ContinualClassifier",
+    "ConvNet1D",
+    "DigitsDataModule",
+    "MNIST1DDataModule",
+    "PermutedMNIST1D",
+    "RotatedDigits",
+    "SplitDigits",
+    "SplitMNIST1D",
+]

@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.strategy import SamplingStrategy, StrategyName
 
-__all__ = ["DigitsDataModule", "MNIST1DDataModule", "load_mnist1d", "resolve_data_dir"]
+__all__ = ["DigitsDataModule", "MNIST1DDataModule", "load_digits", "load_mnist1d", "resolve_data_dir"]
 
 
 def resolve_data_dir(data_dir: str | None, option: str) -> Path:
@@ -81,6 +81,14 @@ def load_mnist1d(num_samples: int, seed: int, data_dir: Path) -> tuple[np.ndarra
         np.savez(handle, x=x, y=y)
     os.replace(tmp, cache)
     return x, y
+
+
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8x8 digits: float32 images ``(1797, 64)`` scaled to [0, 1] and int64 labels."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target, dtype=torch.int64)
 
 
 class MNIST1DDataModule(PrioritizedDataModule):
@@ -207,11 +215,7 @@ class DigitsDataModule(PrioritizedDataModule):
         """Load the bundled digits and split them with a fixed permutation."""
         if self.train_dataset is not None:
             return
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-        y = torch.tensor(digits.target, dtype=torch.int64)
+        x, y = load_digits()
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.data_seed))
         x, y = x[order], y[order]
         n_val, n_test = int(len(y) * self.val_fraction), int(len(y) * self.test_fraction)

@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_per.data import weighted_mean
+from lightning_per.replay.functional import task_class_mask
 
-__all__ = ["Classifier", "ConvNet1D", "MLP"]
+__all__ = ["MLP", "Classifier", "ContinualClassifier", "ConvNet1D"]
 
 
 class ConvNet1D(nn.Module):
@@ -139,3 +140,104 @@ class Classifier(LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ContinualClassifier(LightningModule):
+    """An MLP for task sequences of ``(x, y, task)`` samples, Task-IL or Class-IL, written with the two-line contract.
+
+    Task-IL (``scenario="task"``) reads the task id: with ``shared_classes`` (every task has the labels
+    ``[0, classes_per_task)``) each task has its own head of ``classes_per_task`` outputs; otherwise the outputs of
+    other tasks' labels are masked. Class-IL (``scenario="class"``) has one head over every class (``classes_per_task``
+    outputs with shared classes, ``num_tasks * classes_per_task`` otherwise), and masks the classes not yet seen in
+    training (split sequences). ``forward(x, task)`` gives the logits in the label order of the data, so the predicted
+    label is their argmax (``TaskAccuracyMatrix(inputs=[0, 2])``).
+
+    Args:
+        in_features: input features (inputs are flattened).
+        hidden: width of each hidden layer.
+        depth: number of hidden layers (the MER paper's MLP: 2 x 100).
+        num_tasks: tasks in the sequence.
+        classes_per_task: classes in each task.
+        shared_classes: every task has the same labels (permuted / rotated sequences).
+        scenario: ``"task"`` (Task-IL) or ``"class"`` (Class-IL).
+        optimizer: ``sgd`` or ``adam``.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+
+    Raises:
+        ValueError: a non-positive size or ``lr``, or an unknown ``scenario``.
+
+    Example::
+
+        >>> model = ContinualClassifier(in_features=4, num_tasks=2, classes_per_task=2, scenario="task")
+        >>> model(torch.zeros(1, 4), torch.tensor([1])).isinf().tolist()
+        [[True, True, False, False]]
+    """
+
+    seen_classes: Tensor
+
+    def __init__(
+        self,
+        in_features: int = 40,
+        hidden: int = 100,
+        depth: int = 2,
+        num_tasks: int = 5,
+        classes_per_task: int = 2,
+        shared_classes: bool = False,
+        scenario: Literal["task", "class"] = "class",
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_tasks", num_tasks), ("classes_per_task", classes_per_task), ("lr", lr)):
+            if value <= 0:
+                raise ValueError(f"`{name}` must be > 0, got {value}.")
+        if scenario not in ("task", "class"):
+            raise ValueError(f"`scenario` must be 'task' (Task-IL) or 'class' (Class-IL), got {scenario!r}.")
+        self.save_hyperparameters()
+        self.num_tasks = num_tasks
+        self.classes_per_task = classes_per_task
+        self.shared_classes = shared_classes
+        self.scenario = scenario
+        self.optimizer, self.lr, self.momentum, self.weight_decay = optimizer, lr, momentum, weight_decay
+        shared_head = scenario == "class" and shared_classes
+        self.num_outputs = classes_per_task if shared_head else num_tasks * classes_per_task
+        self.net = MLP(in_features, hidden, depth, self.num_outputs)
+        self.register_buffer("seen_classes", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: Tensor, task: Tensor | None = None) -> Tensor:
+        """Logits in the data's label order: the task's head or block in Task-IL, the classes seen in Class-IL."""
+        logits = self.net(x)
+        c = self.classes_per_task
+        if self.scenario == "task":
+            if task is None:
+                raise ValueError("Task-IL (`scenario='task'`) needs the task id of every sample: forward(x, task).")
+            if self.shared_classes:  # one head per task
+                return logits.view(-1, self.num_tasks, c)[torch.arange(logits.shape[0], device=x.device), task]
+            return logits.masked_fill(~task_class_mask(task, c, self.num_outputs), float("-inf"))
+        if self.shared_classes:
+            return logits
+        seen = torch.where(self.seen_classes > 0, self.seen_classes, self.num_outputs)  # no host sync
+        return logits.masked_fill(torch.arange(self.num_outputs, device=x.device) >= seen, float("-inf"))
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:  # noqa: D102
+        x, y = batch[0], batch[1]
+        task = batch[2] if len(batch) > 2 else None
+        if self.scenario == "class" and not self.shared_classes:
+            self.seen_classes = torch.maximum(self.seen_classes, y.max() + 1)
+        losses = F.cross_entropy(self(x, task), y, reduction="none")  # line 1: one loss per sample
+        # line 2: apply the importance weights, hand the per-sample losses to the callbacks
+        return {"loss": weighted_mean(losses, batch), "per_sample_loss": losses}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:  # noqa: D102
+        x, y = batch[0], batch[1]
+        task = batch[2] if len(batch) > 2 else None
+        self.log("val/acc", (self(x, task).argmax(-1) == y).float().mean(), batch_size=y.numel())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
+        if self.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)

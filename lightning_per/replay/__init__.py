@@ -1,48 +1,41 @@
-"""Experience replay for continual learning: reservoir and prioritized buffers, ER and MER, Task-IL and Class-IL.
+"""Experience replay for continual learning with any LightningModule: ER (a callback), MER (a wrapper), task sequences.
 
-The buffers store samples of any structure of tensors; their parts live one to a module: ``storage``
-(:class:`~lightning_per.replay.storage.TensorStorage`), ``writer`` (reservoir), ``uniform`` and ``prioritized``
-(samplers), ``sumtree``, ``protocols``, ``pooling`` (re-sharding saved buffers) and ``functional`` (pure functions).
+Add :class:`ExperienceReplay` to the Trainer's callbacks and train on a :class:`TaskSequence` (or any
+:class:`~lightning_per.PrioritizedDataModule`); wrap your module in :class:`MER` for Meta-Experience Replay;
+:class:`TaskAccuracyMatrix` measures ACC, BWT and each task's accuracy after it was trained. The buffers store samples
+of any structure of tensors; their parts live one to a module: ``storage``, ``writer`` (reservoir), ``uniform`` and
+``prioritized`` (samplers), ``sumtree``, ``protocols``, ``pooling`` (re-sharding saved buffers), ``ranks`` (one buffer
+per DDP process) and ``functional`` (pure functions). Benchmark sequences (split / permuted / rotated digits and
+MNIST-1D) live in :mod:`lightning_per.examples`.
 
 Example::
 
     from lightning.pytorch import Trainer
-    from lightning_per.replay import ExperienceReplay, SplitDigits, TaskAccuracyMatrix
+    from lightning_per.replay import ExperienceReplay, TaskAccuracyMatrix, TaskSequence
 
-    dm = SplitDigits(batch_size=10)  # 5 tasks of 2 classes, one fit over the stream
-    model = ExperienceReplay(capacity=200, input_dim=64, num_tasks=5, classes_per_task=2, scenario="class")
-    Trainer(max_epochs=1, callbacks=[TaskAccuracyMatrix(verbose=True)]).fit(model, datamodule=dm)
+    dm = TaskSequence(tasks=[task0, task1, task2], test_tasks=[test0, test1, test2], batch_size=10)
+    callbacks = [ExperienceReplay(capacity=200, replay_batch_size=10), TaskAccuracyMatrix()]
+    Trainer(max_epochs=1, callbacks=callbacks).fit(MyModule(), datamodule=dm)  # one pass over the stream
 """
 
+from lightning_per.replay.accuracy import TaskAccuracyMatrix, evaluate_tasks
 from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReplayBuffer, ReplaySample, ReservoirBuffer
-from lightning_per.replay.callbacks import TaskAccuracyMatrix
-from lightning_per.replay.data import (
-    ContinualDataModule,
-    PermutedMNIST1D,
-    RotatedDigits,
-    SplitDigits,
-    SplitMNIST1D,
-    TaskDataset,
-    TaskStreamSampler,
-)
+from lightning_per.replay.experience import ExperienceReplay
 from lightning_per.replay.loop import fit_tasks
-from lightning_per.replay.module import MER, ContinualModule, ExperienceReplay, evaluate_tasks
+from lightning_per.replay.mer import MER
+from lightning_per.replay.stream import TaskStreamSampler
+from lightning_per.replay.tasks import TaskDataset, TaskSequence
 
 __all__ = [
     "MER",
-    "ContinualDataModule",
-    "ContinualModule",
     "ExperienceReplay",
-    "PermutedMNIST1D",
     "PrioritizedReplayBuffer",
     "ReplayBuffer",
     "ReplaySample",
     "ReservoirBuffer",
-    "RotatedDigits",
-    "SplitDigits",
-    "SplitMNIST1D",
     "TaskAccuracyMatrix",
     "TaskDataset",
+    "TaskSequence",
     "TaskStreamSampler",
     "evaluate_tasks",
     "fit_tasks",

@@ -1,4 +1,4 @@
-"""Train through a task sequence with one ``trainer.fit`` per task, keeping model and buffer alive."""
+"""Train through a task sequence with one ``trainer.fit`` per task, keeping model and callbacks (buffer) alive."""
 
 from __future__ import annotations
 
@@ -6,32 +6,34 @@ from collections.abc import Callable
 
 import lightning.pytorch as pl
 
-from lightning_per.replay.data import ContinualDataModule
+from lightning_per.replay.tasks import TaskSequence
 
 __all__ = ["fit_tasks"]
 
 
 def fit_tasks(
     model: pl.LightningModule,
-    datamodule: ContinualDataModule,
+    datamodule: TaskSequence,
     trainer_fn: Callable[[int], pl.Trainer],
     start_task: int = 0,
 ) -> list[pl.Trainer]:
     """Fit ``model`` on tasks ``start_task, ..., num_tasks - 1``, each with a fresh Trainer from ``trainer_fn(task)``.
 
-    The model (and its replay buffer) carries over from task to task; each Trainer logs, checkpoints and
-    shows progress for its own task (give each its own ``default_root_dir`` or logger version, and reuse
-    callback instances such as :class:`~lightning_per.replay.TaskAccuracyMatrix` across Trainers).
-    Each Trainer's checkpoint holds the model, its buffer(s) and the callbacks' state (the accuracy matrix is
-    filled before the end-of-task checkpoint is written). To resume after task ``t``::
+    The model carries over from task to task, and so do the callbacks if ``trainer_fn`` passes the same instances
+    (:class:`~lightning_per.replay.ExperienceReplay` keeps its buffer, :class:`~lightning_per.replay.TaskAccuracyMatrix`
+    its rows). Each Trainer logs, checkpoints and shows progress for its own task (give each its own
+    ``default_root_dir`` or logger version). Each Trainer's checkpoint holds the model and the callbacks' state
+    (the buffers, the accuracy matrix, filled before the end-of-task checkpoint is written). To resume after task
+    ``t``::
 
         state = torch.load(path, weights_only=True)
-        model = ExperienceReplay.load_from_checkpoint(path, weights_only=True)  # weights, buffer, tasks seen
+        model = MyModule.load_from_checkpoint(path, weights_only=True)
+        replay.load_state_dict(state["callbacks"][replay.state_key])  # the buffer(s)
         matrix.load_state_dict(state["callbacks"][matrix.state_key])
         fit_tasks(model, datamodule, trainer_fn, start_task=t + 1)
 
     Args:
-        model: a continual module.
+        model: your LightningModule (or :class:`~lightning_per.replay.MER` around it).
         datamodule: the sequence; its ``mode`` must be ``"task"``.
         trainer_fn: builds the Trainer of a task.
         start_task: first task to train.
@@ -44,7 +46,8 @@ def fit_tasks(
 
     Example::
 
-        fit_tasks(model, SplitDigits(mode="task"), lambda t: Trainer(max_epochs=1, default_root_dir=f"runs/task{t}"))
+        replay, matrix = ExperienceReplay(capacity=200), TaskAccuracyMatrix()
+        fit_tasks(model, SplitDigits(mode="task"), lambda t: Trainer(max_epochs=1, callbacks=[replay, matrix]))
     """
     if datamodule.mode != "task":
         raise ValueError(f"`fit_tasks` needs a datamodule with `mode='task'`, got mode={datamodule.mode!r}.")

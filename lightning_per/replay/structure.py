@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["SampleSpec", "flatten", "unflatten"]
+__all__ = ["SampleSpec", "flatten", "join", "unflatten"]
 
 # A tree definition: None for a tensor leaf, ("seq", container type, children) or ("dict", keys, children).
 TreeDef = Any
@@ -102,6 +102,35 @@ def _unflatten(it: Any, treedef: TreeDef, plain: bool) -> Any:
     if plain or meta is tuple:
         return tuple(values)
     return meta(*values) if hasattr(meta, "_fields") else meta(values)  # a named tuple takes its fields
+
+
+def join(first: Any, second: Any) -> Any:
+    """The samples of ``first`` followed by those of ``second``, leaf by leaf, in ``first``'s containers and device.
+
+    Args:
+        first: a batch (tensor, or tuples / lists / dicts of tensors).
+        second: a batch of the same structure and dtypes (e.g. a buffer draw); tuples and lists count as the same.
+
+    Raises:
+        ValueError: the structures differ.
+
+    Example::
+
+        >>> incoming = {"x": torch.zeros(2, 3), "y": [torch.tensor([0, 1])]}
+        >>> joined = join(incoming, {"x": torch.ones(1, 3), "y": (torch.tensor([7]),)})
+        >>> joined["x"].shape, joined["y"]
+        (torch.Size([3, 3]), [tensor([0, 1, 7])])
+    """
+    leaves, treedef = flatten(first)
+    others, other_def = flatten(second)
+    if len(leaves) != len(others) or _shape_of(treedef) != _shape_of(other_def):
+        raise ValueError(
+            f"Cannot join a batch of samples {SampleSpec.of(first)!r} with one of samples {SampleSpec.of(second)!r}."
+        )
+    return unflatten(
+        [torch.cat([a, b if b.device == a.device else b.to(a.device)]) for a, b in zip(leaves, others, strict=True)],
+        treedef,
+    )
 
 
 def _shape_of(treedef: TreeDef) -> TreeDef:

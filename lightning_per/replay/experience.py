@@ -1,0 +1,249 @@
+"""Experience Replay as a callback: replayed samples mixed into the batches of any LightningModule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_per.callbacks._sync import checkpoint_due
+from lightning_per.data import PrioritizedBatch
+from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReplayBuffer, ReservoirBuffer
+from lightning_per.replay.ranks import RankBuffers
+from lightning_per.replay.structure import flatten, join
+
+__all__ = ["REPLAYED", "ExperienceReplay"]
+
+REPLAYED = -1
+"""The ``batch.index`` of a replayed sample (incoming samples keep their dataset indices)."""
+
+# callbacks that read `batch.index` as dataset indices or replace the batch themselves
+_REFUSED = ("LossTracker", "ImportanceSamplingCallback", "OnlineSelection")
+
+
+class ExperienceReplay(Callback):
+    """Experience Replay (ER) for any LightningModule: every training batch is mixed with samples from a buffer.
+
+    At the start of each training step the incoming batch is joined, leaf by leaf, with ``replay_batch_size`` samples
+    drawn from the buffer (same structure as your samples: tensors, tuples, lists, dicts): ``batch.data`` holds the
+    incoming samples followed by the replayed ones, ``batch.weight`` their weights (the DataModule's for the incoming
+    ones, 1 under uniform sampling; the buffer's importance weights for the replayed ones, 1 for uniform replay) and
+    ``batch.index`` their dataset indices, ``-1`` (:data:`REPLAYED`) for the replayed ones. After the step the
+    incoming samples (not the replayed ones) are offered to the buffer, a reservoir, which copies the ones it keeps.
+    While the buffer holds fewer than ``replay_batch_size`` items, uniform replay mixes in what it holds (prioritized
+    replay draws with replacement, so it mixes in ``replay_batch_size`` as soon as it holds one).
+
+    Training batches must come from a :class:`~lightning_per.PrioritizedDataModule` (wrap your datasets in one, any
+    strategy) or a subclass such as :class:`~lightning_per.replay.TaskSequence`. ``training_step`` changes as for
+    prioritized sampling: ``loss = weighted_mean(losses, batch)`` with one loss per sample, and, for prioritized
+    replay, ``return {"loss": loss, "per_sample_loss": losses}``: the replayed items' priorities become their losses
+    of this step (non-finite ones are left out). Your optimizer, scheduler, precision and automatic optimization are
+    untouched. ``LossTracker`` and the selection callbacks are refused alongside: they read ``batch.index`` as
+    dataset indices or replace the batch themselves.
+
+    Under DDP each rank keeps ``capacity // world_size`` items of its own shard (seed ``seed + rank``); checkpoints hold
+    every rank's buffer, gathered at synchronisation points (epoch ends, validation starts, steps where a
+    ``ModelCheckpoint`` saves by ``every_n_train_steps``), never at save time; a run resumed on another number of
+    processes pools and re-shards them (see :mod:`lightning_per.replay.ranks`). With
+    ``TaskSequence(repeats=m)`` each incoming batch arrives ``m`` times in a row and is offered to the buffer once.
+
+    Args:
+        capacity: the total memory budget (items); under DDP each rank keeps ``capacity // world_size``.
+        replay_batch_size: replayed samples mixed into each training batch.
+        prioritized: draw with ``p ∝ (loss + eps) ** alpha`` (:class:`~lightning_per.replay.PrioritizedReplayBuffer`)
+            instead of uniformly.
+        alpha: priority exponent (prioritized only).
+        priority_beta: importance-weight exponent in ``[0, 1]`` (prioritized only).
+        eps: added to every priority (prioritized only).
+        device: where the buffer keeps its samples: ``"cpu"``, ``"module"`` (the training device of each process,
+            e.g. GPU memory) or a device name.
+        loss_key: the key of the per-sample losses in ``training_step``'s output (prioritized only).
+        seed: seed of the buffer (rank ``r`` uses ``seed + r``).
+
+    Raises:
+        ValueError: ``capacity <= 0``, ``replay_batch_size < 0``, ``alpha < 0``, ``priority_beta`` outside
+            ``[0, 1]`` or ``eps <= 0``.
+
+    Example::
+
+        dm = PrioritizedDataModule(train_ds, batch_size=32, strategy="uniform")  # or a TaskSequence
+        trainer = Trainer(max_epochs=1, callbacks=[ExperienceReplay(capacity=1000, replay_batch_size=32)])
+        trainer.fit(MyModule(), datamodule=dm)  # training_step: weighted_mean(losses, batch)
+    """
+
+    def __init__(
+        self,
+        capacity: int = 500,
+        replay_batch_size: int = 10,
+        prioritized: bool = False,
+        alpha: float = 0.6,
+        priority_beta: float = 0.4,
+        eps: float = 1e-3,
+        device: str = "cpu",
+        loss_key: str = "per_sample_loss",
+        seed: int = 0,
+    ) -> None:
+        if isinstance(replay_batch_size, bool) or replay_batch_size < 0:
+            raise ValueError(f"`replay_batch_size` must be >= 0, got {replay_batch_size}.")
+        if alpha < 0:
+            raise ValueError(f"`alpha` (priority exponent) must be >= 0, got {alpha}; 0 is uniform replay.")
+        if not 0.0 <= priority_beta <= 1.0:
+            raise ValueError(
+                f"`priority_beta` (importance-weight exponent) must be in [0, 1], got {priority_beta}; 1 is unbiased."
+            )
+        if eps <= 0:
+            raise ValueError(f"`eps` must be > 0, got {eps}.")
+        self.capacity = capacity
+        self.replay_batch_size = replay_batch_size
+        self.prioritized = prioritized
+        self.alpha = alpha
+        self.priority_beta = priority_beta
+        self.eps = eps
+        self.device = device
+        self.loss_key = loss_key
+        self.seed = seed
+        self._shards = RankBuffers(capacity, self._make_buffer, seed, "capacity")
+        if replay_batch_size > capacity:
+            rank_zero_warn(
+                f"`replay_batch_size` = {replay_batch_size} replays per draw is more than `capacity={capacity}`: each "
+                "draw returns what the buffer holds (at most its capacity)."
+            )
+        self._incoming: Any = None  # this step's incoming samples, offered to the buffer after the step
+        self._incoming_size = 0
+        self._slots: Tensor | None = None  # buffer slots of this step's replayed samples
+        self._offer = True
+        self._repeats = 1
+
+    def _make_buffer(self, capacity: int, seed: int, device: torch.device | None) -> ReplayBuffer:
+        if self.prioritized:
+            return PrioritizedReplayBuffer(capacity, self.alpha, self.priority_beta, self.eps, seed, device)
+        return ReservoirBuffer(capacity, seed, device)
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        """This process's buffer."""
+        return self._shards.buffer
+
+    @property
+    def replayed_slots(self) -> Tensor | None:
+        """The buffer slots of the last (or current) training batch's replayed samples (``None``: none replayed)."""
+        return self._slots
+
+    # ------------------------------------------------------------------------------------------------- hooks
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, PrioritizedDataModule):
+            raise TypeError(
+                "ExperienceReplay needs the training data to come from a `lightning_per.PrioritizedDataModule` (or a "
+                f"`TaskSequence`) passed as `trainer.fit(model, datamodule=...)`; got {type(datamodule).__name__}. "
+                "Wrap your datasets: `PrioritizedDataModule(train_dataset, val_dataset, batch_size=..., "
+                "strategy='uniform')`."
+            )
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            names = {cls.__name__ for cls in type(callback).__mro__}
+            refused = next((name for name in _REFUSED if name in names), None)
+            if refused is not None:
+                raise ValueError(
+                    f"ExperienceReplay cannot run with {type(callback).__name__}: replayed samples are buffer items "
+                    f"(`batch.index == -1`), not dataset samples, and {type(callback).__name__} "
+                    + (
+                        "records scores by dataset index."
+                        if refused == "LossTracker"
+                        else "replaces each batch with points of its own choice."
+                    )
+                    + " Remove one of the two."
+                )
+        self._repeats = max(1, int(getattr(datamodule, "repeats", 1)))
+        device = trainer.strategy.root_device if self.device == "module" else torch.device(self.device)
+        self._shards.setup(trainer.global_rank, trainer.world_size, device)
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not isinstance(batch, PrioritizedBatch):
+            raise TypeError(
+                f"ExperienceReplay got a training batch of type {type(batch).__name__}: train with "
+                "`trainer.fit(model, datamodule=PrioritizedDataModule(...))` (or a `TaskSequence`), whose batches "
+                "carry the weights that replayed samples need."
+            )
+        self._incoming, self._incoming_size = batch.data, batch.batch_size
+        self._offer = batch_idx % self._repeats == 0  # a repeated batch is offered once
+        self._slots = None
+        buffer = self.buffer
+        if self.replay_batch_size == 0 or len(buffer) == 0:
+            return
+        spec = buffer.storage.spec
+        if spec is not None:  # refuse a batch the buffer could not store before training on it
+            spec.check(*flatten(batch.data))
+        draw = buffer.sample(self.replay_batch_size)
+        if draw.batch is None or draw.slots.numel() == 0:
+            return
+        n = draw.slots.numel()
+        batch.data = join(batch.data, draw.batch)
+        replayed = torch.full((n,), REPLAYED, dtype=batch.index.dtype, device=batch.index.device)
+        batch.index = torch.cat([batch.index, replayed])
+        batch.weight = torch.cat([batch.weight, draw.weight.to(device=batch.weight.device, dtype=batch.weight.dtype)])
+        self._slots = draw.slots
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        buffer = self.buffer
+        skipped = outputs is None or (isinstance(outputs, Mapping) and not outputs)  # `training_step` returned None
+        if isinstance(buffer, PrioritizedReplayBuffer) and self._slots is not None and not skipped:
+            buffer.update_priorities(self._slots, self._replayed_losses(outputs))
+        if self._offer and self._incoming is not None:
+            buffer.add(self._incoming)
+        self._incoming = None
+        if checkpoint_due(trainer):
+            self._shards.sync()
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._shards.sync()  # a checkpoint saved at the validation's end holds every rank's buffer
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._shards.sync()
+
+    def _replayed_losses(self, outputs: Any) -> Tensor:
+        """The per-sample losses of this step's replayed samples (one value per sample, detached)."""
+        losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
+        if not isinstance(losses, Tensor):
+            raise ValueError(
+                f"Prioritized replay sets the replayed items' priorities to their losses, but `training_step` returned "
+                f"no per-sample losses under {self.loss_key!r}. Return them: "
+                '`return {"loss": weighted_mean(losses, batch), "per_sample_loss": losses}` with '
+                "`losses = F.cross_entropy(logits, y, reduction='none')`."
+            )
+        n, r = self._incoming_size, int(self._slots.numel()) if self._slots is not None else 0
+        if losses.ndim == 0 or losses.shape[0] != n + r:
+            raise ValueError(
+                f"`training_step` returned {self.loss_key!r} of shape {tuple(losses.shape)}, but the batch holds "
+                f"{n} incoming and {r} replayed samples: return one loss per sample of the batch as it arrived."
+            )
+        replayed = losses.detach()[n:]
+        return replayed.reshape(r, -1).float().mean(1) if replayed.ndim > 1 else replayed
+
+    # ------------------------------------------------------------------------------------------------- state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's buffer (this one's as it is, the others' as of the last synchronisation); no collective."""
+        return {"buffers": self._shards.states(), "capacity": self.capacity}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the buffers: exactly on as many processes, pooled and re-sharded on another number."""
+        states = state_dict.get("buffers")
+        if states:
+            self._shards.restore(states)

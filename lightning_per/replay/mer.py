@@ -1,0 +1,353 @@
+"""Meta-Experience Replay (MER) wrapped around the user's LightningModule, with manual optimisation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_per.callbacks._sync import checkpoint_due
+from lightning_per.data import PrioritizedBatch
+from lightning_per.replay.buffer import ReplayBuffer, ReservoirBuffer
+from lightning_per.replay.experience import REPLAYED
+from lightning_per.replay.functional import reptile_interpolate_
+from lightning_per.replay.ranks import RankBuffers
+from lightning_per.replay.structure import flatten, unflatten
+
+__all__ = ["MER"]
+
+
+class MER(LightningModule):
+    """Meta-Experience Replay (Riemer et al., ICLR 2019) around your LightningModule, with manual optimisation.
+
+    Algorithm 1, per incoming example (``variant="example"``): remember the weights ``θ_0``; repeat
+    ``batches_per_example`` (``s``) times: draw ``replay_batch_size - 1`` (``k - 1``) distinct buffer items, append the
+    new example, remember ``θ_A``, take one SGD step per sample, then ``θ ← θ_A + beta (θ - θ_A)`` (within-batch
+    Reptile); after the ``s`` batches ``θ ← θ_0 + gamma (θ - θ_0)`` (across-batch Reptile); then offer the example to
+    the reservoir. ``variant="batch"`` treats the whole incoming batch as the new example; ``step_batch_size``
+    samples go into each inner SGD step (1: the paper's per-sample steps). The reference's MNIST settings with 5120
+    memories are ``lr=0.03, beta=0.03, gamma=1.0, replay_batch_size=100, batches_per_example=10``. Every inner step
+    is an optimizer step of the Trainer (``global_step`` counts them).
+
+    Each inner step calls your ``training_step`` on a sub-batch (a :class:`~lightning_per.PrioritizedBatch` of your
+    sample structure, weights 1, ``index`` -1 for replayed samples) and minimises the ``loss`` it returns; its
+    ``self.log`` calls are silenced there (MER logs ``train/loss``, the mean inner-step loss). ``forward``,
+    ``validation_step``, ``test_step``, ``predict_step``, ``setup`` and ``configure_callbacks`` are your module's;
+    its weights are MER's, so checkpoints hold them (``MER.load_from_checkpoint(path, module=YourModule(...))``).
+
+    **Optimizer settings.** Only the learning rate: the inner steps are plain SGD, ``θ ← θ - lr ∇L``, at ``lr``
+    (``None``: the learning rate of the first parameter group of the optimizer your ``configure_optimizers``
+    returns). Momentum, Adam's moments, weight decay, learning-rate schedulers and gradient clipping are not used: the
+    Reptile interpolations turn the trajectory of the inner SGD steps into a first-order meta-gradient that rewards
+    agreement between the samples' gradients, which holds for SGD steps; an optimizer's state would carry over
+    across the interpolations (its steps are no longer what is interpolated) and its per-parameter scaling changes
+    that agreement term. The reference code uses plain SGD too. Other hooks of your module (e.g.
+    ``on_train_epoch_end``) are not called.
+
+    Under DDP every inner step is a DDP step (gradients averaged across ranks), so the weights stay identical on all
+    ranks; each rank replays from its own buffer of ``memories // world_size`` items, and all take the same number of
+    inner steps (each replays as many items as the smallest buffer holds). Checkpoints hold every rank's buffer, as
+    for :class:`~lightning_per.replay.ExperienceReplay`.
+
+    Args:
+        module: your LightningModule (automatic optimization; ``training_step`` returns a loss or ``{"loss": ...}``).
+        memories: the total memory budget (items); under DDP each rank keeps ``memories // world_size``.
+        replay_batch_size: ``k``, samples per inner batch (``k - 1`` replays + the new one).
+        batches_per_example: ``s``, inner batches per incoming example.
+        beta: within-batch Reptile rate in ``(0, 1]``.
+        gamma: across-batch Reptile rate in ``(0, 1]``.
+        lr: SGD learning rate of the inner steps (``None``: your optimizer's).
+        variant: ``"example"`` (Algorithm 1) or ``"batch"``.
+        step_batch_size: samples per inner SGD step.
+        device: where the buffer keeps its samples: ``"cpu"``, ``"module"`` (the training device) or a device name.
+        seed: seed of the buffer (rank ``r`` uses ``seed + r``).
+
+    Raises:
+        ValueError: ``memories <= 0``, ``replay_batch_size``, ``batches_per_example`` or ``step_batch_size`` below 1,
+            ``beta`` / ``gamma`` outside ``(0, 1]``, ``lr <= 0``, or a module with manual optimization.
+
+    Example::
+
+        >>> from lightning_per.examples import ContinualClassifier
+        >>> mer = MER(ContinualClassifier(in_features=4), memories=100, replay_batch_size=5, batches_per_example=2)
+        >>> mer.automatic_optimization, mer.buffer.capacity
+        (False, 100)
+    """
+
+    def __init__(
+        self,
+        module: LightningModule,
+        memories: int = 5120,
+        replay_batch_size: int = 100,
+        batches_per_example: int = 10,
+        beta: float = 0.03,
+        gamma: float = 1.0,
+        lr: float | None = None,
+        variant: Literal["example", "batch"] = "example",
+        step_batch_size: int = 1,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("beta", beta), ("gamma", gamma)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"`{name}` (Reptile rate) must be in (0, 1], got {value}.")
+        for name, count in (
+            ("replay_batch_size", replay_batch_size),
+            ("batches_per_example", batches_per_example),
+            ("step_batch_size", step_batch_size),
+        ):
+            if count < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {count}.")
+        if variant not in ("example", "batch"):
+            raise ValueError(f"`variant` must be 'example' or 'batch', got {variant!r}.")
+        if lr is not None and lr <= 0:
+            raise ValueError(f"`lr` must be > 0 (or None: your optimizer's), got {lr}.")
+        if not module.automatic_optimization:
+            raise ValueError(
+                f"MER takes the optimizer steps itself, so the wrapped module must use automatic optimization; "
+                f"{type(module).__name__} has `automatic_optimization=False`."
+            )
+        self.save_hyperparameters(ignore=["module"])
+        self.automatic_optimization = False
+        self.module = module
+        self.replay_batch_size = replay_batch_size
+        self.batches_per_example = batches_per_example
+        self.beta = beta
+        self.gamma = gamma
+        self.lr = lr
+        self.variant = variant
+        self.step_batch_size = step_batch_size
+        self.buffer_device = device
+        self._shards = RankBuffers(memories, _reservoir, seed, "memories")
+        if replay_batch_size - 1 > memories:
+            rank_zero_warn(
+                f"`replay_batch_size - 1` = {replay_batch_size - 1} replays per draw is more than "
+                f"`memories={memories}`: each draw returns what the buffer holds."
+            )
+        self.inner_lr: float | None = lr  # resolved in `configure_optimizers`
+        self._slack = 0  # items of this rank's buffer left out so that all ranks replay as many
+
+    @property
+    def buffer(self) -> ReplayBuffer:
+        """This process's buffer."""
+        return self._shards.buffer
+
+    # ------------------------------------------------------------------------------------------ your module's
+    @override
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    @override
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        return self._delegate("validation_step", *args, **kwargs)
+
+    @override
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        return self._delegate("test_step", *args, **kwargs)
+
+    @override
+    def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        return self._delegate("predict_step", *args, **kwargs)
+
+    def _delegate(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call your module's hook so that its ``self.log`` logs under this hook."""
+        module = self.module
+        module._current_fx_name = self._current_fx_name
+        try:
+            return getattr(module, name)(*args, **kwargs)
+        finally:
+            module._current_fx_name = None
+
+    @override
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """Your module's callbacks and the one that synchronises the buffers before Lightning's checkpoints."""
+        theirs = self.module.configure_callbacks()
+        listed = [theirs] if isinstance(theirs, Callback) else list(theirs)
+        return [*listed, _BufferSync()]
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Plain SGD over your module's parameters at ``lr`` (see the class docstring)."""
+        if self.lr is None:
+            self.inner_lr = _first_lr(self.module.configure_optimizers(), type(self.module).__name__)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=float(self.inner_lr))  # type: ignore[arg-type]
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Your module's ``setup``; then this rank's buffer: ``memories // world_size`` items on ``device``."""
+        self.module.setup(stage)
+        trainer = self._trainer
+        if trainer is None:
+            return
+        device = trainer.strategy.root_device if self.buffer_device == "module" else torch.device(self.buffer_device)
+        self._shards.setup(trainer.global_rank, trainer.world_size, device)
+
+    # ------------------------------------------------------------------------------------------ the algorithm
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        data, index = (batch.data, batch.index) if isinstance(batch, PrioritizedBatch) else (batch, None)
+        leaves, treedef = flatten(data)
+        n = int(leaves[0].shape[0])
+        if index is None:
+            index = torch.full((n,), REPLAYED, dtype=torch.int64, device=leaves[0].device)
+        spec = self.buffer.storage.spec
+        if spec is not None:  # refuse a batch the buffer could not store before training on it
+            spec.check(leaves, treedef)
+        self._slack = 0
+        if self._shards.world > 1:  # every rank must take as many (all-reduced) inner steps: replay the smallest count
+            sizes = self.all_gather(torch.tensor(len(self.buffer), device=self.device))
+            self._slack = len(self.buffer) - int(torch.as_tensor(sizes).min())
+        units = [(i, i + 1) for i in range(n)] if self.variant == "example" else [(0, n)]
+        losses = []
+        with _silenced(self.module):
+            for start, stop in units:
+                unit = [x[start:stop] for x in leaves]
+                losses.append(self._meta_update(unit, treedef, index[start:stop], batch_idx))
+                self.buffer.add(unflatten(unit, treedef))
+        loss = torch.stack(losses).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    def _meta_update(self, unit: list[Tensor], treedef: Any, index: Tensor, batch_idx: int) -> Tensor:
+        """One MER update for the new sample(s) ``unit`` (leaves); returns the mean loss of its inner steps."""
+        opt = self.optimizers()
+        if isinstance(opt, list):
+            opt = opt[0]
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        theta_0 = [p.detach().clone() for p in params]
+        total, steps = torch.zeros((), device=self.device), 0
+        for _ in range(self.batches_per_example):
+            leaves, inner_index = self._inner_batch(unit, index)
+            theta_a = [p.detach().clone() for p in params]
+            size = int(leaves[0].shape[0])
+            weight = torch.ones(size, device=index.device)
+            for start in range(0, size, self.step_batch_size):
+                stop = start + self.step_batch_size
+                sub = PrioritizedBatch(
+                    unflatten([x[start:stop] for x in leaves], treedef), inner_index[start:stop], weight[start:stop]
+                )
+                opt.zero_grad()
+                loss = _loss_of(self.module.training_step(sub, batch_idx))
+                if loss is None:  # your `training_step` skipped this sub-batch
+                    continue
+                self.manual_backward(loss)
+                opt.step()
+                total += loss.detach()
+                steps += 1
+            reptile_interpolate_(params, theta_a, self.beta)
+        reptile_interpolate_(params, theta_0, self.gamma)
+        return total / max(steps, 1)
+
+    def _inner_batch(self, unit: list[Tensor], index: Tensor) -> tuple[list[Tensor], Tensor]:
+        """``k - 1`` distinct replays (fewer while the buffer holds fewer), then the new sample(s)."""
+        available = max(len(self.buffer) - self._slack, 0)
+        draw = self.buffer.sample(min(self.replay_batch_size - 1, available))
+        r = int(draw.slots.numel())
+        if draw.batch is None or r == 0:
+            return unit, index
+        replayed = flatten(draw.batch)[0]
+        leaves = [
+            torch.cat([a if a.device == b.device else a.to(b.device), b]) for a, b in zip(replayed, unit, strict=True)
+        ]
+        marks = torch.full((r,), REPLAYED, dtype=index.dtype, device=index.device)
+        return leaves, torch.cat([marks, index])
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # no collective: this rank's buffer as it is, the others' as of the last synchronisation (rank 0 has them)
+        checkpoint["replay_buffers"] = self._shards.states()
+        self.module.on_save_checkpoint(checkpoint)
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.module.on_load_checkpoint(checkpoint)
+        states = checkpoint.get("replay_buffers")
+        if not states:
+            rank_zero_warn("The checkpoint has no replay buffer; MER's buffer starts empty.")
+            return
+        self._shards.restore(states)
+
+
+def _reservoir(capacity: int, seed: int, device: torch.device | None) -> ReplayBuffer:
+    return ReservoirBuffer(capacity, seed, device)
+
+
+def _loss_of(outputs: Any) -> Tensor | None:
+    """The loss of a ``training_step`` output: the tensor, or its ``"loss"``; ``None`` for a skipped step."""
+    if outputs is None or isinstance(outputs, Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), Tensor):
+        return outputs["loss"]
+    raise ValueError(
+        f"MER minimises the loss your `training_step` returns, but it returned {type(outputs).__name__} without a "
+        '`"loss"` tensor: return the loss, or `{"loss": weighted_mean(losses, batch), ...}`.'
+    )
+
+
+def _first_lr(configured: Any, name: str) -> float:
+    """The learning rate of the first parameter group of the first optimizer ``configure_optimizers`` returned."""
+    todo = [configured]
+    while todo:
+        item = todo.pop(0)
+        if isinstance(item, torch.optim.Optimizer):
+            return float(item.param_groups[0]["lr"])
+        if isinstance(item, Mapping):
+            todo.append(item.get("optimizer"))
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    raise ValueError(
+        f"MER takes its learning rate from the optimizer of {name}.configure_optimizers(), which returned none: pass "
+        "`MER(..., lr=...)`."
+    )
+
+
+@contextmanager
+def _silenced(module: LightningModule) -> Iterator[None]:
+    """``module.log`` and ``module.log_dict`` do nothing within the block (inner steps would log hundreds of times)."""
+    module.log = _no_log  # type: ignore[method-assign]
+    module.log_dict = _no_log  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del module.log, module.log_dict
+
+
+def _no_log(*args: Any, **kwargs: Any) -> None:
+    """Stands in for ``LightningModule.log`` during MER's inner steps."""
+
+
+class _BufferSync(Callback):
+    """Brings every rank's MER buffer to rank 0 where Lightning may save a checkpoint (see :mod:`.ranks`).
+
+    Its ``on_train_batch_end`` and ``on_train_epoch_end`` run before the checkpoint callbacks' (Lightning puts those
+    last), and validation starts precede the checkpoints saved at validation ends.
+    """
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if checkpoint_due(trainer):
+            _shards(pl_module).sync()
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            _shards(pl_module).sync()
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _shards(pl_module).sync()
+
+
+def _shards(pl_module: LightningModule) -> RankBuffers:
+    return pl_module._shards  # type: ignore[return-value]
