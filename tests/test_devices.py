@@ -130,3 +130,13 @@ def test_reducible_loss_selection_on_the_device(tmp_path, precision):
     assert irreducible.table is not None and irreducible.table.device.type == "cpu"
     assert bool(torch.isfinite(irreducible.table).all()) and model.checked == trainer.global_step == 9
     assert int(model.bad_weights) == 0
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
+def test_experience_replay_on_the_device_with_the_buffer_in_device_memory(tmp_path, precision, prioritized):
+    from lightning_per.replay import ExperienceReplay
+
+    replay = ExperienceReplay(capacity=32, replay_batch_size=4, prioritized=prioritized, device="module")
+    trainer, model, _ = _fit(tmp_path, [replay], precision)
+    assert model.checked == trainer.global_step == 24 and int(model.bad_weights) == 0
