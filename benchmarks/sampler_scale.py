@@ -62,7 +62,8 @@ def worker(method: str, n: int) -> dict[str, Any]:
     """Time one method in this process; returns seconds (None on failure), extra bytes per sample, error."""
     from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-    from lightning_per import PrioritizedSampler, SamplingStrategy
+    from lightning_per import SamplingStrategy
+    from lightning_per.sampler import PrioritizedSampler
 
     table = _fill_scores(n)
     before = _peak_rss_bytes()

@@ -30,7 +30,7 @@ class RecordPlans(Callback):
         total = len(dm.sampler) * world
         # with replacement the world makes `total` i.i.d. draws (a pass without replacement repeats its start)
         strategy = replace(dm.strategy, num_samples=total) if dm.strategy.with_replacement else dm.strategy
-        single = lp.PrioritizedSampler(
+        single = lp.sampler.PrioritizedSampler(
             dm.train_dataset, dm.scores, strategy, num_replicas=1, seed=dm.sampler.seed, max_epochs=trainer.max_epochs
         )
         single.set_epoch(trainer.current_epoch)

@@ -49,7 +49,7 @@ def units(rank: int, out: Path) -> dict:
     if rank == 0:
         after._pending.append((torch.tensor([0]), torch.tensor([3.0]), None, (0, 2)))
     after._sync(trainer, module)
-    table = lp.ScoreTable(2)
+    table = lp.scores.ScoreTable(2)
     table.update(*after._records[0][:2])
     result = {"saved": shared[0]["unmerged_index"].tolist(), "scores": table.scores.tolist()}
 

@@ -15,8 +15,10 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import rankdata
 
-from lightning_per import PrioritizedSampler, SamplingStrategy, ScoreTable
+from lightning_per import SamplingStrategy
 from lightning_per import functional as PF
+from lightning_per.sampler import PrioritizedSampler
+from lightning_per.scores import ScoreTable
 from lightning_per.strategy import SamplingPlan, build_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:`prune_ratio=1` is a hard threshold")

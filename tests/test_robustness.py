@@ -147,10 +147,10 @@ def test_grad_norm_score_accepts_class_probabilities(tmp_path):
 
 
 def test_plan_follows_max_epochs_and_priorities_leave_their_input_alone():
-    table = lp.ScoreTable(10)
+    table = lp.scores.ScoreTable(10)
     table.update(torch.arange(10), torch.rand(10, generator=torch.Generator().manual_seed(0)))
     strategy = lp.SamplingStrategy("proportional", final_uniform_epochs=1)
-    sampler = lp.PrioritizedSampler(range(10), table, strategy, seed=0, max_epochs=None)
+    sampler = lp.sampler.PrioritizedSampler(range(10), table, strategy, seed=0, max_epochs=None)
     sampler.set_epoch(1)
     assert sampler.plan().cdf is not None
     sampler.max_epochs = 2  # epoch 1 is now the final uniform epoch
@@ -211,17 +211,17 @@ def test_a_dataset_with_getitems_gets_one_call_per_batch_and_the_right_samples(s
 )
 def test_indexed_dataset_batches_every_form_of_sampler_key(keys):
     base = blobs(10)
-    items = lp.IndexedDataset(base).__getitems__(keys)
+    items = lp.data.IndexedDataset(base).__getitems__(keys)
     expected = [(int(k[0]), float(k[1])) if isinstance(k, tuple) else (int(k), 1.0) for k in keys]
     assert [(i, w) for i, w, _ in items] == expected  # the items read as (index, weight, sample) triples
     assert all(torch.equal(sample[0], base[i][0]) for i, _, sample in items)
     assert [i for i, _, _ in items[1:]] == [i for i, _ in expected[1:]]
-    batch = lp.IndexedCollate()(items)
+    batch = lp.data.IndexedCollate()(items)
     assert batch.index.dtype == torch.int64 and batch.weight.dtype == torch.float32
     assert batch.index.tolist() == [i for i, _ in expected] and batch.weight.tolist() == [w for _, w in expected]
     assert torch.equal(batch[0], base.tensors[0][batch.index])
     # a plain list of triples (a user's own fetching) collates the same
-    same = lp.IndexedCollate()(list(items))
+    same = lp.data.IndexedCollate()(list(items))
     assert torch.equal(same.index, batch.index) and torch.equal(same.weight, batch.weight)
     assert torch.equal(same[0], batch[0])
 
@@ -232,7 +232,7 @@ def test_a_getitems_that_loses_samples_is_refused():
             return [self.base[i] for i in indices[:-1]]
 
     with pytest.raises(ValueError, match=r"returned 2 samples for 3 indices"):
-        lp.IndexedDataset(Short(blobs(10))).__getitems__([1, 2, 3])
+        lp.data.IndexedDataset(Short(blobs(10))).__getitems__([1, 2, 3])
 
 
 def test_weighted_mean_weights_each_samples_row_whatever_the_loss_shape():

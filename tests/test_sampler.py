@@ -2,8 +2,10 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from lightning_per import PrioritizedSampler, SamplingStrategy, ScoreTable
+from lightning_per import SamplingStrategy
 from lightning_per import functional as PF
+from lightning_per.sampler import PrioritizedSampler
+from lightning_per.scores import ScoreTable
 
 
 def _table(n, seed=0):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lightning_per import SamplingStrategy, ScoreTable
+from lightning_per import SamplingStrategy
+from lightning_per.scores import ScoreTable
 from lightning_per.strategy import build_plan
 
 

@@ -296,7 +296,7 @@ def test_loss_tracker_prioritizes_by_reducible_loss_across_epochs(tmp_path):
     index, losses = last.last  # the table holds loss - irreducible loss of what was trained
     assert torch.allclose(dm.scores.scores[index], losses - irreducible.table[index], atol=1e-6)
     assert bool((dm.scores.scores < 0).any()) and dm.scores.seen == 60
-    plan = lp.build_plan(dm.scores.scores, dm.strategy, 1, None, torch.Generator().manual_seed(0), 60)
+    plan = lp.strategy.build_plan(dm.scores.scores, dm.strategy, 1, None, torch.Generator().manual_seed(0), 60)
     assert plan.cdf is not None and plan.stats["ess"] < 1  # a rank plan is drawn from them
     with pytest.raises(ValueError, match=r"negative score .*strategy='rank'"):  # proportional needs >= 0
         _fit(
