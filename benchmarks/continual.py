@@ -3,8 +3,8 @@
 Every method trains the same user module, ``lightning_per.examples.ContinualClassifier`` (a 2x100 ReLU MLP, plain
 SGD at lr 0.1), in one fit over the stream (a single pass, incoming batches of 10): fine-tuning (the module alone);
 ER and prioritized ER (``ExperienceReplay`` callback, 200 memories, 10 replays per batch); MER (the module wrapped in
-``MER``: ``variant="batch"``, ``k=10`` (9 replays + the incoming batch), ``s=5`` inner batches, 5 samples per inner
-SGD step, ``beta=0.3``, ``gamma=1``: 20 inner SGD steps per incoming batch). Rows:
+``MER``: ``variant="batch"``, 9 replays + the incoming batch (the paper's ``k=10``), ``s=5`` inner batches, 5 samples
+per inner SGD step, ``reptile_beta=0.3``, ``reptile_gamma=1``: 20 inner SGD steps per incoming batch). Rows:
 
 * reference settings: each method as above (fine-tuning and ER take 1 step per incoming batch, MER 20);
 * equal steps: ER and fine-tuning with as many gradient steps per incoming batch as MER takes (each incoming batch
@@ -79,22 +79,22 @@ SETTINGS: dict[str, Any] = {
         "quick": {"split_mnist1d": 300, "permuted_mnist1d": 300, "rotated_digits": 100},
     },
     "er": {"replay_batch_size": 10},
-    "per": {"replay_batch_size": 10, "alpha": 0.6, "priority_beta": 0.4},
+    "per": {"replay_batch_size": 10, "alpha": 0.6, "beta": 0.4},
     "mer": {
         "variant": "batch",
-        "replay_batch_size": 10,
+        "replay_batch_size": 9,
         "batches_per_example": 5,
-        "beta": 0.3,
-        "gamma": 1.0,
+        "reptile_beta": 0.3,
+        "reptile_gamma": 1.0,
         "step_batch_size": 5,
     },
 }
 
 
 def mer_steps_per_batch() -> int:
-    """MER's inner SGD steps per full incoming batch (buffer holding ``k - 1``): ``s * ceil((k - 1 + b) / step)``."""
+    """MER's inner SGD steps per full incoming batch (``r`` replays held): ``s * ceil((r + b) / step)``."""
     mer, b = SETTINGS["mer"], SETTINGS["batch_size"]
-    return int(mer["batches_per_example"] * -(-(mer["replay_batch_size"] - 1 + b) // mer["step_batch_size"]))
+    return int(mer["batches_per_example"] * -(-(mer["replay_batch_size"] + b) // mer["step_batch_size"]))
 
 
 def make_sequence(name: str, seed: int, quick: bool, repeats: int = 1) -> tuple[TaskSequence, dict[str, Any]]:
@@ -125,7 +125,7 @@ def build(row: str, shape: dict[str, Any], il: str, seed: int) -> tuple[Lightnin
     if row.startswith("finetune"):
         return module, []
     if row == "mer":
-        return MER(module, memories=SETTINGS["memories"], seed=seed, **SETTINGS["mer"]), []
+        return MER(module, capacity=SETTINGS["memories"], seed=seed, **SETTINGS["mer"]), []
     memories = int(row.removeprefix("er_m")) if row.startswith("er_m") else SETTINGS["memories"]
     settings = SETTINGS["per"] if row == "per" else SETTINGS["er"]
     return module, [ExperienceReplay(capacity=memories, prioritized=row == "per", seed=seed, **settings)]

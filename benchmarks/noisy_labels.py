@@ -28,8 +28,8 @@ defaults with ``LossTracker()`` (the per-sample loss of the training pass, free)
 ``rank_reducible``: ``LossTracker(score="reducible")`` with ``rank`` (reducible losses can be negative, which
 ``proportional`` refuses). ``topk_reducible``: ``TopKSelection(presample=10)`` (RHO-LOSS, the top 10% of
 ``B = 320`` by loss minus irreducible loss). ``topk_loss``: ``TopKSelection(presample=10, score="loss")``.
-``selective_backprop``: ``SelectiveBackprop()`` at its defaults (``beta=1``, ``presample=2``, loss percentiles over
-the last 1024 scores). The reducible-loss methods add ``IrreducibleLoss``: the same CNN trained on the (noisy)
+``selective_backprop``: ``SelectiveBackprop()`` at its defaults (``selectivity=1``, ``presample=2``, loss percentiles
+over the last 1024 scores). The reducible-loss methods add ``IrreducibleLoss``: the same CNN trained on the (noisy)
 holdout for ``--il-epochs`` (30) epochs with SGD, momentum 0.9, batch 32 and a cosine from ``--il-lr`` (0.05) to
 0; this setting had the best clean validation accuracy of the irreducible-loss model itself (69.7%, seed 0, 30%
 noise) among SGD 0.02/0.05 (constant or cosine) and Adam 0.003/0.01 (cosine), 10 or 30 epochs. The

@@ -7,14 +7,14 @@ the points it chose, whatever the user's collate function returns.
 
 A list or tuple is read as *fields* (walked element by element) or as *per-sample values* (joined and indexed as a
 whole). With two batches of different sizes at hand the reading is exact: fields keep their count, per-sample
-values have one entry per sample. :func:`concat_batches` compares its two inputs so; :func:`select` compares its
+values have one entry per sample. ``concat_batches`` compares its two inputs so; ``select`` compares its
 batch with ``like``, a batch of the same structure and another size (the importance callback passes the incoming
 batch). Without one, a heuristic decides: fields when any element is a tensor, array, dict, list or tuple;
 but a list or tuple with exactly one entry per sample only when every entry is a tensor or array batched along
 dim 0 or a list of one value per sample (with at least one tensor or array), so a tuple of per-sample tensors of
 different shapes (images of several sizes, detection targets) stays per-sample. Any other leaf (``None``, a
-number, a string) is batch-level metadata: kept as is by :func:`select`, and required to be equal by
-:func:`concat_batches`.
+number, a string) is batch-level metadata: kept as is by ``select``, and required to be equal by
+``concat_batches``.
 """
 
 from __future__ import annotations
@@ -39,13 +39,12 @@ def concat_batches(first: PrioritizedBatch, second: PrioritizedBatch) -> Priorit
         second: a batch of the same structure (same dict keys, same number of fields).
 
     Returns:
-        A new :class:`~lightning_per.PrioritizedBatch`; the inputs are not modified.
+        A new ``PrioritizedBatch``; the inputs are not modified.
 
     Raises:
         TypeError: the two batches do not have the same structure (the message gives the path and the types).
 
-    Example::
-
+    Example:
         >>> a = PrioritizedBatch({"x": torch.zeros(2, 3), "id": ["a", "b"]}, torch.tensor([0, 1]), torch.ones(2))
         >>> b = PrioritizedBatch({"x": torch.ones(1, 3), "id": ["c"]}, torch.tensor([5]), torch.ones(1))
         >>> ab = concat_batches(a, b)
@@ -69,10 +68,9 @@ def select(batch: PrioritizedBatch, index: Tensor, like: PrioritizedBatch | None
             fields from per-sample values exactly where the count of a tuple equals the number of samples.
 
     Returns:
-        A new :class:`~lightning_per.PrioritizedBatch` with ``len(index)`` samples.
+        A new ``PrioritizedBatch`` with ``len(index)`` samples.
 
-    Example::
-
+    Example:
         >>> batch = PrioritizedBatch((torch.arange(4), ["a", "b", "c", "d"]), torch.arange(10, 14), torch.ones(4))
         >>> picked = select(batch, torch.tensor([3, 0, 3]))
         >>> picked.data[0].tolist(), picked.data[1], picked.index.tolist()

@@ -1,6 +1,6 @@
 """The batch type that carries dataset indices and importance weights next to the user's own batch.
 
-A training batch from :class:`~lightning_per.PrioritizedDataModule` is a :class:`PrioritizedBatch`. It unpacks and
+A training batch from ``PrioritizedDataModule`` is a ``PrioritizedBatch``. It unpacks and
 indexes like the batch the user's collate function made (``x, y = batch`` for tuple and list samples,
 ``batch["image"]`` and ``batch.keys()`` for dict samples), and adds ``batch.index`` (int64 dataset indices) and
 ``batch.weight`` (float32 importance weights).
@@ -28,13 +28,15 @@ __all__ = ["IndexedCollate", "IndexedDataset", "PrioritizedBatch", "holdout_spli
 class PrioritizedBatch:
     """A collated batch with the dataset index and the importance weight of every sample.
 
+    It unpacks and indexes like ``data`` (``x, y = batch`` for tuple and list samples, ``batch["image"]`` and
+    ``batch.keys()`` for dict samples); ``batch.batch_size`` is the number of samples.
+
     Args:
         data: the batch the user's collate function made from the samples (tuple, list, dict, tensor, ...).
         index: int64 dataset indices, one per sample.
         weight: float32 importance weights, one per sample (1 for uniform sampling).
 
-    Example::
-
+    Example:
         >>> batch = PrioritizedBatch((torch.zeros(2, 3), torch.tensor([0, 1])), torch.tensor([4, 7]), torch.ones(2))
         >>> x, y = batch
         >>> x.shape, batch.index.tolist()
@@ -105,8 +107,7 @@ def weighted_mean(losses: Tensor, batch: Any) -> Tensor:
     has one row per sample: shape ``(n,)``, ``(n, 1)`` or ``(n, T, ...)`` (e.g. per-token losses; each sample's
     weight multiplies its whole row, then all elements are averaged).
 
-    Example::
-
+    Example:
         >>> batch = PrioritizedBatch(None, torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
         >>> weighted_mean(torch.tensor([2.0, 2.0]), batch)
         tensor(4.)
@@ -149,7 +150,7 @@ class IndexedDataset(Dataset):
 
         One call of the wrapped dataset's own ``__getitems__`` if it has one, else a plain loop; no per-sample call
         of this wrapper. The result is a sequence of ``(index, weight, sample)`` items that holds the batch's
-        indices and weights as tensors, so that :class:`IndexedCollate` need not build them item by item.
+        indices and weights as tensors, so that ``IndexedCollate`` need not build them item by item.
         """
         indices, index, weight = _split_keys(keys)
         dataset = self.dataset
@@ -205,10 +206,10 @@ class _Items(Sequence[tuple[int, float, Any]]):
 
 
 class IndexedCollate:
-    """Collates ``(index, weight, sample)`` items into a :class:`PrioritizedBatch` (picklable for workers).
+    """Collates ``(index, weight, sample)`` items into a ``PrioritizedBatch`` (picklable for workers).
 
     Args:
-        collate_fn: collates the samples themselves; defaults to :func:`torch.utils.data.default_collate`.
+        collate_fn: collates the samples themselves; defaults to ``torch.utils.data.default_collate``.
     """
 
     def __init__(self, collate_fn: Callable[[list[Any]], Any] | None = None) -> None:
@@ -236,8 +237,7 @@ def holdout_split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Sub
     Raises:
         ValueError: ``dataset`` has fewer than 2 samples, or ``fraction`` is outside (0, 1).
 
-    Example::
-
+    Example:
         >>> rest, holdout = holdout_split(list(range(10)), 0.3, seed=0)
         >>> len(rest), len(holdout), sorted([*rest, *holdout]) == list(range(10))
         (7, 3, True)

@@ -21,20 +21,21 @@ __all__ = ["PrioritizedDataModule"]
 
 
 class PrioritizedDataModule(LightningDataModule):
-    """Serves training batches drawn by a :class:`SamplingStrategy` from per-sample scores.
+    """Serves training batches drawn by a ``SamplingStrategy`` from per-sample scores.
 
-    Give it your map-style datasets (or subclass it and set ``train_dataset`` / ``val_dataset`` /
-    ``test_dataset`` in ``setup``), add :class:`~lightning_per.LossTracker` to the Trainer, and training batches
-    arrive as :class:`~lightning_per.PrioritizedBatch`: your batch, plus ``batch.index`` and ``batch.weight``.
-    The score table and the sampler's epoch are saved in checkpoints; validation and test loaders are plain.
+    Give it your map-style datasets (or subclass it and set ``train_dataset`` / ``val_dataset`` / ``test_dataset``
+    in ``setup``) and add ``LossTracker`` (or a selection callback) to the Trainer. Training batches arrive as
+    ``PrioritizedBatch``: your batch, plus ``batch.index`` (dataset indices) and ``batch.weight`` (importance
+    weights). Under DDP every process draws its own disjoint share of the same plan. The score table and the
+    sampler's epoch are saved in checkpoints; validation and test loaders are plain.
 
     Args:
         train_dataset: map-style training set (``None``: set ``self.train_dataset`` in ``setup``).
         val_dataset: validation set, or ``None``.
         test_dataset: test set, or ``None``.
         batch_size: training batch size per process.
-        strategy: a :class:`SamplingStrategy`, a strategy name, a dict of its arguments (as in YAML), or ``None``
-            for uniform.
+        strategy: a ``SamplingStrategy``, a strategy name, a dict of its arguments (as in YAML), or ``None`` for
+            uniform.
         num_workers: DataLoader workers.
         eval_batch_size: batch size of the validation and test loaders (``None``: ``batch_size``).
         seed: seed of the sampler (``None``: the global torch seed, e.g. from ``seed_everything``, taken from
@@ -42,21 +43,23 @@ class PrioritizedDataModule(LightningDataModule):
         pin_memory: DataLoader ``pin_memory``.
         persistent_workers: DataLoader ``persistent_workers`` (with ``num_workers > 0``).
         drop_last: drop the last incomplete training batch.
-        collate_fn: collates samples (``None``: ``default_collate``); import path in YAML.
-        holdout_fraction: share of the training set held out as ``holdout_dataset`` and removed from training (for
-            :class:`~lightning_per.IrreducibleLoss`), in [0, 1); ``train_dataset`` is then the rest, and sample
-            indices number the rest.
+        collate_fn: collates samples (``None``: ``default_collate``); an import path in YAML.
+        holdout_fraction: share of the training set held out as ``holdout_dataset`` (for ``IrreducibleLoss``) and
+            removed from training, in [0, 1); sample indices then number the rest.
         holdout_seed: seed of the holdout's random choice.
 
     Raises:
         ValueError: a bad argument (named in the message).
-        TypeError: ``strategy`` of another type, or a dict with a key :class:`SamplingStrategy` does not take.
+        TypeError: ``strategy`` of another type, or a dict with a key ``SamplingStrategy`` does not take.
 
-    Example::
-
-        dm = PrioritizedDataModule(train_ds, val_ds, batch_size=64, strategy=SamplingStrategy("rank", alpha=0.7))
-        trainer = Trainer(callbacks=[LossTracker()], max_epochs=10)
-        trainer.fit(model, datamodule=dm)
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(8, 3), torch.arange(8))
+        >>> dm = PrioritizedDataModule(data, batch_size=4, strategy=SamplingStrategy("rank", alpha=0.7), seed=0)
+        >>> batch = next(iter(dm.train_dataloader()))  # epoch 0 is uniform: nothing is scored yet
+        >>> x, y = batch
+        >>> x.shape, batch.index.shape, batch.weight.tolist()
+        (torch.Size([4, 3]), torch.Size([4]), [1.0, 1.0, 1.0, 1.0])
     """
 
     def __init__(
@@ -187,7 +190,7 @@ class PrioritizedDataModule(LightningDataModule):
 
     # ---------------------------------------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
-        """The prioritized training loader: batches are :class:`~lightning_per.PrioritizedBatch`."""
+        """The prioritized training loader: batches are ``PrioritizedBatch``."""
         self._follow_train_set()
         sampler = self.sampler
         if self.trainer is not None:  # the world may not have been known when the sampler was first used
@@ -335,7 +338,7 @@ class PrioritizedDataModule(LightningDataModule):
 
 
 def _as_strategy(strategy: Any) -> SamplingStrategy:
-    """A :class:`SamplingStrategy` from what the constructor accepts (a strategy, a name, a dict, ``None``)."""
+    """A ``SamplingStrategy`` from what the constructor accepts (a strategy, a name, a dict, ``None``)."""
     if strategy is None:
         return SamplingStrategy("uniform")
     if isinstance(strategy, SamplingStrategy):

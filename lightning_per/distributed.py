@@ -16,8 +16,7 @@ def all_gather_variable(tensor: Tensor, world_size: int) -> Tensor:
     Gathers the sizes, pads to the largest, gathers and trims (the shape-first recipe of torchmetrics).
     Without an initialised process group, or with one process, the tensor is returned as is.
 
-    Example::
-
+    Example:
         >>> all_gather_variable(torch.arange(3), world_size=1)
         tensor([0, 1, 2])
     """
@@ -39,8 +38,7 @@ def gather_objects_to_rank_zero(obj: Any, world_size: int) -> list[Any] | None:
 
     Without an initialised process group, or with one process, ``[obj]``.
 
-    Example::
-
+    Example:
         >>> gather_objects_to_rank_zero({"a": 1}, world_size=1)
         [{'a': 1}]
     """

@@ -17,7 +17,7 @@ __all__ = ["PrioritizedSampler"]
 
 
 class PrioritizedSampler(DistributedSampler):
-    """Draws one epoch of indices from a :class:`~lightning_per.ScoreTable` with a :class:`SamplingStrategy`.
+    """Draws one epoch of indices from a ``ScoreTable`` with a ``SamplingStrategy``.
 
     Every rank builds the same plan from the same table, generator seeded by ``seed`` and the epoch, and keeps
     the positions ``rank, rank + world, ...`` of it: the ranks' shares are disjoint parts of one epoch's draw.
@@ -25,7 +25,7 @@ class PrioritizedSampler(DistributedSampler):
 
     Indices are produced lazily in chunks, by inverse-CDF lookup for draws with replacement, so there is no
     2^24-category limit and no epoch-sized Python list or tensor. Weighted strategies yield ``(index, weight)`` pairs,
-    the uniform strategy plain ints; :class:`~lightning_per.data.IndexedDataset` accepts both.
+    the uniform strategy plain ints; ``IndexedDataset`` accepts both.
 
     Args:
         data_source: the training set (only its length is used).
@@ -37,8 +37,7 @@ class PrioritizedSampler(DistributedSampler):
         max_epochs: the Trainer's ``max_epochs`` for annealing schedules (``None``: no annealing).
         chunk_size: draws generated per chunk.
 
-    Example::
-
+    Example:
         >>> sampler = PrioritizedSampler(range(10), seed=0)
         >>> sorted(sampler) == list(range(10))
         True

@@ -19,8 +19,7 @@ class ScoreTable:
     Args:
         num_samples: the dataset size.
 
-    Example::
-
+    Example:
         >>> table = ScoreTable(4)
         >>> table.update(torch.tensor([0, 2, 2]), torch.tensor([1.0, 2.0, 4.0]))  # returns the dropped count
         0

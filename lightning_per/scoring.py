@@ -1,10 +1,10 @@
 """One scoring vocabulary: where a per-sample score comes from, shared by ``LossTracker`` and the selection callbacks.
 
-A score is a :class:`Score` (a name and what it reads from ``training_step``'s output) or any function
+A score is a ``Score`` (a name and what it reads from ``training_step``'s output) or any function
 ``fn(outputs, batch) -> Tensor`` returning one value per sample. Every name means one thing everywhere:
 
 - ``loss``: the per-sample loss under ``loss_key``.
-- ``reducible``: that loss minus the sample's irreducible loss (:class:`~lightning_per.IrreducibleLoss`), RHO-LOSS.
+- ``reducible``: that loss minus the sample's irreducible loss (``IrreducibleLoss``), RHO-LOSS.
 - ``grad_norm``: the gradient-norm bound ``||dL / dz||`` of the loss with respect to the outputs ``z`` under
   ``logits_key`` (Katharopoulos & Fleuret), in closed form for ``bound`` ``cross_entropy``, ``bce`` and ``mse``, or
   by ``torch.autograd.grad`` through ``loss_fn`` for ``bound="autograd"``.
@@ -46,8 +46,11 @@ Captured = Tensor | tuple[Tensor, Tensor]
 class Score:
     """A named per-sample score and what it reads from the output of ``training_step``.
 
+    Pass it as ``score=`` to ``LossTracker`` or a selection callback (a plain name gives the defaults below).
+
     Args:
-        name: ``loss``, ``reducible``, ``grad_norm``, ``deviation``, ``margin`` or ``novelty`` (module docstring).
+        name: ``loss``, ``reducible``, ``grad_norm``, ``deviation``, ``margin`` or ``novelty`` (see
+            ``lightning_per.scoring``).
         loss_key: key of the per-sample losses (``loss``, ``reducible``).
         logits_key: key of the model outputs (``grad_norm``, ``deviation``, ``margin``).
         target_key: key of the targets (``grad_norm``, ``deviation``, ``margin``; ``LossTracker(class_balance=...)``).
@@ -65,8 +68,7 @@ class Score:
     Raises:
         ValueError: an argument out of range, or ``bound="autograd"`` without ``loss_fn``.
 
-    Example::
-
+    Example:
         >>> from lightning_per import PrioritizedBatch
         >>> score = Score("grad_norm")
         >>> batch = PrioritizedBatch(None, torch.tensor([4, 7]), torch.ones(2))
@@ -153,7 +155,7 @@ class Score:
         return logits, targets
 
     def resolve(self, captured: Captured) -> Tensor:
-        """One float32 score per sample from what :meth:`capture` kept."""
+        """One float32 score per sample from what ``capture`` kept."""
         if isinstance(captured, Tensor):
             return captured.float().reshape(-1)
         logits, targets = captured
@@ -216,7 +218,7 @@ class Score:
         return {"novelty_mean": None if self._novelty_mean is None else self._novelty_mean.cpu()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s values."""
+        """Restore ``state_dict``'s values."""
         self._novelty_mean = state.get("novelty_mean")
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -288,7 +290,7 @@ class Score:
 
 
 class _FunctionScore:
-    """A user's ``fn(outputs, batch) -> Tensor`` with :class:`Score`'s interface."""
+    """A user's ``fn(outputs, batch) -> Tensor`` with ``Score``'s interface."""
 
     name = "custom"
     keys: tuple[str, ...] = ()
@@ -342,16 +344,15 @@ Scorer = Score | _FunctionScore
 
 
 def as_score(score: str | Score | Callable[[Any, Any], Tensor], owner: str) -> Scorer:
-    """The callback's own scorer from what its ``score`` argument accepts: a name, a :class:`Score` or a function.
+    """The callback's own scorer from what its ``score`` argument accepts: a name, a ``Score`` or a function.
 
-    A :class:`Score` is copied, so two callbacks given the same one keep separate running state.
+    A ``Score`` is copied, so two callbacks given the same one keep separate running state.
 
     Raises:
         ValueError: an unknown name.
         TypeError: anything else.
 
-    Example::
-
+    Example:
         >>> as_score("margin", "LossTracker").keys
         ('logits', 'target')
     """

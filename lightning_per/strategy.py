@@ -29,41 +29,38 @@ class SamplingStrategy:
     - ``uniform``: a shuffled pass over the data, weights 1 (plain Lightning training).
     - ``proportional``: ``p_i ∝ (s_i + eps)^alpha``, ``num_samples`` draws with replacement.
     - ``rank``: ``p_i ∝ rank_i^-alpha`` (rank 1 = highest score), robust to outliers, with replacement.
-    - ``prune``: InfoBatch (ICLR 2024). Samples scoring below the threshold (the mean, or ``prune_quantile``) are
+    - ``prune``: InfoBatch (ICLR 2024): samples scoring below the threshold (the mean, or ``prune_quantile``) are
       dropped with probability ``prune_ratio`` and the kept ones weighted ``1 / (1 - prune_ratio)``; a shuffled
-      pass over what is kept, so epochs get shorter. ``prune_ratio = 1`` is a hard threshold (biased).
+      pass over what is kept, so epochs get shorter.
 
-    Drawn samples get importance weights ``(N p_i)^-beta`` (1 for ``uniform``). Annealing: ``alpha``, ``beta``
-    and ``uniform_mix`` move linearly from their start values in epoch 1 (epoch 0 is uniform: nothing is scored yet)
-    to their ``*_final`` values in the last prioritized epoch, and the last
-    ``final_uniform_epochs`` epochs are plain uniform passes (default: 0, or 1/8 of ``max_epochs`` for ``prune``,
-    as in InfoBatch).
+    Drawn samples get importance weights ``(N p_i)^-beta``. Epoch 0 is uniform (nothing is scored yet); ``alpha``,
+    ``beta`` and ``uniform_mix`` move linearly from their values in epoch 1 to their ``*_final`` values in the last
+    prioritized epoch, which needs the Trainer's ``max_epochs`` (without it they stay at their start values).
 
     Args:
         name: ``uniform``, ``proportional``, ``rank`` or ``prune``.
         alpha: priority exponent (>= 0; 0 is uniform).
-        beta: importance-weight exponent in [0, 1]; 1 is unbiased. The default schedule, 0.4 annealed to 1.0
-            (Schaul et al.), was chosen on the validation split: constant 1 made SGD at a large learning rate
-            unstable (``benchmarks/select_defaults.py``).
+        beta: importance-weight exponent in [0, 1]; 1 is unbiased.
         eps: added to scores for ``proportional`` (> 0 keeps every sample drawable).
         uniform_mix: ``λ`` in ``p = (1 - λ) p_prio + λ / N``; bounds every weight by ``1 / λ``.
         alpha_final: anneal ``alpha`` to this value (``None``: constant).
-        beta_final: anneal ``beta`` to this value, reached in the last prioritized epoch (``None``: constant).
-            Annealing needs the Trainer's ``max_epochs``; without it the values stay at their start (warned).
+        beta_final: anneal ``beta`` to this value (``None``: constant); by default 0.4 annealed to 1.0.
         uniform_mix_final: anneal ``uniform_mix`` to this value (``None``: constant).
-        final_uniform_epochs: uniform epochs at the end of training (``None``: 0, or ``max_epochs // 8`` for prune).
+        final_uniform_epochs: uniform epochs at the end of training (``None``: 0, or ``max_epochs // 8`` for
+            ``prune``, as in InfoBatch).
         normalize_weights: divide weights by the largest weight of the distribution (Schaul et al.; then <= 1).
-        num_samples: draws per epoch for ``proportional``/``rank`` (``None``: the dataset size).
-        prune_ratio: ``r`` in [0, 1], share of below-threshold samples pruned.
-        prune_quantile: threshold as a quantile of the scores in (0, 1) (``None``: their mean, as InfoBatch).
+        num_samples: draws per epoch for ``proportional`` / ``rank`` (``None``: the dataset size).
+        prune_ratio: ``r`` in [0, 1], the share of below-threshold samples pruned; 1 is a hard threshold (biased,
+            warned).
+        prune_quantile: the threshold as a quantile of the scores, in (0, 1) (``None``: their mean, as InfoBatch).
 
     Raises:
         ValueError: an argument is out of range; the message names it and the value.
 
-    Example::
-
-        >>> SamplingStrategy("rank", alpha=0.7).name
-        'rank'
+    Example:
+        >>> strategy = SamplingStrategy("rank", alpha=0.7)
+        >>> strategy.with_replacement, strategy.annealed()
+        (True, ['beta from 0.4 to 1.0'])
     """
 
     name: StrategyName = "proportional"
@@ -122,8 +119,7 @@ class SamplingStrategy:
     def annealed(self) -> list[str]:
         """What this strategy anneals over ``max_epochs``, in words (empty: nothing).
 
-        Example::
-
+        Example:
             >>> SamplingStrategy("proportional", beta=0.4, beta_final=1.0).annealed()
             ['beta from 0.4 to 1.0']
         """
@@ -142,8 +138,7 @@ class SamplingStrategy:
         start values and the last epoch before the ``final_uniform_epochs`` uses the ``*_final`` values (with a single
         prioritized epoch, the final ones). Without ``max_epochs`` the start values hold throughout.
 
-        Example::
-
+        Example:
             >>> s = SamplingStrategy("proportional", beta=0.4, beta_final=1.0)
             >>> [round(s.scheduled(epoch, 5)[1], 2) for epoch in range(1, 5)]
             [0.4, 0.6, 0.8, 1.0]
@@ -220,7 +215,7 @@ def build_plan(
     epoch: int,
     max_epochs: int | None,
     generator: torch.Generator,
-    num_samples: int,
+    dataset_size: int,
 ) -> SamplingPlan:
     """Build the plan of ``epoch`` from the score table (NaN = never scored).
 
@@ -230,14 +225,14 @@ def build_plan(
         epoch: the epoch the plan is for (drives annealing).
         max_epochs: the Trainer's ``max_epochs`` (``None`` or -1: no annealing, no final uniform epochs).
         generator: seeded generator; the plan consumes it deterministically.
-        num_samples: the dataset size.
+        dataset_size: the number of training samples (``strategy.num_samples`` is the number of draws).
     """
     if max_epochs is not None and max_epochs < 0:
         max_epochs = None
     final = strategy.uniform_epochs_at_end(max_epochs)
     in_final = max_epochs is not None and epoch >= max_epochs - final
     if strategy.name == "uniform" or in_final or scores is None or bool(torch.isnan(scores).all()):
-        return _uniform_plan(num_samples, generator)
+        return _uniform_plan(dataset_size, generator)
     alpha, beta, lam = strategy.scheduled(epoch, max_epochs)
     filled = PF.fill_unseen(scores)
     # the highest-scored tenth (more with ties), for `top10_mass`; its own generator leaves the plan's draws as they are

@@ -87,7 +87,9 @@ def main() -> None:
     seed_everything(0, verbose=False)
     replay = ExperienceReplay(capacity=CAPACITY, replay_batch_size=4, prioritized=True)
     results = {"er": fit(module(), out, "er", [replay], replay)}
-    mer = MER(module(), memories=CAPACITY, replay_batch_size=4, batches_per_example=2, beta=0.5, variant="batch")
+    mer = MER(
+        module(), capacity=CAPACITY, replay_batch_size=3, batches_per_example=2, reptile_beta=0.5, variant="batch"
+    )
     results["mer"] = fit(mer, out, "mer", [], mer)
     (out / f"rank{results['er']['rank']}.json").write_text(json.dumps(results))
 

@@ -52,7 +52,7 @@ def main() -> None:
     out = Path(sys.argv[1])
     rules = {
         "topk": lp.TopKSelection(presample=3),
-        "selective_backprop": lp.SelectiveBackprop(beta=1.0, presample=2, history=64),
+        "selective_backprop": lp.SelectiveBackprop(selectivity=1.0, presample=2, history=64),
         "importance": lp.ImportanceSamplingCallback(tau_th=1e-9, tau_every_n_steps=1),
     }
     results: dict = {}

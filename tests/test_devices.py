@@ -103,7 +103,7 @@ def test_loss_tracker_on_the_device_with_no_host_sync_between_its_synchronisatio
     [
         lambda: lp.ImportanceSamplingCallback(tau_th=1e-9, tau_every_n_steps=1),
         lambda: lp.TopKSelection(presample=4, score="loss"),
-        lambda: lp.SelectiveBackprop(beta=1.0, presample=2),
+        lambda: lp.SelectiveBackprop(selectivity=1.0, presample=2),
     ],
     ids=["importance", "topk", "selective_backprop"],
 )

@@ -1,3 +1,5 @@
+import importlib
+import inspect
 import math
 
 import pytest
@@ -38,7 +40,7 @@ def test_rank_gives_tied_scores_equal_probability_whatever_their_index():
     # in an epoch's plan, the tied samples at both ends of the index range get the same probability
     scores = torch.tensor([1.0] * 4 + [0.5] * 4)
     plan = build_plan(
-        scores, SamplingStrategy("rank"), epoch=1, max_epochs=None, generator=torch.Generator(), num_samples=8
+        scores, SamplingStrategy("rank"), epoch=1, max_epochs=None, generator=torch.Generator(), dataset_size=8
     )
     p = torch.diff(plan.cdf, prepend=plan.cdf.new_zeros(1))
     assert torch.allclose(p[:4], p[0]) and torch.allclose(p[4:], p[4]) and p[0] > p[4]
@@ -101,7 +103,7 @@ def test_draw_from_cdf_ranks_hold_disjoint_shares_of_one_draw():
     cdf = torch.rand(1000, generator=torch.Generator().manual_seed(5), dtype=torch.float64).cumsum(0)
     whole, p_whole = PF.draw_from_cdf(cdf, 999, torch.Generator().manual_seed(6))
     for rank in range(3):
-        mine, p_mine = PF.draw_from_cdf(cdf, 999, torch.Generator().manual_seed(6), rank=rank, world=3)
+        mine, p_mine = PF.draw_from_cdf(cdf, 999, torch.Generator().manual_seed(6), rank=rank, num_replicas=3)
         assert torch.equal(mine, whole[rank::3]) and torch.equal(p_mine, p_whole[rank::3])
 
 
@@ -184,3 +186,15 @@ def test_the_ce_bound_takes_class_indices_of_any_integer_dtype_and_integer_one_h
         assert torch.allclose(PF.softmax_ce_grad_norm(z, y.to(dtype)), expected, atol=1e-6)
     assert torch.allclose(PF.softmax_ce_grad_norm(z, torch.nn.functional.one_hot(y, 4)), expected, atol=1e-6)
     assert torch.allclose(PF.softmax_ce_grad_norm(z.bfloat16(), y), expected, atol=2e-2)
+
+
+def test_functional_all_lists_every_public_function_of_the_package():
+    defined = set()
+    for name in ("bounds", "priorities", "sampling", "tau"):
+        module = importlib.import_module(f"lightning_per.functional.{name}")
+        defined |= {
+            n
+            for n, obj in vars(module).items()
+            if inspect.isfunction(obj) and obj.__module__ == module.__name__ and not n.startswith("_")
+        }
+    assert defined == set(PF.__all__)

@@ -155,18 +155,20 @@ def test_er_refuses_other_data_and_callbacks_that_read_dataset_indices(tmp_path:
 def test_settings_out_of_range_are_refused() -> None:
     with pytest.raises(ValueError, match=r"`capacity` \(buffer capacity\) must be a positive integer, got 0"):
         ExperienceReplay(capacity=0)
-    with pytest.raises(
-        ValueError, match=r"`priority_beta` \(importance-weight exponent\) must be in \[0, 1\], got 1.5"
-    ):
-        ExperienceReplay(prioritized=True, priority_beta=1.5)
+    with pytest.raises(ValueError, match=r"`beta` \(importance-weight exponent\) must be in \[0, 1\], got 1.5"):
+        ExperienceReplay(prioritized=True, beta=1.5)
     with pytest.raises(ValueError, match=r"`alpha` \(priority exponent\) must be >= 0, got -1"):
         ExperienceReplay(prioritized=True, alpha=-1)
     with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than `capacity=4`"):
         ExperienceReplay(capacity=4, replay_batch_size=10)
     module = ContinualClassifier(in_features=4)
-    with pytest.raises(ValueError, match=r"`memories` \(buffer capacity\) must be a positive integer, got -3"):
-        MER(module, memories=-3)
-    for name in ("beta", "gamma"):
+    with pytest.raises(ValueError, match=r"`capacity` \(buffer capacity\) must be a positive integer, got -3"):
+        MER(module, capacity=-3)
+    with pytest.raises(ValueError, match=r"`replay_batch_size` must be >= 0, got -1"):
+        MER(module, replay_batch_size=-1)
+    with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than `capacity=4`"):
+        MER(module, capacity=4, replay_batch_size=10)
+    for name in ("reptile_beta", "reptile_gamma"):
         for value in (0.0, 1.5):
             with pytest.raises(ValueError, match=rf"`{name}` \(Reptile rate\) must be in \(0, 1\], got {value}"):
                 MER(module, **{name: value})  # type: ignore[arg-type]
@@ -214,7 +216,14 @@ def test_mer_around_a_user_module_matches_a_hand_computation(tmp_path: Path) -> 
     with torch.no_grad():
         net.weight.copy_(torch.tensor([[0.2, -0.1], [0.0, 0.3]]))
         net.bias.zero_()
-    model = MER(LinearModule(net), memories=5, replay_batch_size=3, batches_per_example=s, beta=beta, gamma=gamma)
+    model = MER(
+        LinearModule(net),
+        capacity=5,
+        replay_batch_size=2,
+        batches_per_example=s,
+        reptile_beta=beta,
+        reptile_gamma=gamma,
+    )
     memory_x = torch.tensor([[0.5, -1.0], [-2.0, 0.5], [1.5, 1.0]])
     memory_y = torch.tensor([0, 1, 0])
     model.buffer.add((memory_x, memory_y, torch.zeros(3, dtype=torch.long)))
@@ -238,7 +247,7 @@ def test_mer_around_a_user_module_matches_a_hand_computation(tmp_path: Path) -> 
         d = (w @ xi + b).softmax(0) - torch.eye(2)[yi]  # d CE / d logits = softmax - onehot
         return w - lr * torch.outer(d, xi), b - lr * d
 
-    assert [len(d) for d in drawn] == [2] * s  # k - 1 = 2 distinct replays in each of the s batches
+    assert [len(d) for d in drawn] == [2] * s  # replay_batch_size = 2 distinct replays in each of the s batches
     w, b = w0.clone(), b0.clone()
     for slots in drawn:
         wa, ba = w.clone(), b.clone()
@@ -258,7 +267,7 @@ def test_mer_wraps_a_user_module_through_a_stream_of_dict_samples(tmp_path: Path
     dm = TaskSequence(
         tasks=[DictDataset(t) for t in _toy_tasks()], test_tasks=[DictDataset(t) for t in _toy_tasks()], batch_size=4
     )
-    model = MER(DictModule(), memories=8, replay_batch_size=3, batches_per_example=2, beta=0.5, variant=variant)
+    model = MER(DictModule(), capacity=8, replay_batch_size=2, batches_per_example=2, reptile_beta=0.5, variant=variant)
     matrix = TaskAccuracyMatrix(inputs="x", target="y")
     _trainer(tmp_path, callbacks=[matrix], enable_checkpointing=False).fit(model, datamodule=dm)
     assert model.buffer.seen == 36 and len(model.buffer) == 8
@@ -344,7 +353,7 @@ def _stream_run(root: Path, method: str, stop: int | None = None, ckpt_path: Pat
     if method == "er":
         callbacks.append(ExperienceReplay(capacity=5, replay_batch_size=3, prioritized=True))
     else:
-        model = MER(module, memories=5, replay_batch_size=3, batches_per_example=2, variant="batch", step_batch_size=2)
+        model = MER(module, capacity=5, replay_batch_size=2, batches_per_example=2, variant="batch", step_batch_size=2)
     if stop is not None:
         callbacks.append(_StopAt(root / "cut.ckpt", stop))
     trainer = _trainer(root, callbacks=callbacks, enable_checkpointing=False)

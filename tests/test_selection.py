@@ -69,24 +69,24 @@ def test_top_k_selection_trains_each_step_on_the_b_highest_scored_points_of_its_
         assert sorted(chosen, key=lambda i: -float(table[i])) == chosen  # highest first
 
 
-def test_selective_backprop_keeps_each_point_with_probability_its_percentile_to_the_beta():
-    # F of the i-th smallest of n history values is i / n: keep probability (i / n) ** beta, checked by counts
-    n, beta, trials = 20, 2.0, 4000
+def test_selective_backprop_keeps_each_point_with_probability_its_percentile_to_the_selectivity():
+    # F of the i-th smallest of n history values is i / n: keep probability (i / n) ** selectivity, checked by counts
+    n, selectivity, trials = 20, 2.0, 4000
     history = torch.arange(1.0, n + 1)
     generator = torch.Generator().manual_seed(0)
     kept = torch.zeros(n)
     for _ in range(trials):
-        kept += PF.percentile_keep(history, history, beta, torch.rand(n, generator=generator)).float()
-    expected = trials * (torch.arange(1.0, n + 1) / n) ** beta
+        kept += PF.percentile_keep(history, history, selectivity, torch.rand(n, generator=generator)).float()
+    expected = trials * (torch.arange(1.0, n + 1) / n) ** selectivity
     assert kept[-1] == trials  # the highest score has F = 1: always kept
     kept, expected = kept[:-1], expected[:-1]
     chi2 = float((((kept - expected) ** 2) / (expected * (1 - expected / trials))).sum())
     assert stats.chi2.sf(chi2, df=n - 1) > 1e-3  # a binomial count per point; fixed seed
-    assert PF.percentile_keep(torch.tensor([float("nan")]), history, beta, torch.zeros(1)).tolist() == [False]
+    assert PF.percentile_keep(torch.tensor([float("nan")]), history, selectivity, torch.zeros(1)).tolist() == [False]
 
 
-def test_selective_backprop_trains_on_about_one_in_beta_plus_one_of_each_presample(tmp_path):
-    sb = lp.SelectiveBackprop(beta=1.0, presample=2, history=256)
+def test_selective_backprop_trains_on_about_one_in_selectivity_plus_one_of_each_presample(tmp_path):
+    sb = lp.SelectiveBackprop(selectivity=1.0, presample=2, history=256)
     trainer, trained = _fit(tmp_path, [sb], dm=_dm(256, 16), max_epochs=2)
     sizes = [len(i) for i in trained.index[4:]]  # once the history holds a few presamples
     assert 0.4 < sum(sizes) / (32 * len(sizes)) < 0.6  # E[F] = 1/2 of B = 32
@@ -112,7 +112,7 @@ class Counting(TinyClassifier):
     [
         (lambda: lp.ImportanceSamplingCallback(presample=3, tau_th=1e-9, tau_every_n_steps=1), [8]),
         (lambda: lp.TopKSelection(presample=3, score="loss"), [8]),
-        (lambda: lp.SelectiveBackprop(beta=1.0, presample=3), None),
+        (lambda: lp.SelectiveBackprop(selectivity=1.0, presample=3), None),
     ],
     ids=["importance", "topk", "selective_backprop"],
 )
@@ -164,7 +164,7 @@ def _rule_run(tmp_path, make, epochs, ckpt_path=None, kill_after=None):
     "make",
     [
         lambda: lp.TopKSelection(presample=3),
-        lambda: lp.SelectiveBackprop(beta=1.0, presample=2, history=32, score="reducible"),
+        lambda: lp.SelectiveBackprop(selectivity=1.0, presample=2, history=32, score="reducible"),
         lambda: lp.ImportanceSamplingCallback(tau_th=1.01, tau_every_n_steps=3, a_tau=0.5),
     ],
     ids=["topk", "selective_backprop", "importance"],
@@ -223,7 +223,7 @@ def test_reducible_needs_an_irreducible_loss_callback_and_a_holdout(tmp_path):
     ("make", "message"),
     [
         (lambda: lp.TopKSelection(presample=1), r"`presample` must be an integer > 1"),
-        (lambda: lp.SelectiveBackprop(beta=0.0), r"`beta` must be > 0 .*got 0.0"),
+        (lambda: lp.SelectiveBackprop(selectivity=0.0), r"`selectivity` must be > 0 .*got 0.0"),
         (lambda: lp.SelectiveBackprop(history=0), r"`history` must be an integer >= 1, got 0"),
         (lambda: lp.TopKSelection(score="bogus"), r"`score` must be one of loss, reducible"),
         (lambda: lp.IrreducibleLoss(max_epochs=0), r"`max_epochs` must be >= 1, got 0"),

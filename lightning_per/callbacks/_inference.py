@@ -43,7 +43,7 @@ def scoring_mode(pl_module: LightningModule, trainer: Trainer | None = None) -> 
 
 
 def scoring_step(pl_module: LightningModule, batch: Any, batch_idx: int, trainer: Trainer | None = None) -> Any:
-    """One call of ``pl_module.training_step(batch, batch_idx)`` in :func:`scoring_mode`; returns its output."""
+    """One call of ``pl_module.training_step(batch, batch_idx)`` in ``scoring_mode``; returns its output."""
     with scoring_mode(pl_module, trainer):
         return pl_module.training_step(batch, batch_idx)
 

@@ -26,41 +26,36 @@ _TAU_FORMS: tuple[str, ...] = get_args(TauForm)
 class ImportanceSamplingCallback(OnlineSelection):
     """Importance sampling with the gradient-norm upper bound, switched on only when it pays off.
 
-    Katharopoulos & Fleuret, "Not All Samples Are Created Equal" (ICML 2018), on the presample engine (see
-    :mod:`lightning_per.selection.engine`). A **uniform step** trains on the incoming ``b`` points and reads their
-    scores from ``training_step``'s output for free. An **importance step** scores a presample of
-    ``B = presample * b`` points without gradients and draws ``b`` of them with replacement, ``p ∝ score``, weighted
-    ``1 / (n p)`` (``n``: the presample's points with a finite score), so ``weighted_mean(losses, batch)`` is an
+    Katharopoulos & Fleuret, "Not All Samples Are Created Equal" (ICML 2018). A uniform step trains on the incoming
+    ``b`` points. An importance step scores a presample of ``B = presample * b`` points without gradients and draws
+    ``b`` of them with replacement, ``p ∝ score``, weighted ``1 / (n p)``, so ``weighted_mean(losses, batch)`` is an
     unbiased estimate of the presample's mean gradient. Importance steps run while the moving average ``tau`` of the
-    variance-reduction estimate exceeds ``tau_th`` (by default ``(B + 3b) / 3b``, the cost ratio of an importance
-    step to a uniform one) and ``global_step >= warmup_steps``; ``tau`` is the same on every process, so all switch
-    on the same step. At the end of training it says how many steps were importance steps and how high ``tau`` got.
-    The README explains the maths, the logged ``per/`` metrics, DDP and checkpoints.
+    variance-reduction estimate exceeds ``tau_th`` and ``global_step >= warmup_steps``; ``tau`` is averaged over the
+    processes, so all switch on the same step. The DataModule must serve uniform batches.
 
     Args:
-        presample: ``B / b``, the size of the scored presample in batches (> 1; the paper advises 2 to 6).
-        tau_th: importance sampling runs while ``tau > tau_th`` (> 0; ``None``: ``(presample + 3) / 3``).
+        presample: ``B / b``, the size of the scored presample in batches (an integer > 1; the paper advises 2 to 6).
+        tau_th: importance sampling runs while ``tau > tau_th`` (> 0; ``None``: ``(presample + 3) / 3``, the cost
+            ratio of an importance step to a uniform one).
         a_tau: weight of the old value in the moving average of ``tau``, in [0, 1).
         tau_form: ``rooted`` (the reference code) or ``unrooted`` (the paper's formula, ``n * sum(g^2)``).
         warmup_steps: no importance step before this global step.
         tau_every_n_steps: fold the steps into ``tau`` (and decide the phase) every this many steps, besides epoch
             ends, logging and checkpoint steps and validation starts (>= 1).
-        score: the score the distribution is proportional to (a name, a :class:`~lightning_per.Score` or a function
-            ``fn(outputs, batch)``; see :mod:`lightning_per.scoring`): by default ``grad_norm``, the
-            cross-entropy bound ``||softmax(z) - onehot(y)||``. Scores must be non-negative.
+        score: the score the distribution is proportional to, non-negative (a name, a ``Score`` or
+            ``fn(outputs, batch)``): by default ``grad_norm``, the cross-entropy bound ``||softmax(z) - onehot(y)||``,
+            read from the ``"logits"`` and ``"target"`` that ``training_step`` returns.
         seed: seed of the extra presample points and of the draws (derived per process and per step).
 
     Raises:
-        ValueError: a bad argument (named in the message, with the value); at setup, a prioritized strategy, a
-            module with manual optimization, or ``score='reducible'`` without an ``IrreducibleLoss`` callback;
-            during training, a negative score.
+        ValueError: a bad argument; at setup, a prioritized strategy, a module with manual optimization, or
+            ``score='reducible'`` without an ``IrreducibleLoss`` callback; during training, a negative score.
         TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
 
-    Example::
-
-        dm = PrioritizedDataModule(train_ds, val_ds, batch_size=128, strategy="uniform")
-        trainer = Trainer(callbacks=[ImportanceSamplingCallback(presample=3)], max_epochs=10)
-        trainer.fit(model, datamodule=dm)  # training_step returns {"loss": weighted_mean(...), "logits", "target"}
+    Example:
+        >>> callback = ImportanceSamplingCallback(presample=3)
+        >>> callback.tau_th, callback.is_active
+        (2.0, False)
     """
 
     def __init__(

@@ -26,48 +26,38 @@ __all__ = ["LossTracker"]
 
 
 class LossTracker(Callback):
-    """Records a score for every trained sample and re-weights :class:`~lightning_per.PrioritizedDataModule`.
+    """Records a score for every trained sample and re-weights ``PrioritizedDataModule``'s sampler every epoch.
 
-    Scores are taken from what ``training_step`` returns, at no extra cost (stale scores), or from a fresh
-    scoring pass over the training set every ``refresh_every_n_epochs`` epochs (eval mode, no grad, each rank
-    scores its shard). At the end of each epoch the scores of all ranks are merged into the DataModule's score
-    table (the same on every rank) and the sampler's plan for the next epoch is built. Non-finite scores are
-    dropped, counted and logged (``per/nonfinite``), never stored. With ``proportional`` sampling a negative score
-    is refused on the first step of a fit and at every synchronisation after it, naming the step.
-
-    Under DDP the processes' records are gathered at synchronisation points (the first step, every
-    ``flush_every_n_steps`` steps, validation starts, steps where a ``ModelCheckpoint`` saves by
-    ``every_n_train_steps``, epoch ends); ``state_dict`` runs no collective, so a checkpoint built on one process
-    alone does not hang, and one taken at those points holds every process's records.
-
-    The score (``score``) is a name, a :class:`~lightning_per.Score` or a function ``fn(outputs, batch)`` returning
-    one value per sample, as for the selection callbacks (:mod:`lightning_per.scoring`): by default ``loss``, the
-    per-sample loss ``training_step`` returns under ``per_sample_loss``; ``reducible`` needs an
-    :class:`~lightning_per.IrreducibleLoss` callback and, as it can be negative, the ``rank`` or ``prune`` strategy.
-
-    Logged at the end of every epoch, each describing that epoch (the one just trained): ``per/ess``,
-    ``per/max_weight``, ``per/top10_mass``, ``per/alpha`` and ``per/beta`` (prioritized epochs), ``per/pruned_fraction``
-    (prune) of the plan it was drawn from; ``per/seen_fraction`` and ``per/nonfinite`` of its records; and
-    ``per/score_q10``/``q50``/``q90`` of the score table after its records. They go to the loggers directly (as
-    Lightning's ``LearningRateMonitor`` does; ``self.log`` would cost about a millisecond per metric), to
-    ``trainer.callback_metrics`` (so ``ModelCheckpoint``/``EarlyStopping`` can monitor them) and to ``last_stats``;
-    ``last_plan`` is that epoch's plan.
+    Scores come from what ``training_step`` returns (free, possibly stale), or from a fresh scoring pass over the
+    training set every ``refresh_every_n_epochs`` epochs (eval mode, no gradients). At each epoch end the records of
+    all processes are merged into the DataModule's score table, the same on every process, and the next epoch's plan
+    is built; non-finite scores are dropped and counted. Under DDP the records are gathered at synchronisation points
+    (the first step, every ``flush_every_n_steps`` steps, validation starts, checkpoint steps, epoch ends), never in
+    ``state_dict``. Each epoch end logs that epoch's ``per/`` statistics (``per/ess``, ``per/max_weight``,
+    ``per/top10_mass``, ``per/seen_fraction``, ``per/nonfinite``, score quantiles, ...) to the loggers and
+    ``trainer.callback_metrics``; ``last_stats`` and ``last_plan`` hold the latest.
 
     Args:
-        score: the score (see above).
-        ema: weight of the old score in ``s <- ema * s + (1 - ema) * new`` (0: the latest score).
+        score: the score (a name, a ``Score`` or ``fn(outputs, batch)`` returning one value per sample): by default
+            ``loss``, the per-sample losses ``training_step`` returns under ``"per_sample_loss"``; ``reducible``
+            needs an ``IrreducibleLoss`` callback and, as it can be negative, the ``rank`` or ``prune`` strategy.
+        ema: weight of the old score in ``s <- ema * s + (1 - ema) * new``, in [0, 1) (0: the latest score).
         refresh_every_n_epochs: run a fresh scoring pass every this many epochs (0: never).
-        class_balance: exponent ``γ`` of the class-frequency factor ``(n_c / mean_c n_c)^-γ`` (0: off); reads the
-            class labels under the score's ``target_key``.
+        class_balance: exponent ``γ`` of the class-frequency factor ``(n_c / mean_c n_c)^-γ`` that multiplies the
+            scores (0: off); reads the class labels under the score's ``target_key``.
         flush_every_n_steps: move recorded scores from the device to the CPU (under DDP: gather them from every
             process) every this many steps.
 
     Raises:
-        ValueError: a bad argument (named in the message).
+        ValueError: a bad argument; at setup, ``refresh_every_n_epochs`` with manual optimization or
+            ``score='reducible'`` without an ``IrreducibleLoss`` callback; during training, a negative score under
+            the ``proportional`` strategy.
+        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
 
-    Example::
-
-        trainer = Trainer(callbacks=[LossTracker(score="loss", ema=0.5)])
+    Example:
+        >>> tracker = LossTracker(score="loss", ema=0.5)
+        >>> tracker.ema, tracker.last_stats
+        (0.5, {})
     """
 
     def __init__(

@@ -19,18 +19,16 @@ __all__ = ["SelectiveBackprop", "TopKSelection"]
 class TopKSelection(OnlineSelection):
     """Trains each step on the ``b`` highest-scored points of a presample of ``B = presample * b``: RHO-LOSS.
 
-    With the default ``score="reducible"`` (the loss minus the irreducible loss of
-    :class:`~lightning_per.IrreducibleLoss`) this is Mindermann et al.'s reducible holdout loss selection (ICML 2022;
-    the paper selects 10% of each presample: ``presample=10``): noisy points (high loss under both models) and learnt
-    points (low current loss) are skipped, learnable points not yet learnt are trained on. Every step selects
-    (after ``warmup_steps``); weights are 1, so the gradient is **biased** toward the selected points by design.
-    Ties go to the earlier point of the presample; points with a non-finite score are never chosen. Each step costs
-    a no-grad forward of ``B`` points and a forward and backward of ``b``.
+    With the default ``score="reducible"`` (the loss minus the irreducible loss of an ``IrreducibleLoss`` callback)
+    this is Mindermann et al.'s reducible holdout loss selection (ICML 2022, ``presample=10``). Every step after
+    ``warmup_steps`` scores the presample without gradients and trains on its top ``b`` points with weights 1, so
+    the gradient is biased toward them by design; ties go to the earlier point, non-finite scores are never chosen.
+    The DataModule must serve uniform batches.
 
     Args:
-        presample: ``B / b`` (> 1): the share selected is ``1 / presample``.
-        score: the score ranked (a name, a :class:`~lightning_per.Score` or ``fn(outputs, batch)``); ``loss`` gives
-            top-k by plain loss (which chases noisy labels).
+        presample: ``B / b``, an integer > 1: the share selected is ``1 / presample``.
+        score: the score ranked (a name, a ``Score`` or ``fn(outputs, batch)``); ``loss`` gives top-k by plain loss
+            (which chases noisy labels).
         warmup_steps: train on the incoming batches, without selection, before this global step.
         seed: seed of the extra presample points.
 
@@ -39,11 +37,12 @@ class TopKSelection(OnlineSelection):
             without an ``IrreducibleLoss`` callback.
         TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
 
-    Example::
-
-        dm = PrioritizedDataModule(train_ds, val_ds, batch_size=32, strategy="uniform", holdout_fraction=0.25)
-        callbacks = [IrreducibleLoss(model=SmallNet()), TopKSelection(presample=10)]
-        Trainer(callbacks=callbacks, max_epochs=10).fit(model, datamodule=dm)
+    Example:
+        >>> from lightning_per import IrreducibleLoss
+        >>> from lightning_per.examples import Classifier
+        >>> callbacks = [IrreducibleLoss(model=Classifier(in_features=4)), TopKSelection(presample=10)]
+        >>> callbacks[1].presample, callbacks[1].score
+        (10, 'reducible')
     """
 
     def __init__(
@@ -59,22 +58,20 @@ class TopKSelection(OnlineSelection):
 
 
 class SelectiveBackprop(OnlineSelection):
-    """Keeps each presample point with probability ``F(score)^beta`` and trains on the kept ones (Jiang et al. 2019).
+    """Keeps each presample point with probability ``F(score)^selectivity`` and trains on the kept ones.
 
-    Selective Backprop ("Accelerating Deep Learning by Focusing on the Biggest Losers"): ``F`` is the percentile of
-    a point's score (by default its loss) among the last ``history`` scores this process saw (the presample's own
-    included), so high-loss points are kept and low-loss ones mostly skipped. About ``B / (beta + 1)`` of a
-    presample of ``B = presample * b`` points are kept, so ``presample = beta + 1`` trains about ``b`` points per step;
-    the number varies from step to step (at least one point is kept). Weights are 1: the gradient is **biased**
-    toward high-loss points by design. Each step costs a no-grad forward of ``B`` points and a forward and backward
-    of the kept ones. The paper's variant queues kept points across steps until a batch is full; here each step
-    trains on its own kept points, so the loader's epochs and step count stay as they are.
+    Selective Backprop (Jiang et al. 2019): ``F`` is the percentile of a point's score (by default its loss) among
+    the last ``history`` scores this process saw, so high-loss points are kept and low-loss ones mostly skipped.
+    About ``B / (selectivity + 1)`` of a presample of ``B = presample * b`` points are kept (at least one), so
+    ``presample = selectivity + 1`` trains about ``b`` points per step. Weights are 1: the gradient is biased toward
+    high-loss points by design. Each step trains on its own kept points (the loader's epochs and step count stay as
+    they are). The DataModule must serve uniform batches.
 
     Args:
-        beta: the selectivity, > 0 (1 keeps about half, 3 a quarter).
-        presample: ``B / b`` (> 1).
+        selectivity: ``beta`` in Jiang et al., > 0: 1 keeps about half of the points, 3 a quarter.
+        presample: ``B / b``, an integer > 1.
         history: how many recent scores ``F`` is computed over (>= 1; the paper uses 1024 to 10,000).
-        score: the score (a name, a :class:`~lightning_per.Score` or ``fn(outputs, batch)``).
+        score: the score (a name, a ``Score`` or ``fn(outputs, batch)``).
         warmup_steps: train on the incoming batches, without selection, before this global step.
         seed: seed of the extra presample points and of the keep decisions.
 
@@ -82,15 +79,15 @@ class SelectiveBackprop(OnlineSelection):
         ValueError: a bad argument; at setup, a prioritized strategy or manual optimization.
         TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
 
-    Example::
-
-        dm = PrioritizedDataModule(train_ds, val_ds, batch_size=64, strategy="uniform")
-        Trainer(callbacks=[SelectiveBackprop(beta=1.0, presample=2)], max_epochs=10).fit(model, datamodule=dm)
+    Example:
+        >>> sb = SelectiveBackprop(selectivity=1.0, presample=2)
+        >>> sb.selectivity, sb.history
+        (1.0, 1024)
     """
 
     def __init__(
         self,
-        beta: float = 1.0,
+        selectivity: float = 1.0,
         presample: int = 2,
         history: int = 1024,
         score: ScoreArg = "loss",
@@ -98,11 +95,11 @@ class SelectiveBackprop(OnlineSelection):
         seed: int = 0,
     ) -> None:
         super().__init__(presample, score, warmup_steps, seed)
-        if not beta > 0:
-            raise ValueError(f"`beta` must be > 0 (the selectivity; 1 keeps about half), got {beta}.")
+        if not selectivity > 0:
+            raise ValueError(f"`selectivity` must be > 0 (1 keeps about half), got {selectivity}.")
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ValueError(f"`history` must be an integer >= 1, got {history!r}.")
-        self.beta = beta
+        self.selectivity = selectivity
         self.history = history
         self._history = torch.empty(0)  # this process's recent finite scores, oldest first
         self._histories: list[Tensor] = []  # every process's, as of the last synchronisation
@@ -113,7 +110,9 @@ class SelectiveBackprop(OnlineSelection):
         if finite.numel() == 0:
             return None
         self._history = torch.cat([self._history, finite])[-self.history :]
-        keep = PF.percentile_keep(values, self._history, self.beta, torch.rand(values.numel(), generator=generator))
+        keep = PF.percentile_keep(
+            values, self._history, self.selectivity, torch.rand(values.numel(), generator=generator)
+        )
         positions = keep.nonzero().squeeze(1)
         if positions.numel() == 0:  # keep at least the point of highest score
             positions = PF.top_k_positions(values, 1)

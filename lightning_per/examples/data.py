@@ -1,6 +1,6 @@
 """Embedded data sets that need no download: MNIST-1D (generated) and scikit-learn's digits (bundled).
 
-Both DataModules are :class:`~lightning_per.PrioritizedDataModule` subclasses, so the sampling strategy,
+Both DataModules are ``PrioritizedDataModule`` subclasses, so the sampling strategy,
 batch size and loader options are the same constructor arguments as the library's own DataModule.
 """
 
@@ -104,11 +104,11 @@ class MNIST1DDataModule(PrioritizedDataModule):
         data_seed: the generator's seed.
         data_dir: cache directory; defaults to ``$LIGHTNING_PER_DATA`` or ``~/.cache/lightning_per``.
         batch_size: training batch size.
-        strategy: how training samples are drawn (see :class:`~lightning_per.PrioritizedDataModule`).
+        strategy: how training samples are drawn (see ``PrioritizedDataModule``).
         num_workers: DataLoader workers.
         eval_batch_size: batch size of the validation and test loaders.
         holdout_fraction: share of the training signals held out for an irreducible-loss model (see
-            :class:`~lightning_per.PrioritizedDataModule`).
+            ``PrioritizedDataModule``).
 
     Example::
 
@@ -177,11 +177,11 @@ class DigitsDataModule(PrioritizedDataModule):
         test_fraction: share of the data held out for testing.
         data_seed: seed of the split.
         batch_size: training batch size.
-        strategy: how training samples are drawn (see :class:`~lightning_per.PrioritizedDataModule`).
+        strategy: how training samples are drawn (see ``PrioritizedDataModule``).
         num_workers: DataLoader workers.
         eval_batch_size: batch size of the validation and test loaders.
         holdout_fraction: share of the training images held out for an irreducible-loss model (see
-            :class:`~lightning_per.PrioritizedDataModule`).
+            ``PrioritizedDataModule``).
     """
 
     def __init__(

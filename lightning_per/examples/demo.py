@@ -2,7 +2,7 @@
 
 Run: ``python -m lightning_per.examples.demo [--epochs N] [--configs NAME_OR_PATH ...] [--config-dir]``, from any
 directory. A config is a path to a YAML file or the name of one shipped with the package (``mnist1d``,
-``mnist1d_uniform``, ``mnist1d_rank``, ``continual_er``, ...: the files in :data:`CONFIG_DIR`, which
+``mnist1d_uniform``, ``mnist1d_rank``, ``continual_er``, ...: the files in ``CONFIG_DIR``, which
 ``--config-dir`` prints, e.g. for ``lightning-per fit --config "$(python -m lightning_per.examples.demo
 --config-dir)/mnist1d.yaml"``).
 """
@@ -26,13 +26,12 @@ DEFAULT_CONFIGS = ["mnist1d_uniform", "mnist1d"]
 
 
 def resolve_config(name_or_path: str) -> Path:
-    """The YAML file ``name_or_path`` names: an existing path, or a config shipped in :data:`CONFIG_DIR`.
+    """The YAML file ``name_or_path`` names: an existing path, or a config shipped in ``CONFIG_DIR``.
 
     Raises:
         FileNotFoundError: neither exists; the message lists the shipped configs.
 
-    Example::
-
+    Example:
         >>> resolve_config("mnist1d").name
         'mnist1d.yaml'
     """

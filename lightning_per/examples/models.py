@@ -168,8 +168,7 @@ class ContinualClassifier(LightningModule):
     Raises:
         ValueError: a non-positive size or ``lr``, or an unknown ``scenario``.
 
-    Example::
-
+    Example:
         >>> model = ContinualClassifier(in_features=4, num_tasks=2, classes_per_task=2, scenario="task")
         >>> model(torch.zeros(1, 4), torch.tensor([1])).isinf().tolist()
         [[True, True, False, False]]

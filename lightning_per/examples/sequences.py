@@ -1,6 +1,6 @@
 """Task sequences on the embedded data (no download): permuted / split MNIST-1D, rotated / split digits.
 
-Each is a :class:`~lightning_per.replay.TaskSequence` whose samples are ``(x, y, task)``: flattened inputs, int64
+Each is a ``TaskSequence`` whose samples are ``(x, y, task)``: flattened inputs, int64
 labels and the task id. In the permuted and rotated sequences every task has the same 10 classes (the MER paper's
 MNIST Permutations / Rotations setting); in the split ones task ``t`` owns the labels ``[t * c, (t + 1) * c)``
 (the Task-IL vs Class-IL setting).
@@ -51,7 +51,7 @@ class PermutedMNIST1D(TaskSequence):
         test_per_task: evaluation signals (shared by the tasks).
         data_seed: seed of the generated signals and of the permutations.
         data_dir: cache directory of the signals (``None``: ``$LIGHTNING_PER_DATA`` or ``~/.cache/lightning_per``).
-        mode: ``"stream"`` or ``"task"`` (see :class:`~lightning_per.replay.TaskSequence`).
+        mode: ``"stream"`` or ``"task"`` (see ``TaskSequence``).
         repeats: training steps per incoming batch.
         batch_size: incoming batch size.
         eval_batch_size: evaluation batch size.

@@ -28,7 +28,7 @@ def softmax_ce_grad_norm(
         logits: ``(n, C)`` pre-softmax outputs.
         targets: ``(n,)`` (or ``(n, 1)``) class indices, or ``(n, C)`` class probabilities (float, or integer
             one-hot rows).
-        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+        label_smoothing: as in ``torch.nn.functional.cross_entropy``.
         class_weights: optional ``(C,)`` per-class loss weights, as in ``cross_entropy(weight=...)``.
         ignore_index: with class indices, a target that contributes no loss (and so no gradient), as in
             ``cross_entropy(ignore_index=...)``: its row scores 0. Any other index outside ``[0, C)`` scores NaN.
@@ -36,8 +36,7 @@ def softmax_ce_grad_norm(
     Raises:
         ValueError: targets neither of shape ``logits.shape[:-1]`` (as many values) nor ``logits.shape``.
 
-    Example::
-
+    Example:
         >>> softmax_ce_grad_norm(torch.tensor([[0.0, 0.0]]), torch.tensor([0]))
         tensor([0.7071])
     """
@@ -81,8 +80,7 @@ def _mask_targets(norms: Tensor, outside: Tensor | None, ignored: Tensor | None)
 def sigmoid_bce_grad_norm(logits: Tensor, targets: Tensor) -> Tensor:
     """``||d BCE-with-logits / d logits||_2`` per row: ``||sigmoid(z) - y||`` (summed over outputs).
 
-    Example::
-
+    Example:
         >>> sigmoid_bce_grad_norm(torch.tensor([[0.0]]), torch.tensor([[1.0]]))
         tensor([0.5000])
     """
@@ -93,8 +91,7 @@ def sigmoid_bce_grad_norm(logits: Tensor, targets: Tensor) -> Tensor:
 def mse_grad_norm(outputs: Tensor, targets: Tensor) -> Tensor:
     """``||d MSE / d outputs||_2`` per row for a per-sample loss ``mean_j (z_j - y_j)^2``: ``2 ||z - y|| / d``.
 
-    Example::
-
+    Example:
         >>> mse_grad_norm(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]]))
         tensor([1.4142])
     """
@@ -105,8 +102,7 @@ def mse_grad_norm(outputs: Tensor, targets: Tensor) -> Tensor:
 def prediction_deviation(logits: Tensor, targets: Tensor) -> Tensor:
     """``1 - p_y``: how far the predicted probability of the true class is from 1.
 
-    Example::
-
+    Example:
         >>> prediction_deviation(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
         tensor([0.5000])
     """
@@ -117,8 +113,7 @@ def prediction_deviation(logits: Tensor, targets: Tensor) -> Tensor:
 def margin_score(logits: Tensor, targets: Tensor) -> Tensor:
     """``1 - (p_y - max_{k != y} p_k)``, in ``[0, 2]``: large when the sample is misclassified or on the border.
 
-    Example::
-
+    Example:
         >>> margin_score(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
         tensor([1.])
     """

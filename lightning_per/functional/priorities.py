@@ -28,8 +28,7 @@ def fill_unseen(scores: Tensor, default: float | None = None) -> Tensor:
         scores: 1-D float tensor, NaN where a sample has no score yet.
         default: the value for unseen samples; ``None`` means the max of the seen scores (0 if none is seen).
 
-    Example::
-
+    Example:
         >>> fill_unseen(torch.tensor([1.0, float("nan"), 3.0]))
         tensor([1., 3., 3.])
     """
@@ -55,8 +54,7 @@ def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-
     Raises:
         ValueError: a score is negative or not finite.
 
-    Example::
-
+    Example:
         >>> proportional_priorities(torch.tensor([0.0, 1.0, 3.0]), alpha=1.0, eps=1.0)
         tensor([1., 2., 4.], dtype=torch.float64)
     """
@@ -90,8 +88,7 @@ def rank_priorities(scores: Tensor, alpha: float = 1.0) -> Tensor:
     uniform distribution), so samples with tied scores, e.g. unseen ones filled with the largest score, are
     drawn alike whatever their index.
 
-    Example::
-
+    Example:
         >>> rank_priorities(torch.tensor([0.1, 5.0, 2.0]), alpha=1.0)
         tensor([0.3333, 1.0000, 0.5000], dtype=torch.float64)
         >>> rank_priorities(torch.tensor([3.0, 1.0, 3.0]), alpha=1.0)  # the tie shares ranks 1 and 2
@@ -118,8 +115,7 @@ def to_probabilities(priorities: Tensor, inplace: bool = False) -> Tensor:
         priorities: 1-D non-negative priorities.
         inplace: overwrite ``priorities`` when it is already float64 (saves 8 bytes per sample at large N).
 
-    Example::
-
+    Example:
         >>> to_probabilities(torch.tensor([1.0, 3.0]))
         tensor([0.2500, 0.7500], dtype=torch.float64)
         >>> to_probabilities(torch.zeros(4))
@@ -132,22 +128,21 @@ def to_probabilities(priorities: Tensor, inplace: bool = False) -> Tensor:
     return p.div_(total) if inplace else p / total
 
 
-def mix_uniform(p: Tensor, lam: float, inplace: bool = False) -> Tensor:
-    """``(1 - lam) * p + lam / N``: move a distribution toward uniform (annealing; bounds every weight).
+def mix_uniform(p: Tensor, uniform_mix: float, inplace: bool = False) -> Tensor:
+    """``(1 - uniform_mix) * p + uniform_mix / N``: move a distribution toward uniform (bounds every weight).
 
     Args:
         p: a distribution.
-        lam: the uniform share, in [0, 1].
+        uniform_mix: the uniform share, in [0, 1].
         inplace: overwrite ``p``.
 
-    Example::
-
+    Example:
         >>> mix_uniform(torch.tensor([1.0, 0.0], dtype=torch.float64), 0.5)
         tensor([0.7500, 0.2500], dtype=torch.float64)
     """
-    if lam == 0:
+    if uniform_mix == 0:
         return p
-    return (p.mul_(1.0 - lam) if inplace else p.mul(1.0 - lam)).add_(lam / p.numel())
+    return (p.mul_(1.0 - uniform_mix) if inplace else p.mul(1.0 - uniform_mix)).add_(uniform_mix / p.numel())
 
 
 def importance_weights(p: Tensor, n: int, beta: float = 1.0, max_weight: float | None = None) -> Tensor:
@@ -162,8 +157,7 @@ def importance_weights(p: Tensor, n: int, beta: float = 1.0, max_weight: float |
         beta: 1 is unbiased; smaller values trade bias for variance.
         max_weight: divide by this (the largest weight of the distribution) for stability (Schaul et al.).
 
-    Example::
-
+    Example:
         >>> importance_weights(torch.tensor([0.5, 0.25], dtype=torch.float64), n=4)
         tensor([0.5000, 1.0000], dtype=torch.float64)
     """
@@ -176,8 +170,7 @@ def importance_weights(p: Tensor, n: int, beta: float = 1.0, max_weight: float |
 def effective_sample_size(p: Tensor) -> float:
     """Kish's effective sample size of a distribution as a fraction of its support: ``1 / (N * sum p^2)``.
 
-    Example::
-
+    Example:
         >>> effective_sample_size(torch.full((8,), 1 / 8, dtype=torch.float64))
         1.0
     """
@@ -187,27 +180,26 @@ def effective_sample_size(p: Tensor) -> float:
     return min(1.0, float(1.0 / (p.numel() * torch.dot(q, q))))  # dot: no N-sized temporary; 1 at most (rounding)
 
 
-def prune_keep_mask(scores: Tensor, ratio: float, threshold: float, uniforms: Tensor) -> tuple[Tensor, Tensor]:
+def prune_keep_mask(scores: Tensor, prune_ratio: float, threshold: float, uniforms: Tensor) -> tuple[Tensor, Tensor]:
     """InfoBatch's rule: keep every score at or above ``threshold``; keep each one below with probability ``1 - r``.
 
     The kept below-threshold samples get loss weight ``1 / (1 - r)`` so the expected gradient is unchanged.
-    ``ratio = 1`` keeps only the samples at or above the threshold (biased: a hard threshold).
+    ``prune_ratio = 1`` keeps only the samples at or above the threshold (biased: a hard threshold).
 
     Args:
         scores: 1-D scores.
-        ratio: ``r``, the share of below-threshold samples pruned.
+        prune_ratio: ``r``, the share of below-threshold samples pruned.
         threshold: the cut.
         uniforms: one value in ``[0, 1)`` per sample.
 
     Returns:
         ``(keep, below)`` boolean masks.
 
-    Example::
-
+    Example:
         >>> keep, below = prune_keep_mask(torch.tensor([0.1, 0.2, 5.0]), 0.5, 1.0, torch.tensor([0.9, 0.1, 0.0]))
         >>> keep.tolist(), below.tolist()
         ([True, False, True], [True, True, False])
     """
     below = scores < threshold
-    keep = ~below | (uniforms >= ratio)
+    keep = ~below | (uniforms >= prune_ratio)
     return keep, below

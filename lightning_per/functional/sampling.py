@@ -27,8 +27,7 @@ def inverse_cdf_sample(cdf: Tensor, uniforms: Tensor) -> Tensor:
     Returns:
         int64 indices ``i`` with ``cdf[i-1] <= u * cdf[-1] < cdf[i]``; zero-priority entries are never drawn.
 
-    Example::
-
+    Example:
         >>> cdf = torch.tensor([0.0, 1.0, 1.0, 4.0], dtype=torch.float64)
         >>> inverse_cdf_sample(cdf, torch.tensor([0.0, 0.2, 0.3, 0.99], dtype=torch.float64))
         tensor([1, 1, 3, 3])
@@ -43,8 +42,7 @@ def sorted_uniforms(num: int, generator: torch.Generator | None = None) -> Tenso
     The partial sums of ``num + 1`` standard exponentials, divided by their total, are distributed as the
     order statistics of ``num`` uniforms: no sort is needed.
 
-    Example::
-
+    Example:
         >>> u = sorted_uniforms(5, torch.Generator().manual_seed(0))
         >>> bool((u[1:] >= u[:-1]).all() and u.min() >= 0 and u.max() < 1)
         True
@@ -55,42 +53,41 @@ def sorted_uniforms(num: int, generator: torch.Generator | None = None) -> Tenso
 
 
 def draw_from_cdf(
-    cdf: Tensor, num: int, generator: torch.Generator | None = None, rank: int = 0, world: int = 1
+    cdf: Tensor, num: int, generator: torch.Generator | None = None, rank: int = 0, num_replicas: int = 1
 ) -> tuple[Tensor, Tensor]:
     """Draw ``num`` i.i.d. indices with ``p_i ∝ cdf[i] - cdf[i-1]``; this rank's share and the draws' probabilities.
 
-    The same sequence of ``num`` draws is made on every rank (same generator state); rank ``r`` of ``world``
-    receives positions ``r, r + world, ...`` of it, so the ranks hold disjoint shares of one draw. The lookups are
-    done for sorted targets (:func:`sorted_uniforms`), which walks a large CDF in memory order, and the draws are
+    The same sequence of ``num`` draws is made on every rank (same generator state); rank ``r`` of ``num_replicas``
+    receives positions ``r, r + num_replicas, ...`` of it, so the ranks hold disjoint shares of one draw. The lookups
+    are done for sorted targets (``sorted_uniforms``), which walks a large CDF in memory order, and the draws are
     then put in the order of a uniformly random permutation: the sequence is i.i.d. from ``p``.
 
     Args:
         cdf: float64 cumulative sums of non-negative priorities (the last entry > 0).
-        num: draws in the whole sequence (a multiple of ``world``).
+        num: draws in the whole sequence (a multiple of ``num_replicas``).
         generator: CPU generator; consumed identically on every rank.
         rank: this rank.
-        world: number of ranks.
+        num_replicas: number of ranks.
 
     Returns:
-        ``(index, p)``: int64 indices of this rank's ``num // world`` draws, in order, and their float64
+        ``(index, p)``: int64 indices of this rank's ``num // num_replicas`` draws, in order, and their float64
         probabilities ``p_i`` (for importance weights).
 
-    Example::
-
+    Example:
         >>> cdf = torch.tensor([1.0, 1.0, 4.0], dtype=torch.float64)
         >>> index, p = draw_from_cdf(cdf, 1000, torch.Generator().manual_seed(0))
         >>> 1 in index.tolist(), sorted(set(p.tolist()))
         (False, [0.25, 0.75])
     """
-    if num % world:
-        raise ValueError(f"`num` ({num}) must be a multiple of `world` ({world}).")
+    if num % num_replicas:
+        raise ValueError(f"`num` ({num}) must be a multiple of `num_replicas` ({num_replicas}).")
     total = cdf[-1]
     targets = sorted_uniforms(num, generator).mul_(total)
     position = torch.randperm(num, generator=generator)  # draw j of the sequence is sorted target position[j]
     slot = torch.empty_like(position).scatter_(0, position, torch.arange(num))  # inverse: sorted target -> draw
-    if world > 1:
-        mine = (slot % world == rank).nonzero().squeeze(1)  # in increasing order, so the targets stay sorted
-        targets, slot = targets[mine], slot[mine].div_(world, rounding_mode="floor")
+    if num_replicas > 1:
+        mine = (slot % num_replicas == rank).nonzero().squeeze(1)  # in increasing order, so the targets stay sorted
+        targets, slot = targets[mine], slot[mine].div_(num_replicas, rounding_mode="floor")
     found = torch.searchsorted(cdf, targets, right=True).clamp_(max=cdf.numel() - 1)
     del targets
     upper = cdf[found]
@@ -119,8 +116,7 @@ def draw_importance_sample(
     Raises:
         ValueError: a finite score is negative.
 
-    Example::
-
+    Example:
         >>> generator = torch.Generator().manual_seed(2)
         >>> positions, weights, p = draw_importance_sample(torch.tensor([1.0, 3.0]), 4, generator)
         >>> p.tolist()
@@ -152,8 +148,7 @@ def top_k_positions(scores: Tensor, k: int) -> Tensor:
 
     Fewer than ``k`` when fewer scores are finite (NaN and inf are never chosen).
 
-    Example::
-
+    Example:
         >>> top_k_positions(torch.tensor([0.5, 2.0, float("nan"), 2.0, 1.0]), 3).tolist()
         [1, 3, 4]
     """
@@ -163,28 +158,27 @@ def top_k_positions(scores: Tensor, k: int) -> Tensor:
     return ordered[: min(k, int(finite.sum()))]
 
 
-def percentile_keep(scores: Tensor, history: Tensor, beta: float, uniforms: Tensor) -> Tensor:
-    """Selective Backprop's rule (Jiang et al., 2019): keep each point with probability ``F(score)^beta``.
+def percentile_keep(scores: Tensor, history: Tensor, selectivity: float, uniforms: Tensor) -> Tensor:
+    """Selective Backprop's rule (Jiang et al., 2019): keep each point with probability ``F(score)^selectivity``.
 
     ``F`` is the empirical CDF of ``history`` (recent scores): the share of them at or below the score. Non-finite
-    scores are never kept. Over scores distributed like the history, ``E[F^beta] = 1 / (beta + 1)`` of the points
-    are kept.
+    scores are never kept. Over scores distributed like the history, ``E[F^s] = 1 / (s + 1)`` of the points are kept
+    (``s`` the selectivity).
 
     Args:
         scores: 1-D scores of the candidate points.
         history: 1-D finite recent scores (the candidates' own included), not empty.
-        beta: the selectivity, > 0 (larger keeps fewer).
+        selectivity: ``beta`` in Jiang et al., > 0 (larger keeps fewer).
         uniforms: one value in ``[0, 1)`` per point.
 
     Returns:
         The boolean mask of the kept points.
 
-    Example::
-
+    Example:
         >>> percentile_keep(torch.tensor([1.0, 4.0]), torch.arange(1.0, 5.0), 1.0, torch.tensor([0.3, 0.3])).tolist()
         [False, True]
     """
     ordered = torch.sort(history.detach().reshape(-1).to("cpu", torch.float64)).values
     values = scores.detach().reshape(-1).to("cpu", torch.float64)
     cdf = torch.searchsorted(ordered, values, right=True).to(torch.float64) / ordered.numel()
-    return torch.isfinite(values) & (uniforms.to(torch.float64) < cdf.pow(beta))
+    return torch.isfinite(values) & (uniforms.to(torch.float64) < cdf.pow(selectivity))

@@ -24,8 +24,7 @@ def tau(scores: Tensor, rooted: bool = True, count: Tensor | int | None = None) 
         rooted: the rooted form.
         count: ``n``, when ``scores`` holds zeros in place of points that do not count (``None``: all of them).
 
-    Example::
-
+    Example:
         >>> tau(torch.tensor([1.0, 1.0, 1.0, 1.0]))
         tensor(1.)
         >>> round(float(tau(torch.tensor([1.0, 0.0, 0.0, 0.0]), rooted=False)), 4)
@@ -36,10 +35,9 @@ def tau(scores: Tensor, rooted: bool = True, count: Tensor | int | None = None) 
 
 
 def tau_from_sums(total: T, squares: T, count: T | int, rooted: bool = True) -> T:
-    """:func:`tau` from the sum and the sum of squares of ``count`` scores (floats or tensors; ``total != 0``).
+    """``tau`` from the sum and the sum of squares of ``count`` scores (floats or tensors; ``total != 0``).
 
-    Example::
-
+    Example:
         >>> tau_from_sums(4.0, 4.0, 4)
         1.0
     """
@@ -50,8 +48,7 @@ def tau_from_sums(total: T, squares: T, count: T | int, rooted: bool = True) -> 
 def tau_ema(previous: float, step_value: float, a_tau: float) -> float:
     """``a_tau * previous + (1 - a_tau) * step_value``.
 
-    Example::
-
+    Example:
         >>> tau_ema(0.0, 2.0, 0.9)
         0.19999999999999996
     """

@@ -1,12 +1,12 @@
 """Experience replay for continual learning with any LightningModule: ER (a callback), MER (a wrapper), task sequences.
 
-Add :class:`ExperienceReplay` to the Trainer's callbacks and train on a :class:`TaskSequence` (or any
-:class:`~lightning_per.PrioritizedDataModule`); wrap your module in :class:`MER` for Meta-Experience Replay;
-:class:`TaskAccuracyMatrix` measures ACC, BWT and each task's accuracy after it was trained. The buffers store samples
-of any structure of tensors; their parts live one to a module: ``storage``, ``writer`` (reservoir), ``uniform`` and
-``prioritized`` (samplers), ``sumtree``, ``protocols``, ``pooling`` (re-sharding saved buffers), ``ranks`` (one buffer
-per DDP process) and ``functional`` (pure functions). Benchmark sequences (split / permuted / rotated digits and
-MNIST-1D) live in :mod:`lightning_per.examples`.
+Add ``ExperienceReplay`` to the Trainer's callbacks and train on a ``TaskSequence`` (or any ``PrioritizedDataModule``);
+wrap your module in ``MER`` for Meta-Experience Replay; ``TaskAccuracyMatrix`` measures ACC, BWT and each task's
+accuracy after it was trained. The buffers store samples of any structure of tensors; their parts live one to a
+module: ``storage``, ``writer`` (reservoir), ``uniform`` and ``prioritized`` (samplers), ``sumtree``, ``protocols``,
+``pooling`` (re-sharding saved buffers), ``ranks`` (one buffer per DDP process), ``stream`` (the order of a task
+sequence) and ``functional`` (pure functions). Benchmark sequences (split / permuted / rotated digits and MNIST-1D)
+live in ``lightning_per.examples``.
 
 Example::
 
@@ -23,7 +23,6 @@ from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReplayBuffer, R
 from lightning_per.replay.experience import ExperienceReplay
 from lightning_per.replay.loop import fit_tasks
 from lightning_per.replay.mer import MER
-from lightning_per.replay.stream import TaskStreamSampler
 from lightning_per.replay.tasks import TaskDataset, TaskSequence
 
 __all__ = [
@@ -36,7 +35,6 @@ __all__ = [
     "TaskAccuracyMatrix",
     "TaskDataset",
     "TaskSequence",
-    "TaskStreamSampler",
     "evaluate_tasks",
     "fit_tasks",
 ]

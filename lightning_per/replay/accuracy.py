@@ -28,7 +28,7 @@ Predict = Callable[[pl.LightningModule, Any], Tensor]
 def evaluate_tasks(
     module: pl.LightningModule,
     datasets: Sequence[Dataset],
-    batch_size: int = 512,
+    eval_batch_size: int = 512,
     inputs: Key | list[Key] = 0,
     target: Key = 1,
     predict: Predict | None = None,
@@ -43,7 +43,7 @@ def evaluate_tasks(
     Args:
         module: the model.
         datasets: one evaluation dataset per task.
-        batch_size: evaluation batch size.
+        eval_batch_size: evaluation batch size.
         inputs: the key(s) (tuple positions or dict keys) of the module's inputs in a batch, in call order.
         target: the key of the labels.
         predict: ``predict(module, batch) -> labels`` instead of the argmax of the outputs.
@@ -53,8 +53,7 @@ def evaluate_tasks(
     Returns:
         float tensor ``(len(datasets),)`` of accuracies.
 
-    Example::
-
+    Example:
         >>> from torch.utils.data import TensorDataset
         >>> model = pl.LightningModule()
         >>> model.forward = lambda x: torch.stack([-x[:, 0], x[:, 0]], dim=1)  # class 1 when x > 0
@@ -71,7 +70,7 @@ def evaluate_tasks(
         with context:
             for dataset in datasets:
                 correct, total = 0, 0
-                for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
+                for batch in DataLoader(dataset, batch_size=eval_batch_size, collate_fn=collate_fn):
                     if trainer is not None:
                         batch = trainer.precision_plugin.convert_input(batch)
                     batch = move_data_to_device(batch, module.device)
@@ -91,16 +90,15 @@ def evaluate_tasks(
 class TaskAccuracyMatrix(Callback):
     """Evaluate on every task's evaluation set each time a task ends; log ``cl/acc`` and ``cl/bwt``.
 
-    ``matrix[i, j]`` is the accuracy on task ``j`` after training on task ``i`` (NaN until then); the diagonal is each
-    task's accuracy right after it was trained. The training data must be a :class:`~lightning_per.replay.TaskSequence`
-    with evaluation sets. In ``mode="stream"`` a task ends when the first batch of a later task arrives, and the last
-    one when training ends; in ``mode="task"`` each ``fit`` ends one task, so pass the same instance to every
-    per-task Trainer. The model is your module as it is (or :class:`~lightning_per.replay.MER` around it): the
-    predicted label is the argmax of ``module(batch[k] for k in inputs)`` (e.g. ``inputs: [0, 2]`` passes the task id
-    too, for a Task-IL model), or ``predict(module, batch)``.
+    ``matrix[i, j]`` is the accuracy on task ``j`` after training on task ``i`` (NaN until then); ``acc``, ``bwt``
+    and ``diagonal`` summarise it. The training data must be a ``TaskSequence`` with evaluation sets. In
+    ``mode="stream"`` a task ends when the first batch of a later task arrives, and the last one when training ends;
+    in ``mode="task"`` each ``fit`` ends one task, so pass the same instance to every per-task Trainer. The
+    predicted label is the argmax of ``module(*[batch[k] for k in inputs])``, or ``predict(module, batch)``.
 
     Args:
-        inputs: the key(s) (tuple positions or dict keys) of the module's inputs in an evaluation batch.
+        inputs: the key(s) (tuple positions or dict keys) of the module's inputs in an evaluation batch, in call
+            order (e.g. ``[0, 2]`` also passes the task id, for a Task-IL model).
         target: the key of the labels.
         predict: ``predict(module, batch) -> labels`` instead of the argmax; an import path in YAML.
         eval_batch_size: batch size of the evaluation passes.
@@ -109,9 +107,10 @@ class TaskAccuracyMatrix(Callback):
     Raises:
         ValueError: ``eval_batch_size <= 0``.
 
-    Example::
-
-        trainer = Trainer(max_epochs=1, callbacks=[TaskAccuracyMatrix(inputs=[0, 2])])  # forward(x, task)
+    Example:
+        >>> matrix = TaskAccuracyMatrix(inputs=[0, 2])  # forward(x, task)
+        >>> matrix.completed, matrix.matrix.shape
+        (0, torch.Size([0, 0]))
     """
 
     def __init__(

@@ -22,8 +22,13 @@ class ReplaySample(NamedTuple):
     """A draw: ``batch`` (the stored structure, leading dimension the number drawn), its slots and weights.
 
     ``batch`` is ``None`` before anything was stored. ``slots`` are int64 on the CPU (give them back to
-    :meth:`PrioritizedReplayBuffer.update_priorities`); ``batch`` and ``weight`` (float32, 1 for uniform draws) are on
+    ``PrioritizedReplayBuffer.update_priorities``); ``batch`` and ``weight`` (float32, 1 for uniform draws) are on
     the buffer's device.
+
+    Example:
+        >>> batch, slots, weight = ReservoirBuffer(capacity=4).sample(2)  # nothing stored yet
+        >>> batch, slots.tolist()
+        (None, [])
     """
 
     batch: Any
@@ -34,25 +39,23 @@ class ReplaySample(NamedTuple):
 class ReplayBuffer:
     """A fixed-capacity memory over a stream, composed of a storage, a writer and a sampler.
 
-    :meth:`add` copies a batch's items into the slots the writer chooses (reservoir sampling by default, so every
-    item seen so far is held with probability ``capacity / seen``); :meth:`sample` draws held items as the sampler
-    chooses. Samples may be any structure of tensors (a tensor, tuples / lists / dicts, nested); the first batch fixes
-    the structure, dtypes and per-sample shapes. One seeded generator drives every random decision, and
-    :meth:`state_dict` saves it: a buffer restored mid-stream continues exactly as the uninterrupted one. The work of
-    an add or a draw of ``k`` items grows with ``k`` (and ``log capacity`` when prioritized), never with the capacity.
+    ``add`` copies a batch's items into the slots the writer chooses (reservoir sampling by default, so every item
+    seen so far is held with probability ``capacity / seen``); ``sample`` draws held items as the sampler chooses.
+    Samples may be any structure of tensors (a tensor, tuples / lists / dicts, nested); the first batch fixes the
+    structure, dtypes and per-sample shapes. One seeded generator drives every random decision, and ``state_dict``
+    saves it: a buffer restored mid-stream continues exactly as the uninterrupted one.
 
     Args:
         capacity: the number of items kept.
-        sampler: which items a draw returns (default :class:`~lightning_per.replay.uniform.UniformReplaySampler`).
-        writer: which slots new items take (default :class:`~lightning_per.replay.writer.ReservoirWriter`).
+        sampler: which items a draw returns (default ``lightning_per.replay.uniform.UniformReplaySampler``).
+        writer: which slots new items take (default ``lightning_per.replay.writer.ReservoirWriter``).
         device: where the samples are kept (``None``: CPU); draws come back there.
         seed: seed of the buffer's generator.
 
     Raises:
         ValueError: ``capacity`` is not a positive integer, or the writer or the sampler has another capacity.
 
-    Example::
-
+    Example:
         >>> buf = ReplayBuffer(capacity=4, seed=0)
         >>> _ = buf.add({"image": torch.randn(10, 3), "label": torch.arange(10)})
         >>> len(buf), buf.seen
@@ -160,7 +163,7 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (also one saved before samples could have any structure).
+        """Restore a ``state_dict`` (also one saved before samples could have any structure).
 
         Raises:
             ValueError: the saved buffer holds more items than this one's capacity.
@@ -181,7 +184,7 @@ class ReplayBuffer:
 
 
 class ReservoirBuffer(ReplayBuffer):
-    """A reservoir-sampled memory with uniform draws of distinct items (:class:`ReplayBuffer` with defaults).
+    """A reservoir-sampled memory with uniform draws of distinct items (``ReplayBuffer`` with its defaults).
 
     Args:
         capacity: the number of items kept.
@@ -191,8 +194,7 @@ class ReservoirBuffer(ReplayBuffer):
     Raises:
         ValueError: ``capacity`` is not a positive integer.
 
-    Example::
-
+    Example:
         >>> buf = ReservoirBuffer(capacity=4, seed=0)
         >>> _ = buf.add((torch.randn(10, 3), torch.arange(10)))
         >>> x, y = buf.sample(2).batch
@@ -207,10 +209,9 @@ class ReservoirBuffer(ReplayBuffer):
 class PrioritizedReplayBuffer(ReplayBuffer):
     """A reservoir-sampled memory whose draws follow ``p_i ∝ priority_i ** alpha`` (prioritized experience replay).
 
-    Priorities are the last loss of each item plus ``eps``; a newly written item gets the largest priority given so
-    far, so it is replayed soon. Draws are with replacement and carry importance weights ``(n p_i) ** -beta``
-    divided by the largest possible weight ``(n p_min) ** -beta`` (see
-    :class:`~lightning_per.replay.prioritized.PrioritizedReplaySampler`).
+    Priorities are the last loss of each item plus ``eps`` (set by ``update_priorities``); a newly written item gets
+    the largest priority given so far, so it is replayed soon. Draws are with replacement and carry importance
+    weights ``(n p_i) ** -beta`` divided by the largest possible weight ``(n p_min) ** -beta``.
 
     Args:
         capacity: the number of items kept (reservoir sampling decides which).
@@ -223,8 +224,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     Raises:
         ValueError: ``capacity <= 0``, ``alpha < 0``, ``beta`` outside ``[0, 1]`` or ``eps <= 0``.
 
-    Example::
-
+    Example:
         >>> buf = PrioritizedReplayBuffer(capacity=8, alpha=1.0, beta=1.0, seed=0)
         >>> _ = buf.add((torch.randn(8, 2), torch.zeros(8, dtype=torch.long)))
         >>> draw = buf.sample(4)

@@ -30,36 +30,23 @@ _REFUSED = ("LossTracker", "ImportanceSamplingCallback", "OnlineSelection")
 class ExperienceReplay(Callback):
     """Experience Replay (ER) for any LightningModule: every training batch is mixed with samples from a buffer.
 
-    At the start of each training step the incoming batch is joined, leaf by leaf, with ``replay_batch_size`` samples
-    drawn from the buffer (same structure as your samples: tensors, tuples, lists, dicts): ``batch.data`` holds the
-    incoming samples followed by the replayed ones, ``batch.weight`` their weights (the DataModule's for the incoming
-    ones, 1 under uniform sampling; the buffer's importance weights for the replayed ones, 1 for uniform replay) and
-    ``batch.index`` their dataset indices, ``-1`` (:data:`REPLAYED`) for the replayed ones. After the step the
-    incoming samples (not the replayed ones) are offered to the buffer, a reservoir, which copies the ones it keeps.
-    While the buffer holds fewer than ``replay_batch_size`` items, uniform replay mixes in what it holds (prioritized
-    replay draws with replacement, so it mixes in ``replay_batch_size`` as soon as it holds one).
-
-    Training batches must come from a :class:`~lightning_per.PrioritizedDataModule` (wrap your datasets in one, any
-    strategy) or a subclass such as :class:`~lightning_per.replay.TaskSequence`. ``training_step`` changes as for
-    prioritized sampling: ``loss = weighted_mean(losses, batch)`` with one loss per sample, and, for prioritized
-    replay, ``return {"loss": loss, "per_sample_loss": losses}``: the replayed items' priorities become their losses
-    of this step (non-finite ones are left out). Your optimizer, scheduler, precision and automatic optimization are
-    untouched. ``LossTracker`` and the selection callbacks are refused alongside: they read ``batch.index`` as
-    dataset indices or replace the batch themselves.
-
-    Under DDP each rank keeps ``capacity // world_size`` items of its own shard (seed ``seed + rank``); checkpoints hold
-    every rank's buffer, gathered at synchronisation points (epoch ends, validation starts, steps where a
-    ``ModelCheckpoint`` saves by ``every_n_train_steps``), never at save time; a run resumed on another number of
-    processes pools and re-shards them (see :mod:`lightning_per.replay.ranks`). With
-    ``TaskSequence(repeats=m)`` each incoming batch arrives ``m`` times in a row and is offered to the buffer once.
+    At the start of each training step ``replay_batch_size`` buffer samples (your structure: tensors, tuples, lists,
+    dicts) are appended, leaf by leaf, to the incoming batch: ``batch.index`` is ``-1`` (``REPLAYED``) for them,
+    ``batch.weight`` their importance weight (1 for uniform replay). After the step the incoming samples are offered
+    to the buffer, a reservoir (a batch repeated by ``TaskSequence(repeats=m)`` is offered once). Training batches
+    must come from a ``PrioritizedDataModule`` (or a ``TaskSequence``)
+    and ``training_step`` returns ``weighted_mean(losses, batch)``; prioritized replay also needs
+    ``"per_sample_loss"``, which become the replayed items' priorities. Under DDP each rank keeps its own buffer of
+    ``capacity // world_size`` items (seed ``seed + rank``); checkpoints hold every rank's buffer.
 
     Args:
         capacity: the total memory budget (items); under DDP each rank keeps ``capacity // world_size``.
-        replay_batch_size: replayed samples mixed into each training batch.
-        prioritized: draw with ``p ∝ (loss + eps) ** alpha`` (:class:`~lightning_per.replay.PrioritizedReplayBuffer`)
-            instead of uniformly.
+        replay_batch_size: replayed samples mixed into each training batch (fewer while the uniform buffer holds
+            fewer; prioritized replay draws with replacement).
+        prioritized: draw with ``p ∝ (loss + eps) ** alpha`` (``PrioritizedReplayBuffer``)
+            instead of uniformly without replacement.
         alpha: priority exponent (prioritized only).
-        priority_beta: importance-weight exponent in ``[0, 1]`` (prioritized only).
+        beta: importance-weight exponent in ``[0, 1]`` (prioritized only; 1 is unbiased).
         eps: added to every priority (prioritized only).
         device: where the buffer keeps its samples: ``"cpu"``, ``"module"`` (the training device of each process,
             e.g. GPU memory) or a device name.
@@ -67,14 +54,15 @@ class ExperienceReplay(Callback):
         seed: seed of the buffer (rank ``r`` uses ``seed + r``).
 
     Raises:
-        ValueError: ``capacity <= 0``, ``replay_batch_size < 0``, ``alpha < 0``, ``priority_beta`` outside
-            ``[0, 1]`` or ``eps <= 0``.
+        ValueError: ``capacity <= 0``, ``replay_batch_size < 0``, ``alpha < 0``, ``beta`` outside ``[0, 1]`` or
+            ``eps <= 0``; at setup, ``LossTracker`` or a selection callback alongside (they read ``batch.index``
+            as dataset indices).
+        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
 
-    Example::
-
-        dm = PrioritizedDataModule(train_ds, batch_size=32, strategy="uniform")  # or a TaskSequence
-        trainer = Trainer(max_epochs=1, callbacks=[ExperienceReplay(capacity=1000, replay_batch_size=32)])
-        trainer.fit(MyModule(), datamodule=dm)  # training_step: weighted_mean(losses, batch)
+    Example:
+        >>> replay = ExperienceReplay(capacity=1000, replay_batch_size=32, prioritized=True)
+        >>> replay.buffer.capacity, replay.buffer.beta
+        (1000, 0.4)
     """
 
     def __init__(
@@ -83,7 +71,7 @@ class ExperienceReplay(Callback):
         replay_batch_size: int = 10,
         prioritized: bool = False,
         alpha: float = 0.6,
-        priority_beta: float = 0.4,
+        beta: float = 0.4,
         eps: float = 1e-3,
         device: str = "cpu",
         loss_key: str = "per_sample_loss",
@@ -93,17 +81,15 @@ class ExperienceReplay(Callback):
             raise ValueError(f"`replay_batch_size` must be >= 0, got {replay_batch_size}.")
         if alpha < 0:
             raise ValueError(f"`alpha` (priority exponent) must be >= 0, got {alpha}; 0 is uniform replay.")
-        if not 0.0 <= priority_beta <= 1.0:
-            raise ValueError(
-                f"`priority_beta` (importance-weight exponent) must be in [0, 1], got {priority_beta}; 1 is unbiased."
-            )
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"`beta` (importance-weight exponent) must be in [0, 1], got {beta}; 1 is unbiased.")
         if eps <= 0:
             raise ValueError(f"`eps` must be > 0, got {eps}.")
         self.capacity = capacity
         self.replay_batch_size = replay_batch_size
         self.prioritized = prioritized
         self.alpha = alpha
-        self.priority_beta = priority_beta
+        self.beta = beta
         self.eps = eps
         self.device = device
         self.loss_key = loss_key
@@ -122,7 +108,7 @@ class ExperienceReplay(Callback):
 
     def _make_buffer(self, capacity: int, seed: int, device: torch.device | None) -> ReplayBuffer:
         if self.prioritized:
-            return PrioritizedReplayBuffer(capacity, self.alpha, self.priority_beta, self.eps, seed, device)
+            return PrioritizedReplayBuffer(capacity, self.alpha, self.beta, self.eps, seed, device)
         return ReservoirBuffer(capacity, seed, device)
 
     @property

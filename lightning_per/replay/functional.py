@@ -1,6 +1,6 @@
 """Pure functions of continual learning: reservoir slots, draws without replacement, task masks, Reptile, CL metrics.
 
-Nothing here holds state or touches Lightning; the buffers and :mod:`lightning_per.replay.module` call these. The
+Nothing here holds state or touches Lightning; the buffers and ``lightning_per.replay.module`` call these. The
 buffer functions take and return NumPy arrays: at replay batch sizes (hundreds of items) a NumPy call costs a
 fraction of a torch operator's fixed overhead, and they run once per training step.
 """
@@ -29,11 +29,11 @@ def reservoir_slots(seen: int, capacity: int, n: int, rng: np.random.Generator) 
     """Where each of ``n`` new stream items goes in a reservoir of ``capacity`` slots (``-1``: not kept).
 
     The ``j``-th item of the stream (1-based, ``j = seen + i + 1``) takes slot ``j - 1`` while ``j <= capacity``;
-    afterwards it draws ``r`` uniformly from ``{0, ..., j - 1}`` (exactly, :meth:`numpy.random.Generator.integers`)
+    afterwards it draws ``r`` uniformly from ``{0, ..., j - 1}`` (exactly, ``numpy.random.Generator.integers``)
     and replaces slot ``r`` when ``r < capacity``, i.e. it is kept with probability exactly ``capacity / j`` (not
     ``capacity / (j + 1)``, the off-by-one of implementations that draw from ``{0, ..., j}``). Every item seen so far
     is then in the buffer with probability ``capacity / seen``. Several items of one batch may pick the same slot;
-    apply them in order (the last one wins), e.g. with :func:`last_write_per_slot`. O(n) work.
+    apply them in order (the last one wins), e.g. with ``last_write_per_slot``. O(n) work.
 
     Args:
         seen: items of the stream seen before these ``n``.
@@ -44,8 +44,7 @@ def reservoir_slots(seen: int, capacity: int, n: int, rng: np.random.Generator) 
     Returns:
         int64 array of shape ``(n,)``: a slot in ``[0, capacity)`` or ``-1``.
 
-    Example::
-
+    Example:
         >>> reservoir_slots(seen=0, capacity=3, n=3, rng=np.random.default_rng(0))
         array([0, 1, 2])
     """
@@ -73,8 +72,7 @@ def last_write_per_slot(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``(slot, item)``: the distinct slots written and, for each, the index of the item that ends up there; in the
         order of the items.
 
-    Example::
-
+    Example:
         >>> last_write_per_slot(np.array([2, -1, 2, 0]))
         (array([2, 0]), array([2, 3]))
     """
@@ -113,8 +111,7 @@ def sample_without_replacement(n: int, k: int, rng: np.random.Generator) -> np.n
     Returns:
         int64 array of ``min(k, n)`` distinct values.
 
-    Example::
-
+    Example:
         >>> draw = sample_without_replacement(10**9, 5, np.random.default_rng(0))
         >>> draw.shape, len(set(draw.tolist()))
         ((5,), 5)
@@ -161,8 +158,7 @@ def output_targets(y: Tensor, task: Tensor, classes_per_task: int, scenario: str
         scenario: ``"task"`` or ``"class"``.
         shared_classes: whether all tasks share the same ``c`` labels.
 
-    Example::
-
+    Example:
         >>> output_targets(torch.tensor([3, 3]), torch.tensor([0, 2]), 10, "task", shared_classes=True)
         tensor([ 3, 23])
     """
@@ -174,8 +170,7 @@ def output_targets(y: Tensor, task: Tensor, classes_per_task: int, scenario: str
 def task_class_mask(task: Tensor, classes_per_task: int, num_outputs: int) -> Tensor:
     """Boolean ``(n, num_outputs)`` mask, true on the outputs ``[t * c, (t + 1) * c)`` of each row's task ``t``.
 
-    Example::
-
+    Example:
         >>> task_class_mask(torch.tensor([0, 1]), 2, 4)
         tensor([[ True,  True, False, False],
                 [False, False,  True,  True]])
@@ -191,8 +186,7 @@ def reptile_interpolate_(params: Sequence[Tensor], before: Sequence[Tensor], rat
 
     ``rate = 1`` keeps the new weights; ``rate = 0`` restores the old ones.
 
-    Example::
-
+    Example:
         >>> p = [torch.tensor([3.0])]
         >>> reptile_interpolate_(p, [torch.tensor([1.0])], 0.5)
         >>> p[0]
@@ -205,8 +199,7 @@ def reptile_interpolate_(params: Sequence[Tensor], before: Sequence[Tensor], rat
 def average_accuracy(acc: Tensor) -> float:
     """ACC: mean accuracy over all tasks after the last one, from the matrix ``acc[i, j]`` (after task i, on j).
 
-    Example::
-
+    Example:
         >>> average_accuracy(torch.tensor([[0.9, 0.1], [0.5, 0.8]]))
         0.65
     """
@@ -216,8 +209,7 @@ def average_accuracy(acc: Tensor) -> float:
 def backward_transfer(acc: Tensor) -> float:
     """BWT (Lopez-Paz & Ranzato, 2017): ``mean_{j < T} acc[T, j] - acc[j, j]``; negative is forgetting.
 
-    Example::
-
+    Example:
         >>> backward_transfer(torch.tensor([[0.9, 0.1], [0.5, 0.8]]))
         -0.4
     """

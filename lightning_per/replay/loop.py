@@ -20,7 +20,7 @@ def fit_tasks(
     """Fit ``model`` on tasks ``start_task, ..., num_tasks - 1``, each with a fresh Trainer from ``trainer_fn(task)``.
 
     The model carries over from task to task, and so do the callbacks if ``trainer_fn`` passes the same instances
-    (:class:`~lightning_per.replay.ExperienceReplay` keeps its buffer, :class:`~lightning_per.replay.TaskAccuracyMatrix`
+    (``ExperienceReplay`` keeps its buffer, ``TaskAccuracyMatrix``
     its rows). Each Trainer logs, checkpoints and shows progress for its own task (give each its own
     ``default_root_dir`` or logger version). Each Trainer's checkpoint holds the model and the callbacks' state
     (the buffers, the accuracy matrix, filled before the end-of-task checkpoint is written). To resume after task
@@ -33,7 +33,7 @@ def fit_tasks(
         fit_tasks(model, datamodule, trainer_fn, start_task=t + 1)
 
     Args:
-        model: your LightningModule (or :class:`~lightning_per.replay.MER` around it).
+        model: your LightningModule (or ``MER`` around it).
         datamodule: the sequence; its ``mode`` must be ``"task"``.
         trainer_fn: builds the Trainer of a task.
         start_task: first task to train.

@@ -26,56 +26,41 @@ __all__ = ["MER"]
 class MER(LightningModule):
     """Meta-Experience Replay (Riemer et al., ICLR 2019) around your LightningModule, with manual optimisation.
 
-    Algorithm 1, per incoming example (``variant="example"``): remember the weights ``θ_0``; repeat
-    ``batches_per_example`` (``s``) times: draw ``replay_batch_size - 1`` (``k - 1``) distinct buffer items, append the
-    new example, remember ``θ_A``, take one SGD step per sample, then ``θ ← θ_A + beta (θ - θ_A)`` (within-batch
-    Reptile); after the ``s`` batches ``θ ← θ_0 + gamma (θ - θ_0)`` (across-batch Reptile); then offer the example to
-    the reservoir. ``variant="batch"`` treats the whole incoming batch as the new example; ``step_batch_size``
-    samples go into each inner SGD step (1: the paper's per-sample steps). The reference's MNIST settings with 5120
-    memories are ``lr=0.03, beta=0.03, gamma=1.0, replay_batch_size=100, batches_per_example=10``. Every inner step
-    is an optimizer step of the Trainer (``global_step`` counts them).
-
-    Each inner step calls your ``training_step`` on a sub-batch (a :class:`~lightning_per.PrioritizedBatch` of your
-    sample structure, weights 1, ``index`` -1 for replayed samples) and minimises the ``loss`` it returns; its
-    ``self.log`` calls are silenced there (MER logs ``train/loss``, the mean inner-step loss). ``forward``,
-    ``validation_step``, ``test_step``, ``predict_step``, ``setup`` and ``configure_callbacks`` are your module's;
-    its weights are MER's, so checkpoints hold them (``MER.load_from_checkpoint(path, module=YourModule(...))``).
-
-    **Optimizer settings.** Only the learning rate: the inner steps are plain SGD, ``θ ← θ - lr ∇L``, at ``lr``
-    (``None``: the learning rate of the first parameter group of the optimizer your ``configure_optimizers``
-    returns). Momentum, Adam's moments, weight decay, learning-rate schedulers and gradient clipping are not used: the
-    Reptile interpolations turn the trajectory of the inner SGD steps into a first-order meta-gradient that rewards
-    agreement between the samples' gradients, which holds for SGD steps; an optimizer's state would carry over
-    across the interpolations (its steps are no longer what is interpolated) and its per-parameter scaling changes
-    that agreement term. The reference code uses plain SGD too. Other hooks of your module (e.g.
-    ``on_train_epoch_end``) are not called.
-
-    Under DDP every inner step is a DDP step (gradients averaged across ranks), so the weights stay identical on all
-    ranks; each rank replays from its own buffer of ``memories // world_size`` items, and all take the same number of
-    inner steps (each replays as many items as the smallest buffer holds). Checkpoints hold every rank's buffer, as
-    for :class:`~lightning_per.replay.ExperienceReplay`.
+    Algorithm 1 (``variant="example"``), per incoming example: ``batches_per_example`` times, draw
+    ``replay_batch_size`` distinct buffer items, append the example, take plain SGD steps at ``lr`` over them and
+    interpolate the weights back toward where the batch started by ``reptile_beta``; then interpolate toward where the
+    example started by ``reptile_gamma``, and offer the example to the reservoir. The defaults are the reference's
+    MNIST settings (there with ``lr=0.03``). Each inner step calls your ``training_step`` on a sub-batch (a
+    ``PrioritizedBatch``, weights 1, ``index`` -1 for replayed samples; its ``self.log`` calls are silenced, MER logs
+    ``train/loss``) and counts as a Trainer step. Your optimizer's state, schedulers and gradient clipping are not
+    used; ``forward``, the evaluation steps, ``setup`` and ``configure_callbacks`` are your module's. Load a
+    checkpoint with ``MER.load_from_checkpoint(path, module=YourModule(...))``. Under DDP every inner step averages
+    gradients across ranks, each rank replays from its own buffer of ``capacity // world_size`` items, and
+    checkpoints hold every rank's buffer.
 
     Args:
         module: your LightningModule (automatic optimization; ``training_step`` returns a loss or ``{"loss": ...}``).
-        memories: the total memory budget (items); under DDP each rank keeps ``memories // world_size``.
-        replay_batch_size: ``k``, samples per inner batch (``k - 1`` replays + the new one).
+        capacity: the total memory budget (items); under DDP each rank keeps ``capacity // world_size``.
+        replay_batch_size: replayed samples in each inner batch (the paper's ``k - 1``; the reference code's
+            ``replay_batch_size``).
         batches_per_example: ``s``, inner batches per incoming example.
-        beta: within-batch Reptile rate in ``(0, 1]``.
-        gamma: across-batch Reptile rate in ``(0, 1]``.
-        lr: SGD learning rate of the inner steps (``None``: your optimizer's).
-        variant: ``"example"`` (Algorithm 1) or ``"batch"``.
-        step_batch_size: samples per inner SGD step.
+        reptile_beta: within-batch Reptile rate in ``(0, 1]`` (the paper's ``beta``).
+        reptile_gamma: across-batch Reptile rate in ``(0, 1]`` (the paper's ``gamma``).
+        lr: SGD learning rate of the inner steps (``None``: that of the first parameter group of the optimizer your
+            ``configure_optimizers`` returns).
+        variant: ``"example"`` (Algorithm 1) or ``"batch"`` (the whole incoming batch is the new example).
+        step_batch_size: samples per inner SGD step (1: the paper's per-sample steps).
         device: where the buffer keeps its samples: ``"cpu"``, ``"module"`` (the training device) or a device name.
         seed: seed of the buffer (rank ``r`` uses ``seed + r``).
 
     Raises:
-        ValueError: ``memories <= 0``, ``replay_batch_size``, ``batches_per_example`` or ``step_batch_size`` below 1,
-            ``beta`` / ``gamma`` outside ``(0, 1]``, ``lr <= 0``, or a module with manual optimization.
+        ValueError: ``capacity <= 0``, ``replay_batch_size < 0``, ``batches_per_example`` or ``step_batch_size``
+            below 1, ``reptile_beta`` / ``reptile_gamma`` outside ``(0, 1]``, ``lr <= 0``, or a module with manual
+            optimization.
 
-    Example::
-
+    Example:
         >>> from lightning_per.examples import ContinualClassifier
-        >>> mer = MER(ContinualClassifier(in_features=4), memories=100, replay_batch_size=5, batches_per_example=2)
+        >>> mer = MER(ContinualClassifier(in_features=4), capacity=100, replay_batch_size=5, batches_per_example=2)
         >>> mer.automatic_optimization, mer.buffer.capacity
         (False, 100)
     """
@@ -83,11 +68,11 @@ class MER(LightningModule):
     def __init__(
         self,
         module: LightningModule,
-        memories: int = 5120,
+        capacity: int = 5120,
         replay_batch_size: int = 100,
         batches_per_example: int = 10,
-        beta: float = 0.03,
-        gamma: float = 1.0,
+        reptile_beta: float = 0.03,
+        reptile_gamma: float = 1.0,
         lr: float | None = None,
         variant: Literal["example", "batch"] = "example",
         step_batch_size: int = 1,
@@ -95,11 +80,12 @@ class MER(LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("beta", beta), ("gamma", gamma)):
+        for name, value in (("reptile_beta", reptile_beta), ("reptile_gamma", reptile_gamma)):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"`{name}` (Reptile rate) must be in (0, 1], got {value}.")
+        if isinstance(replay_batch_size, bool) or replay_batch_size < 0:
+            raise ValueError(f"`replay_batch_size` must be >= 0, got {replay_batch_size}.")
         for name, count in (
-            ("replay_batch_size", replay_batch_size),
             ("batches_per_example", batches_per_example),
             ("step_batch_size", step_batch_size),
         ):
@@ -119,17 +105,17 @@ class MER(LightningModule):
         self.module = module
         self.replay_batch_size = replay_batch_size
         self.batches_per_example = batches_per_example
-        self.beta = beta
-        self.gamma = gamma
+        self.reptile_beta = reptile_beta
+        self.reptile_gamma = reptile_gamma
         self.lr = lr
         self.variant = variant
         self.step_batch_size = step_batch_size
         self.buffer_device = device
-        self._shards = RankBuffers(memories, _reservoir, seed, "memories")
-        if replay_batch_size - 1 > memories:
+        self._shards = RankBuffers(capacity, _reservoir, seed, "capacity")
+        if replay_batch_size > capacity:
             rank_zero_warn(
-                f"`replay_batch_size - 1` = {replay_batch_size - 1} replays per draw is more than "
-                f"`memories={memories}`: each draw returns what the buffer holds."
+                f"`replay_batch_size` = {replay_batch_size} replays per draw is more than `capacity={capacity}`: each "
+                "draw returns what the buffer holds."
             )
         self.inner_lr: float | None = lr  # resolved in `configure_optimizers`
         self._slack = 0  # items of this rank's buffer left out so that all ranks replay as many
@@ -182,7 +168,7 @@ class MER(LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
-        """Your module's ``setup``; then this rank's buffer: ``memories // world_size`` items on ``device``."""
+        """Your module's ``setup``; then this rank's buffer: ``capacity // world_size`` items on ``device``."""
         self.module.setup(stage)
         trainer = self._trainer
         if trainer is None:
@@ -242,14 +228,14 @@ class MER(LightningModule):
                 opt.step()
                 total += loss.detach()
                 steps += 1
-            reptile_interpolate_(params, theta_a, self.beta)
-        reptile_interpolate_(params, theta_0, self.gamma)
+            reptile_interpolate_(params, theta_a, self.reptile_beta)
+        reptile_interpolate_(params, theta_0, self.reptile_gamma)
         return total / max(steps, 1)
 
     def _inner_batch(self, unit: list[Tensor], index: Tensor) -> tuple[list[Tensor], Tensor]:
-        """``k - 1`` distinct replays (fewer while the buffer holds fewer), then the new sample(s)."""
+        """``replay_batch_size`` distinct replays (fewer while the buffer holds fewer), then the new sample(s)."""
         available = max(len(self.buffer) - self._slack, 0)
-        draw = self.buffer.sample(min(self.replay_batch_size - 1, available))
+        draw = self.buffer.sample(min(self.replay_batch_size, available))
         r = int(draw.slots.numel())
         if draw.batch is None or r == 0:
             return unit, index
@@ -326,7 +312,7 @@ def _no_log(*args: Any, **kwargs: Any) -> None:
 
 
 class _BufferSync(Callback):
-    """Brings every rank's MER buffer to rank 0 where Lightning may save a checkpoint (see :mod:`.ranks`).
+    """Brings every rank's MER buffer to rank 0 where Lightning may save a checkpoint (see ``.ranks``).
 
     Its ``on_train_batch_end`` and ``on_train_epoch_end`` run before the checkpoint callbacks' (Lightning puts those
     last), and validation starts precede the checkpoints saved at validation ends.

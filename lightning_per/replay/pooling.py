@@ -20,8 +20,7 @@ def upgrade_buffer_state(state: dict[str, Any]) -> dict[str, Any]:
     generator; the items become the tuple ``(x, y, task)``, the priorities those of the items held, and the generator
     is dropped (the buffer reseeds its own).
 
-    Example::
-
+    Example:
         >>> old = {"capacity": 4, "seen": 2, "size": 2, "x": torch.zeros(2, 3), "y": torch.zeros(2)}
         >>> old["task"] = torch.zeros(2)
         >>> [tuple(t.shape) for t in upgrade_buffer_state(old)["items"]]
@@ -46,10 +45,10 @@ def pool_buffer_states(
     share ``part`` takes every ``parts``-th of them (starting at ``part``), and a uniformly chosen ``capacity``
     of those if more remain. ``seen`` becomes the total seen divided by ``parts``; priorities (when every state
     has them) follow their items and the max priority is the largest saved. The result loads with
-    :meth:`~lightning_per.replay.ReplayBuffer.load_state_dict` into a buffer of ``capacity`` slots.
+    ``load_state_dict`` into a buffer of ``capacity`` slots.
 
     Args:
-        states: :meth:`~lightning_per.replay.ReplayBuffer.state_dict` results.
+        states: ``state_dict`` results.
         part: the share to keep, in ``[0, parts)``.
         parts: the number of shares (the new world size).
         capacity: the slots of the buffer that will load the result.
@@ -58,8 +57,7 @@ def pool_buffer_states(
     Raises:
         ValueError: ``part`` outside ``[0, parts)``, ``capacity <= 0`` or saved items of different structures.
 
-    Example::
-
+    Example:
         >>> from lightning_per.replay import ReservoirBuffer
         >>> a, b = ReservoirBuffer(4, seed=0), ReservoirBuffer(4, seed=1)
         >>> _ = a.add((torch.zeros(6, 2), torch.zeros(6, dtype=torch.long)))

@@ -21,7 +21,7 @@ class PrioritizedReplaySampler:
     The sum tree holds ``(priority + eps) ** alpha`` per slot: ``alpha`` is applied exactly once, when a priority is
     written. New items get the largest priority given so far (so they are replayed soon). The weights are divided by
     the largest possible one, ``(n p_min) ** -beta``, which the tree's minimum gives exactly. Draws and updates
-    touch O(k log n) tree nodes (:class:`~lightning_per.replay.sumtree.SumTree`).
+    touch O(k log n) tree nodes (``SumTree``).
 
     Args:
         capacity: the number of slots.
@@ -32,8 +32,7 @@ class PrioritizedReplaySampler:
     Raises:
         ValueError: ``alpha < 0``, ``beta`` outside ``[0, 1]`` or ``eps <= 0``.
 
-    Example::
-
+    Example:
         >>> sampler = PrioritizedReplaySampler(4, alpha=1.0, beta=1.0)
         >>> sampler.on_write(np.arange(4))
         >>> sampler.update(torch.tensor([0]), torch.tensor([3.0]), size=4)  # the number of values left out
@@ -143,7 +142,7 @@ class PrioritizedReplaySampler:
         }
 
     def load_state_dict(self, state: dict[str, Any], size: int) -> None:
-        """Restore a :meth:`state_dict`; a state without priorities (a uniform buffer's) gives every item the max."""
+        """Restore a ``state_dict``; a state without priorities (a uniform buffer's) gives every item the max."""
         self.max_priority = float(state.get("max_priority", 1.0))
         self.tree = SumTree(self.tree.capacity)
         if "priorities" in state:

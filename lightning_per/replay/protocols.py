@@ -1,6 +1,6 @@
 """The small protocols a replay buffer is composed of: a writer (which slots) and a sampler (which items to draw).
 
-The storage (:class:`~lightning_per.replay.storage.TensorStorage`) holds the samples; a writer decides where new
+The storage (``TensorStorage``) holds the samples; a writer decides where new
 items go; a sampler decides what a draw returns and may weight it. The buffer owns one random generator and hands it
 to both, so that its state is the whole of the randomness. Indices cross these protocols as int64 NumPy arrays: at
 replay batch sizes a NumPy call costs a fraction of a torch operator's fixed overhead.
@@ -16,7 +16,7 @@ __all__ = ["Sampler", "Writer"]
 
 
 class Writer(Protocol):
-    """Decides which slots new items overwrite (e.g. :class:`~lightning_per.replay.writer.ReservoirWriter`)."""
+    """Decides which slots new items overwrite (e.g. ``ReservoirWriter``)."""
 
     capacity: int
     seen: int
@@ -34,12 +34,12 @@ class Writer(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`."""
+        """Restore a ``state_dict``."""
         ...
 
 
 class Sampler(Protocol):
-    """Decides which held items a draw returns (e.g. :class:`~lightning_per.replay.uniform.UniformReplaySampler`)."""
+    """Decides which held items a draw returns (e.g. ``UniformReplaySampler``)."""
 
     def sample(self, size: int, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         """``(slots, weights)`` for a draw of ``batch_size`` among slots ``[0, size)``; ``weights`` ``None``: all 1."""
@@ -54,5 +54,5 @@ class Sampler(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any], size: int) -> None:
-        """Restore a :meth:`state_dict` for slots ``[0, size)`` (a state without this sampler's keys: defaults)."""
+        """Restore a ``state_dict`` for slots ``[0, size)`` (a state without this sampler's keys: defaults)."""
         ...

@@ -1,16 +1,16 @@
 """One replay buffer per DDP process: the memory budget split, every rank's buffer in checkpoints, re-sharding.
 
-Shared by :class:`~lightning_per.replay.ExperienceReplay` (a callback) and :class:`~lightning_per.replay.MER` (a
+Shared by ``ExperienceReplay`` (a callback) and ``MER`` (a
 module). Under DDP each rank keeps its own buffer of ``capacity // world_size`` slots, filled by reservoir sampling
 over that rank's shard of the stream (seeded ``seed + rank``): the memory budget summed over ranks is the
 single-process one, and the union of the ranks' buffers is a uniform sample of the whole stream.
 
 Checkpoints hold every rank's buffer without a collective at save time (a checkpoint built on rank 0 alone does not
-hang): :meth:`RankBuffers.sync` brings the buffers to rank 0 at synchronisation points (epoch ends, validation starts,
-steps where a ``ModelCheckpoint`` saves by ``every_n_train_steps``), and :meth:`RankBuffers.states` gives this rank's
+hang): ``RankBuffers.sync`` brings the buffers to rank 0 at synchronisation points (epoch ends, validation starts,
+steps where a ``ModelCheckpoint`` saves by ``every_n_train_steps``), and ``RankBuffers.states`` gives this rank's
 buffer as it is and the others' as of the last synchronisation (``None`` before the first). A run resumed on as many
 processes gets each rank's buffer back exactly; on another number of processes the saved buffers are pooled and
-re-sharded (:func:`~lightning_per.replay.pooling.pool_buffer_states`).
+re-sharded (``pool_buffer_states``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ class RankBuffers:
     Raises:
         ValueError: ``capacity`` is not a positive integer.
 
-    Example::
-
+    Example:
         >>> from lightning_per.replay import ReservoirBuffer
         >>> shards = RankBuffers(10, lambda n, seed, device: ReservoirBuffer(n, seed, device), seed=0, name="capacity")
         >>> shards.setup(rank=1, world=2)
@@ -101,7 +100,7 @@ class RankBuffers:
         """Load saved buffers, one per rank of the run that saved them (``None``: a rank's buffer was not saved).
 
         With as many saved states as processes, rank ``r`` loads state ``r`` exactly (generator included); otherwise
-        the saved states are pooled and re-sharded to ``capacity // world_size`` per rank. Before :meth:`setup` the
+        the saved states are pooled and re-sharded to ``capacity // world_size`` per rank. Before ``setup`` the
         states are loaded as for one process (so that the buffer can be inspected) and loaded again at the setup.
         """
         states = list(states)

@@ -15,9 +15,9 @@ __all__ = ["TensorStorage"]
 class TensorStorage:
     """``capacity`` slots holding one sample each: a tensor, or tuples / lists / dicts (nested) of tensors.
 
-    The storage is allocated by the first :meth:`prepare`, from that batch's structure, dtypes and per-sample shapes
+    The storage is allocated by the first ``prepare``, from that batch's structure, dtypes and per-sample shapes
     (one tensor of shape ``(capacity, *per_sample_shape)`` per leaf), so memory is bounded by the capacity; later
-    batches must match (:class:`~lightning_per.replay.structure.SampleSpec`). Samples are copied in, never
+    batches must match (``SampleSpec``). Samples are copied in, never
     referenced. It knows nothing of which slots are in use: the writer decides that.
 
     Args:
@@ -27,8 +27,7 @@ class TensorStorage:
     Raises:
         ValueError: ``capacity`` is not a positive integer.
 
-    Example::
-
+    Example:
         >>> storage = TensorStorage(4)
         >>> leaves, n = storage.prepare({"x": torch.ones(2, 3), "y": torch.tensor([5, 6])})
         >>> storage.write(torch.tensor([2, 0]), leaves)
@@ -58,7 +57,7 @@ class TensorStorage:
         """Flatten ``batch`` and check it against the stored structure; the first batch allocates the storage.
 
         Returns:
-            ``(leaves, batch_size)``, for :meth:`write`.
+            ``(leaves, batch_size)``, for ``write``.
 
         Raises:
             TypeError: a leaf is not a tensor.
@@ -81,7 +80,7 @@ class TensorStorage:
 
         Args:
             slots: int64 slots.
-            leaves: the leaves :meth:`prepare` returned.
+            leaves: the leaves ``prepare`` returned.
             rows: int64 rows of the batch, one per slot (``None``: ``0, 1, ...``).
         """
         if slots.numel() == 0:
@@ -118,7 +117,7 @@ class TensorStorage:
         return {"items": unflatten([x[:size].cpu().clone() for x in self._leaves], self.spec.treedef, plain=True)}
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Restore a :meth:`state_dict` into slots ``[0, size)``; returns ``size``.
+        """Restore a ``state_dict`` into slots ``[0, size)``; returns ``size``.
 
         Raises:
             ValueError: the saved items are more than the capacity.

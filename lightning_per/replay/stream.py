@@ -16,15 +16,15 @@ __all__ = ["TaskStreamSampler"]
 
 
 class TaskStreamSampler(DistributedSampler):
-    """Indices of a :class:`~torch.utils.data.ConcatDataset` of tasks, task after task, shuffled within each task.
+    """Indices of a ``ConcatDataset`` of tasks, task after task, shuffled within each task.
 
     The whole stream's order depends only on ``seed``, ``epoch`` and the task lengths; it is padded to a multiple
     of ``num_replicas`` by repeating its last items (so the padding stays in the last task) and rank ``r`` keeps the
     positions ``r, r + num_replicas, ...``: every rank sees its share of every task, in task order. Because it
     subclasses ``DistributedSampler``, Lightning leaves it alone under DDP. ``start`` skips the first items of this
     rank's share once (the next pass starts from the beginning): that is how a fit resumed mid-stream continues
-    where it stopped; :meth:`__len__` stays the full share so Lightning's batch count matches. ``tasks`` restricts
-    the stream to some tasks (one fit per task); indices stay those of the whole ``ConcatDataset``.
+    where it stopped; ``__len__`` stays the full share so Lightning's batch count matches. ``streamed_tasks``
+    restricts the stream to some tasks (one fit per task); indices stay those of the whole ``ConcatDataset``.
 
     Args:
         lengths: the number of samples of each task.
@@ -33,19 +33,18 @@ class TaskStreamSampler(DistributedSampler):
         num_replicas: number of ranks.
         rank: this rank.
         start: items of this rank's share to skip on the next pass.
-        tasks: the tasks streamed, in this order (``None``: all).
+        streamed_tasks: the ids of the tasks streamed, in this order (``None``: all).
 
     Raises:
         ValueError: a negative length, ``num_replicas < 1``, ``rank`` outside ``[0, num_replicas)``, ``start < 0``
             or an unknown task.
 
-    Example::
-
+    Example:
         >>> list(TaskStreamSampler([3, 2], shuffle=False))
         [0, 1, 2, 3, 4]
         >>> list(TaskStreamSampler([3, 2], shuffle=False, num_replicas=2, rank=1))
         [1, 3, 4]
-        >>> list(TaskStreamSampler([3, 2], shuffle=False, tasks=[1]))
+        >>> list(TaskStreamSampler([3, 2], shuffle=False, streamed_tasks=[1]))
         [3, 4]
     """
 
@@ -57,7 +56,7 @@ class TaskStreamSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         start: int = 0,
-        tasks: Sequence[int] | None = None,
+        streamed_tasks: Sequence[int] | None = None,
     ) -> None:
         if any(n < 0 for n in lengths):
             raise ValueError(f"`lengths` must be non-negative task sizes, got {list(lengths)}.")
@@ -67,13 +66,13 @@ class TaskStreamSampler(DistributedSampler):
             raise ValueError(f"`rank` must be in [0, {num_replicas}), got {rank}.")
         if start < 0:
             raise ValueError(f"`start` must be >= 0, got {start}.")
-        self.tasks = list(range(len(lengths))) if tasks is None else [int(t) for t in tasks]
-        if any(not 0 <= t < len(lengths) for t in self.tasks):
-            raise ValueError(f"`tasks` must be task ids in [0, {len(lengths)}), got {self.tasks}.")
+        self.streamed_tasks = list(range(len(lengths))) if streamed_tasks is None else [int(t) for t in streamed_tasks]
+        if any(not 0 <= t < len(lengths) for t in self.streamed_tasks):
+            raise ValueError(f"`streamed_tasks` must be task ids in [0, {len(lengths)}), got {self.streamed_tasks}.")
         # DistributedSampler's own __init__ asks torch.distributed for the world; set its attributes directly.
         self.lengths = [int(n) for n in lengths]
         self.offsets = [0, *accumulate(self.lengths)]
-        streamed = sum(self.lengths[t] for t in self.tasks)
+        streamed = sum(self.lengths[t] for t in self.streamed_tasks)
         self.dataset = range(streamed)  # type: ignore[assignment]
         self.num_replicas = num_replicas
         self.rank = rank
@@ -84,7 +83,9 @@ class TaskStreamSampler(DistributedSampler):
         self.start = start
         self.num_samples = math.ceil(streamed / num_replicas)
         self.total_size = self.num_samples * num_replicas
-        self._ends = list(accumulate(self.lengths[t] for t in self.tasks))  # stream position where each task ends
+        self._ends = list(
+            accumulate(self.lengths[t] for t in self.streamed_tasks)
+        )  # stream position where each task ends
 
     def set_epoch(self, epoch: int) -> None:
         """Change the order of the next pass."""
@@ -97,18 +98,20 @@ class TaskStreamSampler(DistributedSampler):
         """The whole stream's order (all ranks), before padding and sharding."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         parts: dict[int, Tensor] = {}
-        for t, n in enumerate(self.lengths):  # every task draws its permutation: its order does not depend on `tasks`
+        for t, n in enumerate(
+            self.lengths
+        ):  # every task draws its permutation: its order does not depend on `streamed_tasks`
             parts[t] = (torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)) + self.offsets[t]
-        ordered = [parts[t] for t in self.tasks]
+        ordered = [parts[t] for t in self.streamed_tasks]
         return torch.cat(ordered) if ordered else torch.zeros(0, dtype=torch.int64)
 
     def task_at(self, position: int) -> int:
         """The task of the item at ``position`` of this rank's share (padding counts as the last task)."""
-        if not self.tasks:
+        if not self.streamed_tasks:
             return 0
         stream_position = self.rank + position * self.num_replicas
         i = bisect.bisect_right(self._ends, stream_position)
-        return self.tasks[min(i, len(self.tasks) - 1)]
+        return self.streamed_tasks[min(i, len(self.streamed_tasks) - 1)]
 
     def __iter__(self) -> Iterator[int]:
         order = self.stream_order()
@@ -125,7 +128,7 @@ class TaskStreamSampler(DistributedSampler):
 class StreamLoader(DataLoader):
     """The stream's DataLoader: each batch ``repeats`` times in a row; resumable mid-stream without state of its own.
 
-    On a restarted fit the :class:`TaskStreamSampler` starts after the batches that the trainer's progress says were
+    On a restarted fit the ``TaskStreamSampler`` starts after the batches that the trainer's progress says were
     trained (``skip`` repeats of the first one are left out); the empty ``state_dict`` tells Lightning that the
     loader is resumable.
     """
@@ -150,7 +153,7 @@ class StreamLoader(DataLoader):
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Nothing to restore (see :meth:`state_dict`)."""
+        """Nothing to restore (see ``state_dict``)."""
 
 
 def resume_batches(trainer: Any) -> int:

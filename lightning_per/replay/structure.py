@@ -1,7 +1,7 @@
 """The structure of a stored sample: a tensor, or tuples / lists / dicts (nested) of tensors, flattened to leaves.
 
-A buffer learns the structure, dtypes and per-sample shapes from the first batch it is given (:meth:`SampleSpec.of`)
-and refuses any later batch that differs (:meth:`SampleSpec.check`). Tuples and lists count as the same kind of
+A buffer learns the structure, dtypes and per-sample shapes from the first batch it is given (``SampleSpec.of``)
+and refuses any later batch that differs (``SampleSpec.check``). Tuples and lists count as the same kind of
 container (a DataLoader collates tuples into lists); draws come back as the container of the first batch.
 """
 
@@ -26,8 +26,7 @@ def flatten(batch: Any) -> tuple[list[Tensor], TreeDef]:
     Raises:
         TypeError: a leaf is not a tensor, or a dict's keys cannot be sorted (mixed types).
 
-    Example::
-
+    Example:
         >>> leaves, treedef = flatten({"label": torch.tensor([1]), "image": (torch.zeros(1, 2), torch.ones(1))})
         >>> [tuple(leaf.shape) for leaf in leaves]
         [(1, 2), (1,), (1,)]
@@ -78,10 +77,10 @@ def _locate(node: Any, path: str) -> None:
 
 
 def unflatten(leaves: Sequence[Tensor], treedef: TreeDef, plain: bool = False) -> Any:
-    """Rebuild the structure of ``treedef`` around ``leaves`` (the inverse of :func:`flatten`).
+    """Rebuild the structure of ``treedef`` around ``leaves`` (the inverse of ``flatten``).
 
     Args:
-        leaves: tensors in :func:`flatten` order.
+        leaves: tensors in ``flatten`` order.
         treedef: the tree definition.
         plain: rebuild every sequence as a plain tuple or list (a named tuple becomes a tuple), so that the result
             loads with ``torch.load(weights_only=True)``.
@@ -114,8 +113,7 @@ def join(first: Any, second: Any) -> Any:
     Raises:
         ValueError: the structures differ.
 
-    Example::
-
+    Example:
         >>> incoming = {"x": torch.zeros(2, 3), "y": [torch.tensor([0, 1])]}
         >>> joined = join(incoming, {"x": torch.ones(1, 3), "y": (torch.tensor([7]),)})
         >>> joined["x"].shape, joined["y"]
@@ -146,12 +144,11 @@ class SampleSpec:
     """Structure, dtypes and per-sample shapes of the samples a buffer stores.
 
     Args:
-        treedef: the tree definition of :func:`flatten`.
+        treedef: the tree definition of ``flatten``.
         dtypes: one dtype per leaf.
         shapes: one per-sample shape (the leaf's shape without its leading batch dimension) per leaf.
 
-    Example::
-
+    Example:
         >>> spec = SampleSpec.of((torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)))
         >>> spec
         (Tensor[float32, (3,)], Tensor[int64, ()])
@@ -168,7 +165,7 @@ class SampleSpec:
         """The spec of a batch (every leaf with the same leading batch dimension).
 
         Raises:
-            TypeError: see :func:`flatten`.
+            TypeError: see ``flatten``.
             ValueError: no leaves, a 0-dimensional leaf, or leaves with different batch sizes.
         """
         leaves, treedef = flatten(batch)

@@ -24,10 +24,10 @@ class SumTree:
     their positive leaves; the top level has at most 4096 nodes, whose prefix sums form one sorted array (the root).
     A capacity ``n`` has ``ceil(log16(n / 4096))`` internal levels: none up to 4096 slots, 2 at 10^6, 3 at 10^7.
 
-    - :meth:`find` of ``k`` targets: the targets are sorted (so that the memory accesses of every level run in
+    - ``find`` of ``k`` targets: the targets are sorted (so that the memory accesses of every level run in
       order), located in the root by a binary search, then, level by level, among the 16 children of their node
       by the sums of the children before each one (one ``(k, 16) @ (16, 16)`` product per level): O(k log n).
-    - :meth:`update` of ``k`` values: the leaves, then per level the touched parents' totals and minima recomputed
+    - ``update`` of ``k`` values: the leaves, then per level the touched parents' totals and minima recomputed
       from their 16 children (so the sums stay exact: no accumulated deltas), then the root's prefix sums (at most
       4096 values): O(k log n + 4096).
 
@@ -39,8 +39,7 @@ class SumTree:
     Raises:
         ValueError: ``capacity`` is not positive.
 
-    Example::
-
+    Example:
         >>> tree = SumTree(4)
         >>> tree.update(np.array([0, 2]), np.array([1.0, 3.0]))
         >>> tree.total, tree.min

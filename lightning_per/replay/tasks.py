@@ -1,4 +1,4 @@
-"""Task sequences for continual learning, as a :class:`~lightning_per.PrioritizedDataModule` of your datasets."""
+"""Task sequences for continual learning, as a ``PrioritizedDataModule`` of your datasets."""
 
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ class TaskDataset(Dataset):
         dataset: the task's samples.
         task: the task id.
 
-    Example::
-
+    Example:
         >>> TaskDataset(TensorDataset(torch.zeros(2, 3), torch.tensor([4, 5])), task=2)[1][1:]
         (tensor(5), tensor(2))
     """
@@ -53,26 +52,15 @@ class TaskDataset(Dataset):
 class TaskSequence(PrioritizedDataModule):
     """A sequence of tasks for continual learning: one fit over the stream, or one fit per task.
 
-    Describe the sequence as a list of datasets (``tasks``, one per task, and ``test_tasks`` for evaluation), or as
-    one ``dataset`` plus ``task_fn(index, label) -> task`` (default ``label // classes_per_task``, the split setting;
-    the label is ``sample[1]``). Subclasses (the examples' ``SplitDigits``, ``PermutedMNIST1D``, ...) build the lists
-    in :meth:`build_tasks`. Samples keep your structure (tuples, lists, dicts); with ``task_ids`` each also carries its
-    task id (:class:`TaskDataset`), which Task-IL models need and Class-IL and domain-IL models may ignore.
-
-    Training batches are :class:`~lightning_per.PrioritizedBatch` (weights 1; ``batch.index`` numbers the samples of
-    the concatenated tasks), so :class:`~lightning_per.replay.ExperienceReplay` can mix replayed samples into them.
-    Two ways to train through the sequence (``mode``):
-
-    * ``"stream"``: one ``trainer.fit`` over the whole stream; the train loader yields task 0, then task 1, ...
-      (shuffled within each task), so one epoch is one pass over the stream (``max_epochs=1``: the single-pass
-      setting). Works from the CLI; checkpoints, logs and progress bars span the whole run, and a fit resumed from a
-      mid-stream checkpoint continues with the next batch. Under DDP each rank gets every ``world_size``-th item of
-      the stream (:class:`~lightning_per.replay.TaskStreamSampler`).
-    * ``"task"``: the train loader yields only :attr:`current_task`; call :meth:`set_task` and ``fit`` once per task
-      with a fresh Trainer, keeping model and callbacks alive (:func:`~lightning_per.replay.fit_tasks`).
-
-    The validation and test loaders run over every task's evaluation set (one loader over all of them);
-    :class:`~lightning_per.replay.TaskAccuracyMatrix` evaluates task by task.
+    Describe the sequence as one dataset per task (``tasks``, and ``test_tasks`` for evaluation), or as one
+    ``dataset`` split by ``task_fn(index, label) -> task`` (default ``label // classes_per_task``; the label is
+    ``sample[1]``); subclasses build the lists in ``build_tasks``. Samples keep your structure; with ``task_ids``
+    each also carries its task id (``TaskDataset``). Training batches are ``PrioritizedBatch`` (weights 1;
+    ``batch.index`` numbers the samples of the concatenated tasks). In ``mode="stream"`` one ``trainer.fit`` yields
+    task 0, then task 1, ... (shuffled within each task): one epoch is one pass over the stream, resumable mid-stream,
+    and under DDP each rank gets every ``world_size``-th item. In ``mode="task"`` the loader yields only
+    ``current_task``: call ``set_task`` and ``fit`` once per task (``fit_tasks``). The validation and test loaders
+    run over every task's evaluation set.
 
     Args:
         tasks: training datasets, one per task.
@@ -82,7 +70,7 @@ class TaskSequence(PrioritizedDataModule):
         task_fn: ``(index, label) -> task id``; default ``label // classes_per_task``.
         num_tasks: number of tasks (inferred from ``tasks`` when given).
         classes_per_task: classes in each task (for the default ``task_fn``).
-        task_ids: append each sample's task id to it (:class:`TaskDataset`).
+        task_ids: append each sample's task id to it (``TaskDataset``).
         mode: ``"stream"`` (one fit over the stream) or ``"task"`` (one fit per task).
         repeats: each incoming batch is trained this many times in a row (several gradient steps per incoming batch,
             the "iterations" of online continual learning); replay offers it to its buffer once.
@@ -91,20 +79,18 @@ class TaskSequence(PrioritizedDataModule):
         shuffle: shuffle the samples within each task.
         seed: seed of the order.
         num_workers: DataLoader workers.
-        collate_fn: collates samples (``None``: ``default_collate``); import path in YAML.
+        collate_fn: collates samples (``None``: ``default_collate``); an import path in YAML.
 
     Raises:
         ValueError: no or both descriptions, a task id from ``task_fn`` outside ``[0, num_tasks)``, tasks whose
             samples differ in structure or shape, or a non-positive size.
 
-    Example::
-
-        >>> from torch.utils.data import TensorDataset
+    Example:
         >>> t0 = TensorDataset(torch.randn(6, 3), torch.tensor([0, 1] * 3))
         >>> t1 = TensorDataset(torch.randn(6, 3), torch.tensor([2, 3] * 3))
         >>> dm = TaskSequence(tasks=[t0, t1], batch_size=4)
         >>> dm.setup("fit")
-        >>> [b[2].tolist() for b in dm.train_dataloader()]
+        >>> [b[2].tolist() for b in dm.train_dataloader()]  # the task ids of the stream's batches
         [[0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]]
     """
 
@@ -247,7 +233,7 @@ class TaskSequence(PrioritizedDataModule):
             num_replicas=world,
             rank=rank,
             start=(done // self.repeats) * self.batch_size,
-            tasks=None if self.mode == "stream" else [self.current_task],
+            streamed_tasks=None if self.mode == "stream" else [self.current_task],
         )
         sampler.set_epoch(epoch)
         self._stream = sampler

@@ -15,10 +15,9 @@ class UniformReplaySampler:
     """Draw ``min(batch_size, size)`` distinct held items uniformly, in random order, without weights.
 
     Without replacement, as the reference ER implementations draw their replay batch; the work is O(batch_size)
-    (:func:`~lightning_per.replay.functional.sample_without_replacement`), never a permutation of the buffer.
+    (``sample_without_replacement``), never a permutation of the buffer.
 
-    Example::
-
+    Example:
         >>> slots, weights = UniformReplaySampler().sample(10**9, 4, np.random.default_rng(0))
         >>> len(set(slots.tolist())), weights
         (4, None)

@@ -14,7 +14,7 @@ __all__ = ["ReservoirWriter"]
 class ReservoirWriter:
     """Reservoir sampling over a stream seen once: item ``j`` (1-based) is kept with probability ``capacity / j``.
 
-    :meth:`plan` decides, for a batch of ``n`` new items, the slots they overwrite (O(n log n): vectorised draws,
+    ``plan`` decides, for a batch of ``n`` new items, the slots they overwrite (O(n log n): vectorised draws,
     then the last write per slot wins, as if the items came one by one); it counts the items seen and the slots in
     use. Kept items take a free slot while there is one, else a uniformly chosen slot: exactly the classic
     reservoir for a buffer filled from its start; a buffer restored with fewer items than ``min(seen, capacity)``
@@ -26,8 +26,7 @@ class ReservoirWriter:
     Raises:
         ValueError: ``capacity`` is not a positive integer.
 
-    Example::
-
+    Example:
         >>> writer = ReservoirWriter(3)
         >>> writer.plan(2, np.random.default_rng(0))
         (array([0, 1]), array([0, 1]))
@@ -70,6 +69,6 @@ class ReservoirWriter:
         return {"seen": self.seen, "size": self.size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (without ``size``: ``min(seen, capacity)``)."""
+        """Restore a ``state_dict`` (without ``size``: ``min(seen, capacity)``)."""
         self.seen = int(state["seen"])
         self.size = min(int(state.get("size", self.seen)), self.seen, self.capacity)

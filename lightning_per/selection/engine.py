@@ -2,7 +2,7 @@
 
 Each selection step: the loader's ``b`` points and ``B - b`` extra points drawn uniformly with replacement from this
 process's shard form a presample of ``B = presample * b`` points; one call of ``training_step`` in eval mode without
-gradients (logging suppressed, training mode restored) scores it; a rule (:meth:`OnlineSelection._choose`) picks
+gradients (logging suppressed, training mode restored) scores it; a rule (``OnlineSelection._choose``) picks
 points and weights; the incoming batch is replaced in place by them, so only they go through forward and backward.
 The loader, its epochs and the number of steps are untouched.
 """
@@ -37,8 +37,8 @@ _NOISY_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 class OnlineSelection(Callback):
     """Base of the callbacks that choose each step's training points from a scored presample (see the module).
 
-    Subclasses define the rule (:meth:`_choose`) and may decide which steps select (:meth:`_selects`) and what to
-    bring up to date at synchronisation points (:meth:`_synchronise`: validation starts, epoch ends, the steps where
+    Subclasses define the rule (``_choose``) and may decide which steps select (``_selects``) and what to
+    bring up to date at synchronisation points (``_synchronise``: validation starts, epoch ends, the steps where
     a ``ModelCheckpoint`` saves, logging steps and the end of training; every process calls it on the same steps).
     """
 

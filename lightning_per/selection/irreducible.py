@@ -24,42 +24,41 @@ __all__ = ["IrreducibleLoss", "find_irreducible"]
 class IrreducibleLoss(Callback):
     """Trains a small model on a holdout set once, then records the loss of every training sample under it.
 
-    The irreducible loss of Mindermann et al. (ICML 2022, RHO-LOSS): what a model that never saw a sample still
-    loses on it, so ``loss - irreducible`` (the ``reducible`` score) is high for points that are learnable and not
-    yet learnt, and low for noisy points (high under both models) and learnt ones. At the start of ``fit`` the
-    callback trains ``model`` on the holdout (its own short Lightning fit on this process's device, with the main
-    Trainer's accelerator and precision; under DDP every process trains its own copy, from the same seed, on the
-    whole holdout), then each process computes the losses of its shard of the training set (eval mode, no
-    gradients) and the shards are gathered, so every process holds the same table: one float32 per training sample,
-    by dataset index. The table is saved in checkpoints and not computed again on resume. Its cost, in
-    forward-sample units (a forward 1, a forward and backward 3), is ``cost_units``.
+    The irreducible loss of Mindermann et al. (ICML 2022, RHO-LOSS), which the ``reducible`` score subtracts from the
+    current loss. At the start of ``fit`` the callback trains ``model`` on the holdout (a short Lightning fit of its
+    own, on this process's device, with the main Trainer's accelerator and precision; under DDP every process trains
+    its own copy from the same seed), then computes the loss of every training sample under it: one float32 per
+    sample, by dataset index, the same on every process (``table``). The table is saved in checkpoints and not
+    computed again on resume; its cost in forward-sample units (a forward 1, a forward and backward 3) is
+    ``cost_units``.
 
     Args:
         model: the irreducible-loss model, a LightningModule whose ``training_step`` returns per-sample losses under
-            ``loss_key`` (the two-line convention); trained here unless ``train=False`` (already trained).
-        holdout: the holdout set (``None``: the DataModule's ``holdout_dataset``, from
+            ``loss_key``; trained here unless ``train=False``.
+        holdout_dataset: the holdout set (``None``: the DataModule's ``holdout_dataset``, from
             ``PrioritizedDataModule(holdout_fraction=...)``, which removes it from training).
         max_epochs: epochs of the model's training on the holdout.
         batch_size: batch size of that training and of the pass over the training set (``None``: the DataModule's).
-        train: train ``model`` on the holdout (``False``: use it as it is).
+        train: train ``model`` on the holdout (``False``: it is already trained).
         loss_key: key of the per-sample losses in ``model``'s ``training_step`` output.
         seed: seed of the model's training (the main run's random state is left as it was).
 
     Raises:
+        TypeError: ``model`` is not a LightningModule; at setup, training data that does not come from a
+            ``PrioritizedDataModule``.
         ValueError: a bad argument; at setup, no holdout; at fit start, a saved table of another length.
-        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
 
-    Example::
-
-        dm = PrioritizedDataModule(train_ds, val_ds, batch_size=32, holdout_fraction=0.25)
-        callbacks = [IrreducibleLoss(model=SmallNet(), max_epochs=10), TopKSelection(presample=10)]
-        Trainer(callbacks=callbacks, max_epochs=5).fit(model, datamodule=dm)
+    Example:
+        >>> from lightning_per.examples import Classifier
+        >>> irreducible = IrreducibleLoss(model=Classifier(in_features=4), max_epochs=10)
+        >>> irreducible.table is None  # computed at the start of fit
+        True
     """
 
     def __init__(
         self,
         model: LightningModule | None = None,
-        holdout: Dataset | None = None,
+        holdout_dataset: Dataset | None = None,
         max_epochs: int = 10,
         batch_size: int | None = None,
         train: bool = True,
@@ -73,7 +72,7 @@ class IrreducibleLoss(Callback):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
         self.model = model
-        self.holdout = holdout
+        self.holdout_dataset = holdout_dataset
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.train = train
@@ -98,9 +97,9 @@ class IrreducibleLoss(Callback):
             raise ValueError("IrreducibleLoss needs `model`: the small model to train on the holdout set.")
         if self._holdout(datamodule) is None and self.train:
             raise ValueError(
-                "IrreducibleLoss has no holdout set to train on: pass `holdout=...`, or hold out part of the training "
-                "set with `PrioritizedDataModule(holdout_fraction=0.25)` (removed from training), or pass an already "
-                "trained model with `train=False`."
+                "IrreducibleLoss has no holdout set to train on: pass `holdout_dataset=...`, or hold out part of the "
+                "training set with `PrioritizedDataModule(holdout_fraction=0.25)` (removed from training), or pass an "
+                "already trained model with `train=False`."
             )
 
     @override
@@ -128,7 +127,7 @@ class IrreducibleLoss(Callback):
         )
 
     def _holdout(self, datamodule: PrioritizedDataModule) -> Dataset | None:
-        return self.holdout if self.holdout is not None else datamodule.holdout_dataset
+        return self.holdout_dataset if self.holdout_dataset is not None else datamodule.holdout_dataset
 
     def _fit_model(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> None:
         """Train the model on the holdout: a fit of its own on this process's device, the main RNG left untouched."""
@@ -223,7 +222,7 @@ class IrreducibleLoss(Callback):
 
 
 def find_irreducible(trainer: Trainer, owner: str) -> IrreducibleLoss:
-    """The Trainer's :class:`IrreducibleLoss` callback, for a ``reducible`` score.
+    """The Trainer's ``IrreducibleLoss`` callback, for a ``reducible`` score.
 
     Raises:
         ValueError: there is none.

@@ -97,8 +97,7 @@ class _Batches:
 def derive_seed(*keys: int) -> int:
     """A 63-bit seed that depends on every key (SplitMix64 finalizer over the keys; cheap enough for every step).
 
-    Example::
-
+    Example:
         >>> derive_seed(0, 1) != derive_seed(1, 0)
         True
     """

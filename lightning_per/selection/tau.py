@@ -23,7 +23,7 @@ Pending = float | None | Captured
 class TauEstimate:
     """``tau <- a_tau * tau + (1 - a_tau) * tau_step``, from 0, over the steps in order; the same on every process.
 
-    Steps are added as they end and folded in at an :meth:`update`, which every process makes on the same steps:
+    Steps are added as they end and folded in at an ``update``, which every process makes on the same steps:
     under DDP each step's ``tau_step`` is averaged over the processes that scored it, in one all-reduce for all the
     steps since the last update, so the values are exactly those of a per-step update.
 
