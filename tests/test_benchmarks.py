@@ -65,7 +65,7 @@ def test_sampler_scale_reports_seconds_and_bytes_per_sample(tmp_path):
     assert data["seconds"]["lightning_per"] > 0 and data["bytes_per_sample"] is not None
 
 
-def test_time_to_quality_and_the_readme_table(tmp_path):
+def test_time_to_quality_and_its_results_section(tmp_path):
     out = tmp_path / "time_to_quality.json"
     args = ["--budget-s", "0.4", "--seeds", "1", "--methods", "prune", "importance", "--evals", "2"]
     time_to_quality.main([*args, "--out", str(out)])
@@ -79,8 +79,8 @@ def test_time_to_quality_and_the_readme_table(tmp_path):
     assert "Reported per method" in data["protocol"]
     assert 0 <= data["methods"]["importance"]["importance_fraction"]["mean"] <= 1
     assert out.with_suffix(".png").exists()
-    table = run_all.render(tmp_path)
-    assert "| importance |" in table and "Time to quality" in table
+    page = run_all.render(tmp_path)
+    assert "| importance |" in page and "### Time to quality" in page
 
 
 def test_free_scoring_charges_an_importance_step_like_a_uniform_one():
@@ -136,7 +136,7 @@ def test_gradient_variance_is_exact_against_sampled_draws():
     assert optimal <= gradient_variance.mean_squared_error(gradients, uniform, 2)
 
 
-def test_gradient_variance_writes_its_probes_and_the_readme_table(tmp_path):
+def test_gradient_variance_writes_its_probes_and_its_results_section(tmp_path):
     out = tmp_path / "gradient_variance.json"
     args = ["--epochs", "2", "--probes", "2", "--presamples", "1", "--seeds", "1", "--evals", "1"]
     gradient_variance.main([*args, "--out", str(out)])
@@ -146,7 +146,22 @@ def test_gradient_variance_writes_its_probes_and_the_readme_table(tmp_path):
     assert 0 < point["noise_share"] < 1 and point["spearman_optimal"] == pytest.approx(1.0)
     assert point["reduction_optimal"] >= point["reduction_ce"] * 0.999  # nothing beats the true norms
     assert out.with_suffix(".png").exists() and "Reported per probe" in data["protocol"]
-    assert "Gradient variance" in run_all.render(tmp_path)
+    assert "### Gradient variance" in run_all.render(tmp_path)
+
+
+def test_render_only_writes_the_whole_results_page_and_runs_nothing(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("--render-only ran a benchmark")
+
+    monkeypatch.setattr(run_all.subprocess, "run", refuse)
+    page = tmp_path / "README.md"
+    run_all.main(["--render-only", "--out", str(tmp_path / "empty"), "--page", str(page)])
+    text = page.read_text()
+    assert text.startswith("# Benchmark results") and "make bench" in text and "--render-only" in text
+    assert "## Protocol in brief" in text and "## Long runs" in text
+    for _, command, _, _ in run_all.LONG_RUNS:
+        assert command in text  # every long run is listed with its command, its JSON or not
+    assert "### Overhead" not in text and "### Redundancy" not in text  # no JSON, no section
 
 
 class _Untouchable:
@@ -234,6 +249,14 @@ def test_the_gpu_check_runs_its_cpu_smoke_version_and_writes_one_folder(tmp_path
     assert set(summary["parts"]["overhead"]["ratio"]) >= {"tracker", "importance_active"}
     assert set(summary["parts"]["long_training"]["ratio"]) == {"uniform", "importance", "importance_clock"}
     assert (tmp_path / "tests.txt").exists() and (tmp_path / "long_training.png").exists()
+    results = tmp_path / "page"  # what run_all reads: <out>/gpu_check/
+    (results / "gpu_check").mkdir(parents=True)
+    for name in ("summary.json", "overhead.json", "long_training.json"):
+        (results / "gpu_check" / name).write_text((tmp_path / name).read_text())
+    assert "## GPU check" not in run_all.render(results)  # a CPU smoke run is not shown as GPU results
+    (results / "gpu_check" / "summary.json").write_text(json.dumps({**summary, "smoke": False}))
+    page = run_all.render(results)
+    assert "## GPU check" in page and "### Overhead on the GPU" in page and "### Long training on the GPU" in page
 
 
 def test_replay_buffers_reports_every_operation_and_its_ratio_to_randint(tmp_path):
@@ -256,6 +279,34 @@ def test_replay_buffers_reports_every_operation_and_its_ratio_to_randint(tmp_pat
     )
     assert data["settings"]["batch_size"] == 256 and data["settings"]["torch_threads"] == 1
     assert "median" in data["protocol"] and data["env"]["torch"] and out.with_suffix(".png").exists()
+    assert "### Replay buffers" in run_all.render(tmp_path)
+
+
+def test_the_continual_section_counts_mer_replays_under_either_setting_name(tmp_path):
+    row = {
+        "acc": 0.5,
+        "acc_std": 0.1,
+        "bwt": -0.2,
+        "bwt_std": 0.05,
+        "diag": 0.9,
+        "diag_std": 0.01,
+        "steps_per_batch": 1,
+    }
+    settings = {"model": "MLP", "batch_size": 10, "memories": 200, "sweep_memories": [50, 200]}
+    before = {"replay_batch_size": 10, "beta": 0.3, "gamma": 1.0}  # k = replays + the incoming batch
+    after = {"replay_batch_size": 9, "reptile_beta": 0.3, "reptile_gamma": 1.0}  # the replays alone
+    for mer in (before, after):
+        mer = {**mer, "variant": "batch", "batches_per_example": 5, "step_batch_size": 5}
+        payload = {
+            "settings": {**settings, "er": {"replay_batch_size": 10}, "mer": mer},
+            "mer_steps_per_batch": 20,
+            "env": {"seeds": [0, 1, 2]},
+            "scenarios": {"split_digits/class_il": {"rows": {"er": row, "mer": row, "er_m50": row}}},
+        }
+        (tmp_path / "continual.json").write_text(json.dumps(payload))
+        page = run_all.render(tmp_path)
+        assert "`replay_batch_size=9` (the paper's `k = 10`)" in page and "`reptile_beta=0.3`" in page
+        assert "| split_digits/class_il | MER | 1 |" in page and "| split_digits/class_il | 0.500 ± 0.100 |" in page
 
 
 NOISY_TINY = ["--signals", "400", "--budget", "6000", "--seeds", "2", "--noise", "0.3", "--il-epochs", "1"]
@@ -294,6 +345,8 @@ def test_noisy_labels_gives_every_method_the_same_compute_and_compares_it_to_uni
     assert table["methods"]["uniform"]["final_test_acc_diff_points"]["mean"] == 0.0
     assert {"topk_reducible_5_points_above_uniform_final", "diagnostics"} <= set(table["goals"])
     assert "forward-sample units" in data["protocol"] and out.with_suffix(".png").exists()
+    page = run_all.render(tmp_path)
+    assert "### Noisy labels" in page and "**30% of training labels flipped**" in page and "| topk_reducible |" in page
 
 
 def test_noisy_labels_auc_counts_ties_as_half():
@@ -362,6 +415,8 @@ def test_imbalance_gives_every_method_the_same_compute_and_records_class_draws_a
     assert deferred["epochs"][switch]["draws"][-1] > 3 * imbalance.class_sizes(100, 10)[-1]  # balanced after
     assert uniform["balanced_acc_diff_points"]["mean"] == 0.0 and "met" in table["goals"]
     assert "Reported per ratio" in data["protocol"] and out.with_suffix(".png").exists()
+    page = run_all.render(tmp_path)
+    assert "### Imbalance" in page and "**Imbalance ratio 10**" in page and "| deferred_balanced |" in page
 
 
 def test_redundancy_reports_the_compute_prune_saves_against_uniform(tmp_path):
@@ -385,3 +440,5 @@ def test_redundancy_reports_the_compute_prune_saves_against_uniform(tmp_path):
     assert saved[1] < saved[0] < 1.0  # a larger prune ratio trains fewer samples
     assert set(data["budgets"]["2"]["goals"]["met"]) == {"prune", "prune_r0.9"}
     assert "Reported per budget" in data["protocol"] and out.with_suffix(".png").exists()
+    page = run_all.render(tmp_path)
+    assert "### Redundancy" in page and "**Budget: 2 uniform epochs of compute**" in page and "| prune_r0.9 |" in page
