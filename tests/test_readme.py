@@ -1,0 +1,63 @@
+"""Every shell line of the README runs on a clean clone: cheap ones run here, the rest are listed."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+
+# `make` targets the README names, and where each is exercised: CI runs `make test` itself (lint, types, this
+# suite, the docs build); `make demo` trains two 60-epoch runs (about a minute each here), its parts are tested in
+# tests/test_cli.py (the configs build, the demo finds them, a tiny fit through the console script).
+MAKE_TARGETS = {"demo", "test", "docs", "bench", "gpu-check"}
+
+
+def shell_lines(text: str) -> list[str]:
+    """The commands of the README's ```bash blocks, comments and blank lines dropped."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            command = line.split("  #")[0].strip()
+            if command and not command.startswith("#"):
+                lines.append(command)
+    return lines
+
+
+LINES = shell_lines(README.read_text())
+
+
+def test_the_readme_has_shell_lines_and_every_one_is_a_kind_this_test_checks():
+    assert LINES, "no ```bash block found in README.md"
+    kinds = ("make ", "lightning-per fit ", "python -m lightning_per.examples.demo --config-dir")
+    unknown = [line for line in LINES if not line.startswith(kinds)]
+    assert not unknown, f"README shell lines this test does not check: {unknown}; add them to tests/test_readme.py"
+
+
+def test_every_make_target_the_readme_names_exists():
+    makefile = (ROOT / "Makefile").read_text()
+    for line in LINES:
+        if line.startswith("make "):
+            target = line.split()[1]
+            assert target in MAKE_TARGETS, f"README names `make {target}`, which no test or CI step exercises"
+            assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"Makefile has no target {target!r}"
+
+
+@pytest.mark.parametrize("line", [line for line in LINES if line.startswith("lightning-per fit ")])
+def test_every_console_script_line_parses_and_builds_its_run(line, tmp_path):
+    from lightning_per.cli import main
+
+    args = shlex.split(line)[2:]  # drop `lightning-per fit`: run=False builds without a subcommand
+    cli = main([*args, f"--data.data_dir={tmp_path}"], run=False)
+    assert cli.trainer is not None and cli.model is not None and cli.datamodule is not None
+
+
+def test_the_demo_lines_run(capsys):
+    from lightning_per.examples import demo
+
+    for line in LINES:
+        if line.startswith("python -m lightning_per.examples.demo --config-dir"):
+            demo.main(shlex.split(line)[3:])
+            assert Path(capsys.readouterr().out.strip()).is_dir()
