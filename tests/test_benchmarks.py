@@ -17,6 +17,7 @@ from benchmarks import (
     gradient_variance,
     label_noise,
     overhead,
+    results_page,
     run_all,
     sampler_scale,
     select_defaults,
@@ -159,7 +160,7 @@ def test_render_only_writes_the_whole_results_page_and_runs_nothing(tmp_path, mo
     text = page.read_text()
     assert text.startswith("# Benchmark results") and "make bench" in text and "--render-only" in text
     assert "## Protocol in brief" in text and "## Long runs" in text
-    for _, command, _, _ in run_all.LONG_RUNS:
+    for _, command, _, _ in results_page.LONG_RUNS:
         assert command in text  # every long run is listed with its command, its JSON or not
     assert "### Overhead" not in text and "### Redundancy" not in text  # no JSON, no section
 
