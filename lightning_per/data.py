@@ -36,6 +36,9 @@ class PrioritizedBatch:
         index: int64 dataset indices, one per sample.
         weight: float32 importance weights, one per sample (1 for uniform sampling).
 
+    Raises:
+        TypeError: ``x, y = batch`` (or an integer key) on a dict batch: read it by key.
+
     Example:
         >>> batch = PrioritizedBatch((torch.zeros(2, 3), torch.tensor([0, 1])), torch.tensor([4, 7]), torch.ones(2))
         >>> x, y = batch

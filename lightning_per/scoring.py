@@ -64,6 +64,7 @@ class Score:
         loss_fn: ``loss_fn(outputs, targets)`` for ``bound="autograd"`` (per-sample losses, or their sum or mean);
             an import path in YAML, e.g. ``torch.nn.functional.cross_entropy``.
         novelty_momentum: momentum of the running mean embedding (``novelty``), in [0, 1).
+        owner: the callback named in error messages; the callbacks set it, leave it empty.
 
     Raises:
         ValueError: an argument out of range, or ``bound="autograd"`` without ``loss_fn``.

@@ -76,7 +76,8 @@ class SelectiveBackprop(OnlineSelection):
         seed: seed of the extra presample points and of the keep decisions.
 
     Raises:
-        ValueError: a bad argument; at setup, a prioritized strategy or manual optimization.
+        ValueError: a bad argument; at setup, a prioritized strategy, manual optimization, or ``score='reducible'``
+            without an ``IrreducibleLoss`` callback.
         TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
 
     Example:

@@ -88,7 +88,7 @@ def evaluate_tasks(
 
 
 class TaskAccuracyMatrix(Callback):
-    """Evaluate on every task's evaluation set each time a task ends; log ``cl/acc`` and ``cl/bwt``.
+    """Evaluate on every task's evaluation set each time a task ends; log ``cl/acc``, ``cl/bwt`` and ``cl/task``.
 
     ``matrix[i, j]`` is the accuracy on task ``j`` after training on task ``i`` (NaN until then); ``acc``, ``bwt``
     and ``diagonal`` summarise it. The training data must be a ``TaskSequence`` with evaluation sets. In

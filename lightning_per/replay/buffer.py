@@ -19,11 +19,13 @@ __all__ = ["PrioritizedReplayBuffer", "ReplayBuffer", "ReplaySample", "Reservoir
 
 
 class ReplaySample(NamedTuple):
-    """A draw: ``batch`` (the stored structure, leading dimension the number drawn), its slots and weights.
+    """A draw from a replay buffer: the samples, their slots and their weights.
 
-    ``batch`` is ``None`` before anything was stored. ``slots`` are int64 on the CPU (give them back to
-    ``PrioritizedReplayBuffer.update_priorities``); ``batch`` and ``weight`` (float32, 1 for uniform draws) are on
-    the buffer's device.
+    Args:
+        batch: the stored structure, leading dimension the number drawn, on the buffer's device; ``None`` before
+            anything was stored.
+        slots: int64 slots on the CPU (give them back to ``PrioritizedReplayBuffer.update_priorities``).
+        weight: float32 importance weights on the buffer's device (1 for uniform draws).
 
     Example:
         >>> batch, slots, weight = ReservoirBuffer(capacity=4).sample(2)  # nothing stored yet

@@ -55,9 +55,11 @@ class ExperienceReplay(Callback):
 
     Raises:
         ValueError: ``capacity <= 0``, ``replay_batch_size < 0``, ``alpha < 0``, ``beta`` outside ``[0, 1]`` or
-            ``eps <= 0``; at setup, ``LossTracker`` or a selection callback alongside (they read ``batch.index``
-            as dataset indices).
-        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
+            ``eps <= 0``; at setup, ``capacity`` below the number of processes, or ``LossTracker`` or a selection
+            callback alongside (they read ``batch.index`` as dataset indices); during training, prioritized replay
+            when ``training_step`` returns no per-sample losses under ``loss_key``, or not one per sample.
+        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``; a training batch
+            that is not a ``PrioritizedBatch``.
 
     Example:
         >>> replay = ExperienceReplay(capacity=1000, replay_batch_size=32, prioritized=True)

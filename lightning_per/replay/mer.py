@@ -55,8 +55,9 @@ class MER(LightningModule):
 
     Raises:
         ValueError: ``capacity <= 0``, ``replay_batch_size < 0``, ``batches_per_example`` or ``step_batch_size``
-            below 1, ``reptile_beta`` / ``reptile_gamma`` outside ``(0, 1]``, ``lr <= 0``, or a module with manual
-            optimization.
+            below 1, ``reptile_beta`` / ``reptile_gamma`` outside ``(0, 1]``, ``lr <= 0``, ``variant`` other than
+            ``"example"`` / ``"batch"``, or a module with manual optimization; at setup, ``capacity`` below the
+            number of processes; with ``lr=None``, a ``configure_optimizers`` that returns no optimizer.
 
     Example:
         >>> from lightning_per.examples import ContinualClassifier

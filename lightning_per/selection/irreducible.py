@@ -46,7 +46,8 @@ class IrreducibleLoss(Callback):
     Raises:
         TypeError: ``model`` is not a LightningModule; at setup, training data that does not come from a
             ``PrioritizedDataModule``.
-        ValueError: a bad argument; at setup, no holdout; at fit start, a saved table of another length.
+        ValueError: a bad argument; at setup, no ``model`` or no holdout; at fit start, a saved table of another
+            length, or a model whose ``training_step`` does not return one loss per sample under ``loss_key``.
 
     Example:
         >>> from lightning_per.examples import Classifier
