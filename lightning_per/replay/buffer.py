@@ -21,7 +21,7 @@ __all__ = ["PrioritizedReplayBuffer", "ReplayBuffer", "ReplaySample", "Reservoir
 class ReplaySample(NamedTuple):
     """A draw from a replay buffer: the samples, their slots and their weights.
 
-    Args:
+    Attributes:
         batch: the stored structure, leading dimension the number drawn, on the buffer's device; ``None`` before
             anything was stored.
         slots: int64 slots on the CPU (give them back to ``PrioritizedReplayBuffer.update_priorities``).
