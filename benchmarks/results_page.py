@@ -325,13 +325,14 @@ def _long_runs(out: Path) -> list[str]:
     return [*lines, ""]
 
 
-def _noisy_labels(data: dict[str, Any]) -> list[str]:
+def _noisy_labels(data: dict[str, Any], title: str = "Noisy labels", note: str = "") -> list[str]:
     s = data["settings"]
     target = s.get("target", 0.85)
     lines = [
-        "### Noisy labels",
+        f"### {title}",
         "",
-        f"Reproduce: `python -m benchmarks.noisy_labels --workers 2 --out bench_out/noisy_labels.json`. MNIST-1D, "
+        *([note, ""] if note else []),
+        f"Reproduce: `{_noisy_labels_command(s)}`. MNIST-1D, "
         f"{s['signals']} signals (75% training part, a quarter of it held out for every method, so all train on the "
         f"same {round(s['signals'] * 0.75 * (1 - s['holdout_fraction']))}), a share of the training labels flipped, "
         f"clean validation and test labels; 1D CNN, SGD + momentum {s['momentum']:g}, batch {s['batch_size']}, "
@@ -388,6 +389,42 @@ def _noisy_labels(data: dict[str, Any]) -> list[str]:
         if goals:
             lines += ["Goals (means of the paired differences):", "", *goals, ""]
     return lines
+
+
+NOISY_LABELS_DEFAULTS = {"noise": [0.0, 0.1, 0.3], "lrs": [0.02, 0.05, 0.1], "schedule": "cosine", "budget": 1e6}
+
+
+def _noisy_labels_command(s: dict[str, Any]) -> str:
+    """The command that reproduces a noisy-labels JSON: its settings where they differ from the defaults."""
+    parts = ["python -m benchmarks.noisy_labels"]
+    for key, default in NOISY_LABELS_DEFAULTS.items():
+        if s.get(key, default) != default:
+            value = s[key]
+            shown = (
+                " ".join(f"{v:g}" for v in value)
+                if isinstance(value, list)
+                else f"{value:g}"
+                if isinstance(value, float)
+                else str(value)
+            )
+            parts.append(f"--{key} {shown}")
+    if s.get("methods") and len(s["methods"]) < 9:
+        parts.append("--methods " + " ".join(s["methods"]))
+    if s.get("seeds", 3) != 3:
+        parts.append(f"--seeds {s['seeds']}")
+    parts.append(f"--workers {s.get('workers', 1)} --out {s.get('out', 'bench_out/noisy_labels.json')}")
+    return " ".join(parts)
+
+
+CONSTANT_RATE_NOTE = (
+    "A diagnostic of the regime where uniform sampling fits the noise: a constant learning rate (the issue's "
+    "probe's 0.05, the same for every method, not chosen per method) and 2M units. Every other setting as above."
+)
+CONSTANT_RATE_002_NOTE = (
+    "Why `rank_reducible` collapsed at the constant rate 0.05: the same run at 0.02 (seed 0 only). Its importance "
+    "weights reach `1 / uniform_mix` = 10 as `beta` anneals to 1, so at a constant rate its largest steps are up "
+    "to 10 times uniform's."
+)
 
 
 def _imbalance(data: dict[str, Any]) -> list[str]:
@@ -558,6 +595,14 @@ def _long_sections(out: Path) -> list[str]:
         data = _load(out / name)
         if data is not None:
             lines += [*renderer(data), *_env_line(data.get("env"))]
+        if name == "noisy_labels.json":
+            for extra, title, note in (
+                ("noisy_labels_constant.json", "Noisy labels at a constant learning rate", CONSTANT_RATE_NOTE),
+                ("noisy_labels_constant_lr002.json", "Noisy labels at a constant rate of 0.02", CONSTANT_RATE_002_NOTE),
+            ):
+                data = _load(out / extra)
+                if data is not None:
+                    lines += [*_noisy_labels(data, title, note), *_env_line(data.get("env"))]
     return lines
 
 
