@@ -8,11 +8,10 @@ DOCS_BUILD = NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir sit
 
 .PHONY: setup demo test lint docs bench gpu-check clean
 
-# --no-compile: Python compiles each module on its first import instead (setup is about 30 s faster).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile "$(TORCH_SPEC)"
-	$(PY) -m pip install -q --no-compile -e ".[examples,dev,docs]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[examples,dev,docs]"
 	touch $(STAMP)
 
 setup: $(STAMP)
