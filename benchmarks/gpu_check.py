@@ -27,6 +27,7 @@ Without CUDA (or with ``--smoke``) the same command runs a CPU smoke version in 
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -99,9 +100,21 @@ def run_tests(out: Path, extra: list[str]) -> dict[str, Any]:
     return {"returncode": done["returncode"], "summary": lines[-1] if lines else "", "command": done["command"]}
 
 
-def run_benchmark(out: Path, name: str, flags: list[str]) -> dict[str, Any]:
-    """``benchmarks.<name>`` with ``flags`` in a fresh process, writing ``<name>.json`` and ``.png`` to ``out``."""
-    done = _run([sys.executable, "-m", f"benchmarks.{name}", *flags, "--out", str(out / f"{name}.json")])
+def run_benchmark(out: Path, name: str, flags: list[str], in_process: bool = False) -> dict[str, Any]:
+    """``benchmarks.<name>`` with ``flags`` in a fresh process, writing ``<name>.json`` and ``.png`` to ``out``.
+
+    ``in_process`` (the smoke version) calls its ``main`` here instead: seconds faster, a failure still recorded.
+    """
+    argv = [*flags, "--out", str(out / f"{name}.json")]
+    if in_process:
+        try:
+            importlib.import_module(f"benchmarks.{name}").main(argv)
+            done = {"returncode": 0, "command": f"benchmarks.{name}.main({argv})"}
+        except Exception as error:  # recorded like a failed process
+            done = {"returncode": 1, "command": f"benchmarks.{name}.main({argv})", "output": repr(error)}
+            print(f"{name} failed: {error!r}", flush=True)
+    else:
+        done = _run([sys.executable, "-m", f"benchmarks.{name}", *argv])
     result = {"returncode": done["returncode"], "command": done["command"]}
     if done["returncode"] == 0:
         data = json.loads((out / f"{name}.json").read_text())
@@ -139,10 +152,13 @@ def main(argv: list[str] | None = None) -> None:
         "tests": lambda: run_tests(out, ["-k", args.tests_matching] if args.tests_matching else []),
         "cost_ratio": lambda: cost_ratio(device, width, 100, 3, 20 if smoke else 200),
         "overhead": lambda: run_benchmark(
-            out, "overhead", ["--accelerator", device, "--width", str(width), *(SMOKE_OVERHEAD if smoke else [])]
+            out,
+            "overhead",
+            ["--accelerator", device, "--width", str(width), *(SMOKE_OVERHEAD if smoke else [])],
+            in_process=smoke,
         ),
         "long_training": lambda: run_benchmark(
-            out, "long_training", ["--accelerator", device, *(SMOKE_LONG if smoke else LONG)]
+            out, "long_training", ["--accelerator", device, *(SMOKE_LONG if smoke else LONG)], in_process=smoke
         ),
     }
     for name, part in parts.items():

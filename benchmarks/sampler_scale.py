@@ -87,10 +87,11 @@ def worker(method: str, n: int) -> dict[str, Any]:
     return {"seconds": seconds, "bytes_per_sample": extra / n, "error": None}
 
 
-def run(n: int, repeats: int) -> dict[str, Any]:
+def run(n: int, repeats: int, in_process: bool = False) -> dict[str, Any]:
     """All methods at size ``n``, each in fresh processes; the median of ``repeats`` rounds.
 
     A round runs every method once, in turn, so a slow spell of the machine falls on all of them alike.
+    ``in_process`` runs them in this process instead (the tests' smoke run: the memory figures then mean nothing).
     """
     seconds: dict[str, float | None] = {}
     memory: dict[str, float | None] = {}
@@ -100,6 +101,9 @@ def run(n: int, repeats: int) -> dict[str, Any]:
         for method in METHODS:
             if runs[method] and runs[method][-1]["seconds"] is None:
                 continue  # it failed: no point in trying again
+            if in_process:
+                runs[method].append(worker(method, n))
+                continue
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.sampler_scale", "--worker", method, "--n", str(n)],
                 check=True,
@@ -154,11 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per method (median reported)")
     parser.add_argument("--out", type=Path, default=Path("bench_out/sampler_scale.json"))
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--in-process", action="store_true", help="no fresh processes (a smoke run: no memory figures)")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.n[0])))
         return
-    results = [run(n, args.repeats if n < 10**8 else 1) for n in args.n]
+    results = [run(n, args.repeats if n < 10**8 else 1, args.in_process) for n in args.n]
     payload: dict[str, Any] = results[-1] if len(results) == 1 else {**results[-1], "by_n": results}
     payload["protocol"] = protocol(__doc__)
     save_json(args.out, payload)

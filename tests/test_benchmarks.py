@@ -59,7 +59,7 @@ def test_overhead_refuses_too_few_steps_for_one_timed_epoch(tmp_path, capsys):
 
 def test_sampler_scale_reports_seconds_and_bytes_per_sample(tmp_path):
     out = tmp_path / "sampler_scale.json"
-    sampler_scale.main(["--n", "2000", "--repeats", "1", "--out", str(out)])
+    sampler_scale.main(["--n", "2000", "--repeats", "1", "--in-process", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["n"] == 2000
     assert set(data["seconds"]) >= {"lightning_per", "randperm", "multinomial"}
