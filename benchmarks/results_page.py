@@ -20,8 +20,8 @@ LONG_RUNS: list[tuple[str, str, str, str]] = [
      "about 60 min (about 2 min per run)"),
     ("continual learning", "python -m benchmarks.continual --out bench_out/continual.json", "continual.json",
      "about 20 min (one core)"),
-    ("long training (CPU)", "python -m benchmarks.long_training --seeds 2 --out bench_out/long_training.json",
-     "long_training.json", "not yet run on a CPU (60 epochs, 1 seed: 93 s on one H200, in `make gpu-check`)"),
+    ("long training (CPU)", "python -m benchmarks.long_training --seeds 3 --out bench_out/long_training.json",
+     "long_training.json", "about 10 min (2 threads)"),
     ("replay buffers", "python -m benchmarks.replay_buffers --out bench_out/replay_buffers.json",
      "replay_buffers.json", "minutes (not recorded)"),
     ("choice of defaults (one round)", "python -m benchmarks.select_defaults --candidates ... "
@@ -595,6 +595,10 @@ def _long_sections(out: Path) -> list[str]:
         data = _load(out / name)
         if data is not None:
             lines += [*renderer(data), *_env_line(data.get("env"))]
+        if name == "replay_buffers.json":
+            cpu_long = _load(out / "long_training.json")
+            if cpu_long is not None:
+                lines += [*_long_training(cpu_long, "Long training (CPU)", "cpu"), *_env_line(cpu_long.get("env"))]
         if name == "noisy_labels.json":
             for extra, title, note in (
                 ("noisy_labels_constant.json", "Noisy labels at a constant learning rate", CONSTANT_RATE_NOTE),
@@ -659,43 +663,47 @@ def _gpu(out: Path) -> list[str]:
         ]
     long = _load(folder / "long_training.json")
     if long is not None:
-        s = long["settings"]
-        lines += [
-            "### Long training on the GPU",
-            "",
-            f"Reproduce: `python -m benchmarks.long_training --accelerator cuda --epochs {s['epochs']} --seeds "
-            f"{s['seeds']} --lrs {' '.join(f'{lr:g}' for lr in s['lrs'])}`. MNIST-1D, 4000 training signals, no "
-            f"augmentation, 1D CNN width {s['width']}, SGD + momentum, batch {s['batch_size']}, cosine learning rate; "
-            f"`ImportanceSamplingCallback` at presample {s['presample']}. `importance` gets the compute of "
-            f"{s['epochs']} uniform epochs (an importance step charged B + 3b), `importance_clock` uniform's "
-            f"training wall-clock. {_count(s['seeds'], 'seed')}; the runs after the learning-rate selection took "
-            f"{_wall(long.get('wall_seconds'))}.",
-            "",
-            "| method | lr | final train loss | loss / uniform | test error (%) | error / uniform "
-            "| importance steps (%) | tau at the end | steps | training seconds |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for method, m in long["methods"].items():
-            lines.append(
-                f"| {method} | {m['lr']:g} | {m['final_train_loss']['mean']:.2e} "
-                f"| {m['train_loss_ratio_to_uniform']['mean']:.2f} | {100 * m['final_test_error']['mean']:.1f} "
-                f"| {m['test_error_ratio_to_uniform']['mean']:.2f} | {100 * m['importance_fraction']['mean']:.0f} "
-                f"| {m['tau_final']['mean']:.2f} | {m['steps']['mean']:.0f} | {m['train_seconds']['mean']:.1f} |"
-            )
-        clock = long["methods"].get("importance_clock")
-        verdict = ""
-        if clock is not None:
-            met = (
-                clock["train_loss_ratio_to_uniform"]["mean"] <= 0.5
-                and clock["test_error_ratio_to_uniform"]["mean"] <= 1
-            )
-            verdict = f": **{_met(met)}**"
-        lines += [
-            "",
-            "Goal (Katharopoulos & Fleuret): at most half of uniform's training loss at equal wall-clock "
-            f"(`importance_clock`), with a test error no worse{verdict}.",
-            "",
-        ]
+        lines += _long_training(long, "Long training on the GPU", "cuda")
+    return lines
+
+
+def _long_training(long: dict[str, Any], title: str, accelerator: str) -> list[str]:
+    """The long-training table and its goal, from ``benchmarks.long_training``'s JSON."""
+    lines: list[str] = []
+    s = long["settings"]
+    lines += [
+        f"### {title}",
+        "",
+        f"Reproduce: `python -m benchmarks.long_training --accelerator {accelerator} --epochs {s['epochs']} --seeds "
+        f"{s['seeds']} --lrs {' '.join(f'{lr:g}' for lr in s['lrs'])}`. MNIST-1D, 4000 training signals, no "
+        f"augmentation, 1D CNN width {s['width']}, SGD + momentum, batch {s['batch_size']}, cosine learning rate; "
+        f"`ImportanceSamplingCallback` at presample {s['presample']}. `importance` gets the compute of "
+        f"{s['epochs']} uniform epochs (an importance step charged B + 3b), `importance_clock` uniform's "
+        f"training wall-clock. {_count(s['seeds'], 'seed')}; the runs after the learning-rate selection took "
+        f"{_wall(long.get('wall_seconds'))}.",
+        "",
+        "| method | lr | final train loss | loss / uniform | test error (%) | error / uniform "
+        "| importance steps (%) | tau at the end | steps | training seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, m in long["methods"].items():
+        lines.append(
+            f"| {method} | {m['lr']:g} | {m['final_train_loss']['mean']:.2e} "
+            f"| {m['train_loss_ratio_to_uniform']['mean']:.2f} | {100 * m['final_test_error']['mean']:.1f} "
+            f"| {m['test_error_ratio_to_uniform']['mean']:.2f} | {100 * m['importance_fraction']['mean']:.0f} "
+            f"| {m['tau_final']['mean']:.2f} | {m['steps']['mean']:.0f} | {m['train_seconds']['mean']:.1f} |"
+        )
+    clock = long["methods"].get("importance_clock")
+    verdict = ""
+    if clock is not None:
+        met = clock["train_loss_ratio_to_uniform"]["mean"] <= 0.5 and clock["test_error_ratio_to_uniform"]["mean"] <= 1
+        verdict = f": **{_met(met)}**"
+    lines += [
+        "",
+        "Goal (Katharopoulos & Fleuret): at most half of uniform's training loss at equal wall-clock "
+        f"(`importance_clock`), with a test error no worse{verdict}.",
+        "",
+    ]
     return lines
 
 
