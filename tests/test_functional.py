@@ -190,7 +190,7 @@ def test_the_ce_bound_takes_class_indices_of_any_integer_dtype_and_integer_one_h
 
 def test_functional_all_lists_every_public_function_of_the_package():
     defined = set()
-    for name in ("bounds", "priorities", "sampling", "tau"):
+    for name in ("bounds", "priorities", "sampling", "variance"):
         module = importlib.import_module(f"lightning_per.functional.{name}")
         defined |= {
             n

@@ -31,7 +31,7 @@ from lightning_per.functional.sampling import (
     sorted_uniforms,
     top_k_positions,
 )
-from lightning_per.functional.tau import tau, tau_ema, tau_from_sums
+from lightning_per.functional.variance import tau, tau_ema, tau_from_sums
 
 __all__ = [
     "draw_from_cdf",

@@ -1,4 +1,4 @@
-"""tau: the variance-reduction estimate of Katharopoulos & Fleuret (2018) that switches importance sampling on."""
+"""The variance-reduction estimate `tau` of Katharopoulos & Fleuret (2018) that switches importance sampling on."""
 
 from __future__ import annotations
 
