@@ -164,8 +164,9 @@ def test_settings_out_of_range_are_refused() -> None:
     module = ContinualClassifier(in_features=4)
     with pytest.raises(ValueError, match=r"`capacity` \(buffer capacity\) must be a positive integer, got -3"):
         MER(module, capacity=-3)
-    with pytest.raises(ValueError, match=r"`replay_batch_size` must be >= 0, got -1"):
-        MER(module, replay_batch_size=-1)
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match=rf"`replay_batch_size` must be an integer >= 0, got {bad}"):
+            MER(module, replay_batch_size=bad)  # type: ignore[arg-type]
     with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than `capacity=4`"):
         MER(module, capacity=4, replay_batch_size=10)
     for name in ("reptile_beta", "reptile_gamma"):
@@ -376,6 +377,16 @@ def test_resume_mid_stream_continues_exactly_where_it_stopped(tmp_path: Path, me
     for p, q in zip(resumed["model"].parameters(), full["model"].parameters(), strict=True):
         assert torch.equal(p, q)
     assert torch.equal(resumed["matrix"].matrix, full["matrix"].matrix) and resumed["matrix"].completed == 3
+
+
+def test_a_mer_checkpoint_with_the_old_argument_names_is_refused_not_loaded_at_the_defaults(tmp_path: Path) -> None:
+    _stream_run(tmp_path / "cut", "mer", stop=3)
+    saved = torch.load(tmp_path / "cut" / "cut.ckpt", weights_only=True)
+    hparams = saved["hyper_parameters"]
+    hparams["memories"], hparams["beta"] = hparams.pop("capacity"), hparams.pop("reptile_beta")
+    torch.save(saved, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match=r"`beta` -> `reptile_beta`, `memories` -> `capacity`.*one less"):
+        _stream_run(tmp_path / "resumed", "mer", ckpt_path=tmp_path / "old.ckpt")
 
 
 def test_cli_runs_the_continual_configs(tmp_path: Path) -> None:

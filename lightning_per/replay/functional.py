@@ -1,6 +1,6 @@
 """Pure functions of continual learning: reservoir slots, draws without replacement, task masks, Reptile, CL metrics.
 
-Nothing here holds state or touches Lightning; the buffers and ``lightning_per.replay.module`` call these. The
+Nothing here holds state or touches Lightning; the buffers and ``lightning_per.replay.mer`` call these. The
 buffer functions take and return NumPy arrays: at replay batch sizes (hundreds of items) a NumPy call costs a
 fraction of a torch operator's fixed overhead, and they run once per training step.
 """

@@ -84,8 +84,8 @@ class MER(LightningModule):
         for name, value in (("reptile_beta", reptile_beta), ("reptile_gamma", reptile_gamma)):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"`{name}` (Reptile rate) must be in (0, 1], got {value}.")
-        if isinstance(replay_batch_size, bool) or replay_batch_size < 0:
-            raise ValueError(f"`replay_batch_size` must be >= 0, got {replay_batch_size}.")
+        if not isinstance(replay_batch_size, int) or isinstance(replay_batch_size, bool) or replay_batch_size < 0:
+            raise ValueError(f"`replay_batch_size` must be an integer >= 0, got {replay_batch_size!r}.")
         for name, count in (
             ("batches_per_example", batches_per_example),
             ("step_batch_size", step_batch_size),
@@ -256,12 +256,23 @@ class MER(LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        old = sorted(set(checkpoint.get("hyper_parameters") or {}) & set(_RENAMED))
+        if old:  # Lightning drops unknown hyperparameters silently: the run would go on at the defaults
+            renames = ", ".join(f"`{name}` -> `{_RENAMED[name]}`" for name in old)
+            raise ValueError(
+                f"This MER checkpoint was saved before its arguments were renamed ({renames}); loaded as it is, its "
+                "settings would fall back to the defaults. Pass them under the new names (and one less "
+                "`replay_batch_size`, which now counts the replays only), or edit `checkpoint['hyper_parameters']`."
+            )
         self.module.on_load_checkpoint(checkpoint)
         states = checkpoint.get("replay_buffers")
         if not states:
             rank_zero_warn("The checkpoint has no replay buffer; MER's buffer starts empty.")
             return
         self._shards.restore(states)
+
+
+_RENAMED = {"memories": "capacity", "beta": "reptile_beta", "gamma": "reptile_gamma"}
 
 
 def _reservoir(capacity: int, seed: int, device: torch.device | None) -> ReplayBuffer:
