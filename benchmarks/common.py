@@ -9,7 +9,8 @@ import os
 import platform
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,20 @@ def bench_trainer(accelerator: str, callbacks: list[Any], **limits: Any) -> Any:
         callbacks=callbacks,
         **limits,
     )
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run with ``count`` torch CPU threads, then give a caller in the same process (the tests) its own back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def results_payload(args: argparse.Namespace, doc: str | None, wall: float, **results: Any) -> dict[str, Any]:
+    """A benchmark's JSON: its results, then its settings (``args``), the wall time and the protocol (``doc``)."""
+    settings = {**vars(args), "out": str(args.out)}
+    return {**results, "settings": settings, "wall_seconds": wall, "protocol": protocol(doc)}

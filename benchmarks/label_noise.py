@@ -50,7 +50,15 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from benchmarks.common import bench_trainer, protocol, quiet, save_figure, save_json, spread
+from benchmarks.common import (
+    bench_trainer,
+    quiet,
+    results_payload,
+    save_figure,
+    save_json,
+    spread,
+    torch_threads,
+)
 from benchmarks.common import parser as make_parser
 from benchmarks.time_to_quality import splits
 from lightning_per import LossTracker, PrioritizedBatch, PrioritizedDataModule, SamplingStrategy
@@ -332,12 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     if "uniform" not in args.methods:
         args.methods = ["uniform", *args.methods]
     quiet()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         benchmark(args)
-    finally:
-        torch.set_num_threads(threads)  # a caller in the same process (the tests) gets its threads back
 
 
 def benchmark(args: argparse.Namespace) -> None:
@@ -383,14 +387,7 @@ def benchmark(args: argparse.Namespace) -> None:
             f"{r['compute_ratio']['mean']:7.3f}"
         )
     print(f"wall time {wall:.0f} s")
-    payload = {
-        "methods": summary,
-        "lr_selection_val_acc": selection,
-        "settings": {**vars(args), "out": str(args.out)},
-        "wall_seconds": wall,
-        "protocol": protocol(__doc__),
-    }
-    save_json(args.out, payload)
+    save_json(args.out, results_payload(args, __doc__, wall, methods=summary, lr_selection_val_acc=selection))
     plot(summary, args.out.with_suffix(".png"))
 
 
