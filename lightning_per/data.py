@@ -110,11 +110,20 @@ def weighted_mean(losses: Tensor, batch: Any) -> Tensor:
     has one row per sample: shape ``(n,)``, ``(n, 1)`` or ``(n, T, ...)`` (e.g. per-token losses; each sample's
     weight multiplies its whole row, then all elements are averaged).
 
+    Raises:
+        TypeError: ``losses`` is not a tensor.
+        ValueError: ``losses`` does not have one row per sample of the batch.
+
     Example:
         >>> batch = PrioritizedBatch(None, torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
         >>> weighted_mean(torch.tensor([2.0, 2.0]), batch)
         tensor(4.)
     """
+    if not isinstance(losses, Tensor):
+        raise TypeError(
+            f"`losses` must be a tensor of per-sample losses (e.g. `F.cross_entropy(logits, y, reduction='none')`), "
+            f"got {type(losses).__name__}."
+        )
     weight = getattr(batch, "weight", None)
     if weight is None:
         return losses.mean()

@@ -12,6 +12,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from lightning_per._checks import check_int, check_number
 from lightning_per.data import IndexedCollate, IndexedDataset, holdout_split
 from lightning_per.sampler import PrioritizedSampler
 from lightning_per.scores import ScoreTable
@@ -80,17 +81,15 @@ class PrioritizedDataModule(LightningDataModule):
         holdout_seed: int = 0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= holdout_fraction < 1.0:
-            raise ValueError(f"`holdout_fraction` must be in [0, 1), got {holdout_fraction}.")
+        check_number("holdout_fraction", holdout_fraction, 0.0, 1.0, high_open=True)
+        check_int("holdout_seed", holdout_seed)
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1, optional=True)
+        check_int("num_workers", num_workers, 0)
+        check_int("seed", seed, optional=True)
         self.holdout_fraction = holdout_fraction
         self.holdout_seed = holdout_seed
         self._split: tuple[Dataset, Dataset] | None = None
-        if batch_size <= 0:
-            raise ValueError(f"`batch_size` must be > 0, got {batch_size}.")
-        if eval_batch_size is not None and eval_batch_size <= 0:
-            raise ValueError(f"`eval_batch_size` must be > 0, got {eval_batch_size}.")
-        if num_workers < 0:
-            raise ValueError(f"`num_workers` must be >= 0, got {num_workers}.")
         strategy = _as_strategy(strategy)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
@@ -109,6 +108,7 @@ class PrioritizedDataModule(LightningDataModule):
         self._pending_state: dict[str, Any] | None = None
         self._warned_schedule = False
         self._saved_max_epochs: int | None = None  # of the run a checkpoint came from
+        self.recorded_by: str | None = None  # the callback that records scores into the table (set at its setup)
 
     # ----------------------------------------------------------------------------------------------- data
     @property
@@ -120,6 +120,7 @@ class PrioritizedDataModule(LightningDataModule):
 
     @train_dataset.setter
     def train_dataset(self, dataset: Dataset | None) -> None:
+        _check_map_style(dataset)
         self._given_train = dataset
         self._split = None
 
@@ -224,17 +225,34 @@ class PrioritizedDataModule(LightningDataModule):
             drop_last=drop_last,
         )
 
-    def val_dataloader(self) -> Any:
-        """A plain loader over ``val_dataset`` (an empty list, so no validation, when there is none)."""
-        return self._eval_loader(self.val_dataset)
+    # Lightning validates (tests) when the DataModule overrides `val_dataloader` (`test_dataloader`), and checks that
+    # before `setup`. These properties give Lightning's own undefined hook when there is no such set and none can
+    # come (no `setup` of a subclass may set one), so Lightning skips the loop without a word; otherwise the loader,
+    # empty while the set is missing.
+    @property
+    def val_dataloader(self) -> Callable[[], Any]:
+        """A plain loader over ``val_dataset``; undefined (no validation) when there is none."""
+        if self.val_dataset is None and not self._sets_datasets_in_setup():
+            return super().val_dataloader
+        return self._val_loader
 
-    def test_dataloader(self) -> Any:
-        """A plain loader over ``test_dataset`` (an empty list when there is none)."""
-        return self._eval_loader(self.test_dataset)
+    @property
+    def test_dataloader(self) -> Callable[[], Any]:
+        """A plain loader over ``test_dataset``; undefined (no testing) when there is none."""
+        if self.test_dataset is None and not self._sets_datasets_in_setup():
+            return super().test_dataloader
+        return self._test_loader
 
-    def _eval_loader(self, dataset: Dataset | None) -> Any:
-        if dataset is None:
-            return []
+    def _sets_datasets_in_setup(self) -> bool:
+        return type(self).setup is not LightningDataModule.setup
+
+    def _val_loader(self) -> Any:
+        return [] if self.val_dataset is None else self._eval_loader(self.val_dataset)
+
+    def _test_loader(self) -> Any:
+        return [] if self.test_dataset is None else self._eval_loader(self.test_dataset)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
@@ -253,15 +271,8 @@ class PrioritizedDataModule(LightningDataModule):
                 f"{type(self).__name__} has no `train_dataset`: pass one to the constructor or set "
                 "`self.train_dataset` in `setup`."
             )
-        if isinstance(dataset, IterableDataset):
-            raise TypeError(
-                f"`train_dataset` is an IterableDataset ({type(dataset).__name__}): prioritized sampling picks "
-                "samples by index, so it needs a map-style Dataset with `__len__` and `__getitem__`. Wrap a "
-                "finite stream in a map-style dataset, or use experience replay (`lightning_per.replay`) for streams."
-            )
-        if not hasattr(dataset, "__len__"):
-            raise TypeError(f"`train_dataset` ({type(dataset).__name__}) must define `__len__`.")
-        length = len(dataset)
+        _check_map_style(dataset)
+        length = len(dataset)  # type: ignore[arg-type]
         if length == 0:
             raise ValueError("`train_dataset` is empty.")
         return length
@@ -330,7 +341,8 @@ class PrioritizedDataModule(LightningDataModule):
     def teardown(self, stage: str) -> None:
         """Keep the score table across ``fit`` calls; nothing to release."""
         prioritized = self.strategy.name != "uniform"
-        if stage == "fit" and prioritized and self._scores is not None and self._scores.seen == 0:
+        unrecorded = self.recorded_by is None and self._scores is not None and self._scores.seen == 0
+        if stage == "fit" and prioritized and unrecorded:
             rank_zero_warn(
                 "No per-sample score was recorded during fit: add `LossTracker()` to the Trainer's callbacks "
                 "so that PrioritizedDataModule can re-weight its sampler."
@@ -355,3 +367,24 @@ def _as_strategy(strategy: Any) -> SamplingStrategy:
         "`strategy` must be a SamplingStrategy, a strategy name ('uniform', 'proportional', 'rank', 'prune'), a dict "
         f"of SamplingStrategy arguments or None; got {type(strategy).__name__}."
     )
+
+
+def _check_map_style(dataset: Any) -> None:
+    """Refuse a training set that cannot be indexed: the sampler draws samples by index.
+
+    Raises:
+        TypeError: an ``IterableDataset`` or a dataset without ``__len__``.
+    """
+    if dataset is None:
+        return
+    if isinstance(dataset, IterableDataset):
+        raise TypeError(
+            f"`train_dataset` is an IterableDataset ({type(dataset).__name__}): PrioritizedDataModule draws samples "
+            "by index, so it needs a map-style Dataset with `__len__` and `__getitem__`. For a stream, train from "
+            "your own DataLoader and use experience replay (`lightning_per.replay`), or wrap a finite stream in a "
+            "map-style dataset."
+        )
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(
+            f"`train_dataset` ({type(dataset).__name__}) must be a map-style dataset with `__len__` and `__getitem__`."
+        )

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from lightning_per import functional as PF
+from lightning_per._checks import check_choice, check_int, check_number
 
 __all__ = ["BOUNDS", "SCORE_NAMES", "Bound", "Score", "ScoreName", "as_score"]
 
@@ -93,18 +94,20 @@ class Score:
     _novelty_mean: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.name not in SCORE_NAMES:
-            raise ValueError(f"`name` must be one of {', '.join(SCORE_NAMES)}; got {self.name!r}.")
-        if self.bound not in BOUNDS:
-            raise ValueError(f"`bound` must be one of {', '.join(BOUNDS)}; got {self.bound!r}.")
-        if not 0.0 <= self.label_smoothing <= 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1], got {self.label_smoothing}.")
+        check_choice("name", self.name, SCORE_NAMES)
+        check_choice("bound", self.bound, BOUNDS)
+        for key in ("loss_key", "logits_key", "target_key", "embedding_key"):
+            if not isinstance(getattr(self, key), str):
+                raise TypeError(
+                    f"`{key}` must be a str (a key of what `training_step` returns), got {getattr(self, key)!r}."
+                )
+        check_number("label_smoothing", self.label_smoothing, 0.0, 1.0)
+        check_int("ignore_index", self.ignore_index)
         if self.class_weights is not None and (len(self.class_weights) == 0 or min(self.class_weights) < 0):
             raise ValueError(
                 f"`class_weights` must be a non-empty list of non-negative numbers, got {self.class_weights}."
             )
-        if not 0.0 <= self.novelty_momentum < 1.0:
-            raise ValueError(f"`novelty_momentum` must be in [0, 1), got {self.novelty_momentum}.")
+        check_number("novelty_momentum", self.novelty_momentum, 0.0, 1.0, high_open=True)
         if self.name == "grad_norm" and self.bound == "autograd" and self.loss_fn is None:
             raise ValueError(
                 "`bound='autograd'` needs `loss_fn`, a function `loss_fn(outputs, targets)` returning the loss (e.g. "
@@ -120,6 +123,11 @@ class Score:
         if self.name == "novelty":
             return (self.embedding_key,)
         return (self.logits_key, self.target_key)
+
+    @property
+    def label(self) -> str:
+        """How error messages write this score: ``'loss'``, ``'margin'``, ..."""
+        return repr(self.name)
 
     @property
     def is_bounded_below_by_zero(self) -> bool:
@@ -153,6 +161,8 @@ class Score:
             self._check_bound_shapes(logits, targets)
             if self.bound == "autograd":
                 return self._autograd(logits, targets, n)
+        else:
+            self._check_class_shapes(logits, targets)
         return logits, targets
 
     def resolve(self, captured: Captured) -> Tensor:
@@ -161,7 +171,7 @@ class Score:
             return captured.float().reshape(-1)
         logits, targets = captured
         if self.name == "deviation" or self.name == "margin":
-            labels = _labels(targets)
+            labels = self._class_labels(logits, targets)
             fn = PF.prediction_deviation if self.name == "deviation" else PF.margin_score
             return fn(logits, labels)
         if self.bound == "bce":
@@ -258,6 +268,38 @@ class Score:
                 f"{tuple(targets.shape)}."
             )
 
+    def _check_class_shapes(self, logits: Tensor, targets: Tensor) -> None:
+        """``deviation`` and ``margin`` read class probabilities: logits ``(n, C)``, class labels or one-hot rows."""
+        n = logits.shape[0]
+        labels = targets.numel() == n and targets.ndim <= 2  # (n,) or (n, 1); their values are checked when resolved
+        if logits.ndim != 2 or logits.shape[1] < 2 or not (labels or targets.shape == logits.shape):
+            raise ValueError(
+                f"{self.owner or 'Score'}(score={self.name!r}) needs class scores {self.logits_key!r} of shape (n, C) "
+                f"with C >= 2 and targets {self.target_key!r} that are class labels (n,) or probability or one-hot "
+                f"rows (n, C); got {tuple(logits.shape)} and {tuple(targets.shape)} ({targets.dtype}). For "
+                "regression targets use `score='loss'` or `Score('grad_norm', bound='mse')`."
+            )
+
+    def _class_labels(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Class labels in ``[0, C)`` from targets (argmax of rows); refuses values that are not class labels.
+
+        Raises:
+            ValueError: a label that is not an integer in ``[0, C)`` (a regression target, say).
+        """
+        labels = _labels(targets)
+        classes = logits.shape[-1]
+        bad = (labels < 0) | (labels >= classes)
+        if labels.is_floating_point():
+            bad |= labels != labels.round()
+        if bool(bad.any()):  # at a synchronisation point (or a selection step): the host reads it anyway
+            value = float(labels[bad][0])
+            raise ValueError(
+                f"{self.owner or 'Score'}(score={self.name!r}) reads {self.target_key!r} as class labels in "
+                f"[0, {classes}), but got {value:g}: these targets are not class labels. For regression targets use "
+                "`score='loss'` or `Score('grad_norm', bound='mse')`."
+            )
+        return labels.long()
+
     def _autograd(self, logits: Tensor, targets: Tensor, n: int) -> Tensor:
         assert self.loss_fn is not None
         with torch.enable_grad():
@@ -301,6 +343,7 @@ class _FunctionScore:
     def __init__(self, fn: Callable[[Any, Any], Tensor], owner: str) -> None:
         self.fn = fn
         self.owner = owner
+        self.label = getattr(fn, "__qualname__", None) or repr(fn)  # how error messages write it
 
     def __call__(self, outputs: Any, batch: Any) -> Tensor:
         return self.resolve(self.capture(outputs, batch))
@@ -360,7 +403,7 @@ def as_score(score: str | Score | Callable[[Any, Any], Tensor], owner: str) -> S
     if isinstance(score, str):
         if score not in SCORE_NAMES:
             raise ValueError(
-                f"`score` must be one of {', '.join(SCORE_NAMES)}, a `lightning_per.Score` or a function "
+                f"`score` must be one of {', '.join(map(repr, SCORE_NAMES))}, a `lightning_per.Score` or a function "
                 f"`fn(outputs, batch)` returning one score per sample; got {score!r}."
             )
         return Score(score, owner=owner)  # type: ignore[arg-type]  # checked above

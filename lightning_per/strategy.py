@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_per import functional as PF
+from lightning_per._checks import check_choice, check_int, check_number
 
 __all__ = ["STRATEGY_NAMES", "SamplingPlan", "SamplingStrategy", "StrategyName", "build_plan"]
 
@@ -78,24 +79,17 @@ class SamplingStrategy:
     prune_quantile: float | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in STRATEGY_NAMES:
-            raise ValueError(f"`name` must be one of {', '.join(STRATEGY_NAMES)}; got {self.name!r}.")
+        check_choice("name", self.name, STRATEGY_NAMES)
         for key in ("alpha", "alpha_final"):
-            value = getattr(self, key)
-            if value is not None and not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"`{key}` must be a finite number >= 0, got {value}.")
+            check_number(key, getattr(self, key), 0.0, optional=key.endswith("_final"))
         for key in ("beta", "beta_final", "uniform_mix", "uniform_mix_final", "prune_ratio"):
-            value = getattr(self, key)
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"`{key}` must be in [0, 1], got {value}.")
-        if not 0 <= self.eps < math.inf:
-            raise ValueError(f"`eps` must be finite and >= 0, got {self.eps}.")
-        if self.final_uniform_epochs is not None and self.final_uniform_epochs < 0:
-            raise ValueError(f"`final_uniform_epochs` must be >= 0, got {self.final_uniform_epochs}.")
-        if self.num_samples is not None and self.num_samples <= 0:
-            raise ValueError(f"`num_samples` must be > 0, got {self.num_samples}.")
-        if self.prune_quantile is not None and not 0.0 < self.prune_quantile < 1.0:
-            raise ValueError(f"`prune_quantile` must be in (0, 1), got {self.prune_quantile}.")
+            check_number(key, getattr(self, key), 0.0, 1.0, optional=key.endswith("_final"))
+        check_number("eps", self.eps, 0.0)
+        check_int("final_uniform_epochs", self.final_uniform_epochs, 0, optional=True)
+        check_int("num_samples", self.num_samples, 1, optional=True)
+        check_number("prune_quantile", self.prune_quantile, 0.0, 1.0, low_open=True, high_open=True, optional=True)
+        if not isinstance(self.normalize_weights, bool):
+            raise TypeError(f"`normalize_weights` must be True or False, got {self.normalize_weights!r}.")
         if self.name == "prune" and self.prune_ratio == 1.0:
             rank_zero_warn(
                 "`prune_ratio=1` is a hard threshold: only samples scoring at or above it are drawn and the rest "

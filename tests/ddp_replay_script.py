@@ -88,7 +88,13 @@ def main() -> None:
     replay = ExperienceReplay(capacity=CAPACITY, replay_batch_size=4, prioritized=True)
     results = {"er": fit(module(), out, "er", [replay], replay)}
     mer = MER(
-        module(), capacity=CAPACITY, replay_batch_size=3, batches_per_example=2, reptile_beta=0.5, variant="batch"
+        module(),
+        capacity=CAPACITY,
+        replay_batch_size=3,
+        batches_per_example=2,
+        reptile_beta=0.5,
+        variant="batch",
+        lr=0.01,
     )
     results["mer"] = fit(mer, out, "mer", [], mer)
     (out / f"rank{results['er']['rank']}.json").write_text(json.dumps(results))

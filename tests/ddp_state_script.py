@@ -81,7 +81,7 @@ def fit(out: Path) -> None:
     from lightning.pytorch import seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from tests.helpers import SaveOnRankZeroOnly, TinyClassifier, blobs, small_trainer
+    from tests.helpers import SaveOnEveryProcess, SaveOnRankZeroOnly, TinyClassifier, blobs, small_trainer
 
     seed_everything(0, verbose=False)
     dm = lp.PrioritizedDataModule(blobs(64), batch_size=8, strategy="uniform", seed=0)
@@ -89,9 +89,10 @@ def fit(out: Path) -> None:
     importance = lp.ImportanceSamplingCallback(tau_every_n_steps=16)
     every = ModelCheckpoint(dirpath=out, filename="every-{step}", every_n_train_steps=2, save_top_k=-1)
     alone = SaveOnRankZeroOnly(out / "rank0_only.ckpt", batches=3)
+    recipe = SaveOnEveryProcess(out / "recipe.ckpt", batches=3)
     trainer = small_trainer(
         out,
-        callbacks=[tracker, importance, every, alone],
+        callbacks=[tracker, importance, every, alone, recipe],
         max_epochs=1,
         strategy="ddp",
         devices=2,

@@ -191,3 +191,23 @@ class SaveOnRankZeroOnly(Callback):
         if self._seen == self.batches and trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(trainer._checkpoint_connector.dump_checkpoint(), self.path)
+
+
+class SaveOnEveryProcess(Callback):
+    """The documented recipe: every process calls ``trainer.save_checkpoint(path)`` after ``batches`` batches.
+
+    Lightning builds the checkpoint on every process, writes it on global rank 0 and waits in a barrier: called on one
+    process only (``if trainer.is_global_zero: ...``), that barrier would wait for the others forever.
+    """
+
+    def __init__(self, path: Path, batches: int) -> None:
+        self.path = path
+        self.batches = batches
+        self._seen = 0
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        self._seen += 1
+        if self._seen == self.batches:
+            trainer.save_checkpoint(self.path)

@@ -150,6 +150,10 @@ def test_the_demo_train_loss_column_handles_data_modules_without_one_training_se
     [
         ("--data.strategy.alpha=-1", "data (lightning_per.examples.MNIST1DDataModule): `alpha` must be a finite"),
         ("--model.init_args.lr=-1", "model (lightning_per.examples.Classifier): `lr` must be > 0, got -1.0."),
+        (
+            "--data.batch_size=0",
+            "data (lightning_per.examples.MNIST1DDataModule): `batch_size` must be an integer >= 1",
+        ),
     ],
 )
 def test_a_bad_constructor_value_reads_like_a_parser_error_with_exit_code_2(tmp_path, capsys, flag, said):
@@ -158,6 +162,60 @@ def test_a_bad_constructor_value_reads_like_a_parser_error_with_exit_code_2(tmp_
     assert err.value.code == 2
     printed = capsys.readouterr().err
     assert f"error: {said}" in printed and "Traceback" not in printed and len(printed.splitlines()) <= 4
+
+
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [
+        (
+            "--data.strategy.name=proprtional",
+            "data.strategy.name: expected one of 'uniform', 'proportional', 'rank', 'prune'; got 'proprtional'",
+        ),
+        ("--data.strategy=proprtional", "data.strategy: expected one of 'uniform', 'proportional', 'rank', 'prune'"),
+        ("--data.batch_size=abc", "data.batch_size: expected int; got 'abc'"),
+        ("--data.nonexistent=3", "data: lightning_per.examples.MNIST1DDataModule takes no option 'nonexistent'"),
+    ],
+)
+def test_a_misspelled_option_value_is_one_line_with_exit_code_2(tmp_path, capsys, flag, said):
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", "lightning_per/examples/configs/mnist1d.yaml", f"--data.data_dir={tmp_path}", flag])
+    assert err.value.code == 2
+    printed = capsys.readouterr().err
+    assert f"error: {said}" in printed and len(printed.strip().splitlines()) == 2  # the usage line and the error
+
+
+def test_a_first_run_of_a_shipped_config_logs_the_per_metrics_with_its_config_beside_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).parents[1] / "lightning_per/examples/configs/mnist1d.yaml"
+    args = ["fit", f"--config={config}", f"--data.data_dir={tmp_path}", "--data.train_size=200", "--data.val_size=50"]
+    cli = main([*args, "--data.test_size=0", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"])
+    run = Path(cli.trainer.log_dir)
+    assert run.parent == tmp_path / "lightning_logs" and (run / "config.yaml").is_file()
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"per/ess", "per/max_weight", "per/top10_mass", "val/acc", "train/loss"} <= set(header)
+
+
+def test_lightning_notices_about_other_products_are_muted_and_warnings_about_the_run_kept(caplog):
+    import logging
+    import warnings
+
+    from lightning.pytorch.utilities import rank_zero_info
+
+    from lightning_per.cli import quiet_lightning_notices
+
+    quiet_lightning_notices()
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        rank_zero_info("GPU available: False")
+    assert "litlogger" not in caplog.text and "GPU available" in caplog.text
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_lightning_notices()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, stacklevel=1)
+        warnings.warn(
+            "The number of training batches (4) is smaller than the logging interval", UserWarning, stacklevel=1
+        )
+    assert [str(w.message)[:14] for w in caught] == ["The number of "]
 
 
 def test_the_config_is_saved_next_to_the_logs_and_never_over_a_file_in_the_working_directory(tmp_path, monkeypatch):

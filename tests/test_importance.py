@@ -600,21 +600,22 @@ def test_works_with_loss_tracker_and_the_uniform_strategy(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(presample=1), r"`presample` must be an integer > 1 .*got 1\."),
-        (dict(presample=0), r"`presample` must be an integer > 1 .*got 0\."),
-        (dict(tau_th=0.0), r"`tau_th` must be > 0 .*got 0\.0"),
-        (dict(tau_th=-1.0), r"`tau_th` must be > 0 .*got -1\.0"),
-        (dict(tau_th=float("nan")), r"`tau_th` must be > 0 .*got nan"),
-        (dict(a_tau=1.0), r"`a_tau` must be in \[0, 1\), got 1\.0"),
-        (dict(a_tau=-0.1), r"`a_tau` must be in \[0, 1\), got -0\.1"),
-        (dict(tau_every_n_steps=0), r"`tau_every_n_steps` must be an integer >= 1 .*got 0\."),
-        (dict(tau_every_n_steps=2.5), r"`tau_every_n_steps` must be an integer >= 1 .*got 2\.5\."),
-        (dict(score="autograd"), r"`score` must be one of loss, reducible, grad_norm, .*got 'autograd'"),
+        (dict(presample=1), r"`presample` must be an integer >= 2, got 1\."),
+        (dict(presample=0), r"`presample` must be an integer >= 2, got 0\."),
+        (dict(tau_th=0.0), r"`tau_th` must be a finite number > 0 or None, got 0\.0"),
+        (dict(tau_th=-1.0), r"`tau_th` must be a finite number > 0 or None, got -1\.0"),
+        (dict(tau_th=float("nan")), r"`tau_th` must be a finite number > 0 or None, got nan"),
+        (dict(a_tau=1.0), r"`a_tau` must be a finite number in \[0, 1\), got 1\.0"),
+        (dict(a_tau=-0.1), r"`a_tau` must be a finite number in \[0, 1\), got -0\.1"),
+        (dict(tau_every_n_steps=0), r"`tau_every_n_steps` must be an integer >= 1, got 0\."),
+        (dict(score="autograd"), r"`score` must be one of 'loss', 'reducible', 'grad_norm', .*got 'autograd'"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         lp.ImportanceSamplingCallback(**kwargs)
+    with pytest.raises(TypeError, match=r"`tau_every_n_steps` must be an integer >= 1, got 2\.5 \(float\)\."):
+        lp.ImportanceSamplingCallback(tau_every_n_steps=2.5)
 
 
 def test_a_score_that_is_neither_a_name_a_score_nor_a_function_is_refused():
@@ -826,3 +827,29 @@ def test_the_end_of_training_says_once_how_many_steps_were_importance_steps(tmp_
         trainer.fit(TinyClassifier(), datamodule=_dm())
     told = caplog.text + "\n".join(str(w.message) for w in warned)
     assert len(re.findall(said, told)) == 1
+
+
+def test_a_long_run_whose_average_never_passes_is_not_told_to_run_longer(tmp_path):
+    scores = torch.ones(64)
+    scores[5] = 200.0  # a presample with point 5 is very uneven; the others are uniform
+    probe = lp.ImportanceSamplingCallback(score=table_score(scores), tau_th=NEVER, a_tau=0.5, tau_every_n_steps=1)
+    small_trainer(tmp_path, callbacks=[probe], max_epochs=2).fit(TinyClassifier(), datamodule=_dm())
+    between = (probe._tau.peak + probe._tau.step_peak) / 2  # above the average's peak, below one step's estimate
+    cb = lp.ImportanceSamplingCallback(score=table_score(scores), tau_th=between, a_tau=0.5, tau_every_n_steps=1)
+    with pytest.warns(UserWarning, match=r"none of the 16 .* only occasional steps' estimates passed it") as record:
+        small_trainer(tmp_path, callbacks=[cb], max_epochs=2).fit(TinyClassifier(), datamodule=_dm())
+    assert not any("longer run" in str(w.message) for w in record)
+
+
+def test_a_run_whose_scores_are_all_nan_says_so_instead_of_too_alike(tmp_path):
+    cb = lp.ImportanceSamplingCallback(score=table_score(torch.full((64,), float("nan"))), tau_every_n_steps=1)
+    with pytest.warns(UserWarning, match=r"16 steps scored only NaN or inf") as record:
+        small_trainer(tmp_path, callbacks=[cb], max_epochs=2).fit(TinyClassifier(), datamodule=_dm())
+    assert not any("too alike" in str(w.message) for w in record)
+
+
+def test_the_progress_bar_shows_tau_next_to_its_threshold(tmp_path):
+    cb = lp.ImportanceSamplingCallback(tau_th=1.5)
+    trainer = small_trainer(tmp_path, callbacks=[cb], max_epochs=1)
+    trainer.fit(TinyClassifier(), datamodule=_dm())
+    assert trainer.progress_bar_metrics["per/tau_th"] == 1.5 and "per/tau" in trainer.progress_bar_metrics

@@ -177,14 +177,16 @@ def test_negative_scores_with_proportional_are_refused_at_the_step_that_returned
     assert len(model.seen_index) == first_negative + 1 + (first_negative > 0)
 
 
-def test_iterable_dataset_is_refused_with_the_reason(tmp_path):
+def test_iterable_dataset_is_refused_at_construction_with_the_reason():
     class Stream(IterableDataset):
         def __iter__(self):
             yield from blobs(8)
 
-    dm = lp.PrioritizedDataModule(Stream(), batch_size=4)
-    with pytest.raises(TypeError, match="map-style Dataset"):
-        _fit(tmp_path, dm)
+    with pytest.raises(TypeError, match=r"`train_dataset` is an IterableDataset \(Stream\).*map-style Dataset"):
+        lp.PrioritizedDataModule(Stream(), batch_size=4)
+    dm = lp.PrioritizedDataModule(batch_size=4)
+    with pytest.raises(TypeError, match="map-style Dataset"):  # set later, as a subclass's `setup` would
+        dm.train_dataset = Stream()
 
 
 def test_tracker_without_prioritized_datamodule_is_refused(tmp_path):
@@ -274,9 +276,9 @@ def test_resume_with_a_dataset_of_another_length_names_both_lengths(tmp_path):
 def test_bad_tracker_arguments():
     with pytest.raises(ValueError, match="`score` must be one of"):
         lp.LossTracker(score="bogus")
-    with pytest.raises(ValueError, match=r"`ema` must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"`ema` must be a finite number in \[0, 1\), got 1.0"):
         lp.LossTracker(ema=1.0)
-    with pytest.raises(ValueError, match="`batch_size` must be > 0, got 0"):
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1, got 0"):
         lp.PrioritizedDataModule(batch_size=0)
 
 
@@ -382,3 +384,8 @@ def test_a_pruned_epoch_shorter_than_a_batch_keeps_its_partial_batch_with_drop_l
     assert all(0 < len(model.epoch_index[e]) < 20 for e in (1, 2))  # pruned epochs still train
     with pytest.raises(ValueError, match="`batch_size=40` with `drop_last=True` leaves no batch: each process gets 30"):
         lp.PrioritizedDataModule(blobs(30), batch_size=40, drop_last=True).train_dataloader()
+
+
+def test_the_progress_bar_shows_the_effective_sample_size(tmp_path):
+    trainer, _, _ = _fit(tmp_path, lp.PrioritizedDataModule(blobs(32), batch_size=8, strategy="rank", seed=0))
+    assert 0 < trainer.progress_bar_metrics["per/ess"] <= 1

@@ -153,25 +153,25 @@ def test_er_refuses_other_data_and_callbacks_that_read_dataset_indices(tmp_path:
 
 
 def test_settings_out_of_range_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"`capacity` \(buffer capacity\) must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"`capacity` must be an integer >= 1, got 0"):
         ExperienceReplay(capacity=0)
-    with pytest.raises(ValueError, match=r"`beta` \(importance-weight exponent\) must be in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"`beta` must be a finite number in \[0, 1\], got 1.5"):
         ExperienceReplay(prioritized=True, beta=1.5)
-    with pytest.raises(ValueError, match=r"`alpha` \(priority exponent\) must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"`alpha` must be a finite number >= 0, got -1"):
         ExperienceReplay(prioritized=True, alpha=-1)
     with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than `capacity=4`"):
         ExperienceReplay(capacity=4, replay_batch_size=10)
     module = ContinualClassifier(in_features=4)
-    with pytest.raises(ValueError, match=r"`capacity` \(buffer capacity\) must be a positive integer, got -3"):
+    with pytest.raises(ValueError, match=r"`capacity` must be an integer >= 1, got -3"):
         MER(module, capacity=-3)
-    for bad in (-1, 2.5):
-        with pytest.raises(ValueError, match=rf"`replay_batch_size` must be an integer >= 0, got {bad}"):
+    for bad, error in ((-1, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match=rf"`replay_batch_size` must be an integer >= 0, got {bad}"):
             MER(module, replay_batch_size=bad)  # type: ignore[arg-type]
     with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than `capacity=4`"):
         MER(module, capacity=4, replay_batch_size=10)
     for name in ("reptile_beta", "reptile_gamma"):
         for value in (0.0, 1.5):
-            with pytest.raises(ValueError, match=rf"`{name}` \(Reptile rate\) must be in \(0, 1\], got {value}"):
+            with pytest.raises(ValueError, match=rf"`{name}` must be a finite number in \(0, 1\], got {float(value)}"):
                 MER(module, **{name: value})  # type: ignore[arg-type]
     manual = ContinualClassifier(in_features=4)
     manual.automatic_optimization = False
@@ -208,7 +208,7 @@ class LinearModule(LightningModule):
         return {"loss": lp.weighted_mean(losses, batch), "per_sample_loss": losses}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=0.5)  # MER takes its learning rate only
+        return torch.optim.SGD(self.parameters(), lr=0.5)  # MER takes its learning rate only
 
 
 def test_mer_around_a_user_module_matches_a_hand_computation(tmp_path: Path) -> None:
@@ -268,11 +268,13 @@ def test_mer_wraps_a_user_module_through_a_stream_of_dict_samples(tmp_path: Path
     dm = TaskSequence(
         tasks=[DictDataset(t) for t in _toy_tasks()], test_tasks=[DictDataset(t) for t in _toy_tasks()], batch_size=4
     )
-    model = MER(DictModule(), capacity=8, replay_batch_size=2, batches_per_example=2, reptile_beta=0.5, variant=variant)
+    model = MER(
+        DictModule(), capacity=8, replay_batch_size=2, batches_per_example=2, reptile_beta=0.5, variant=variant, lr=0.01
+    )
     matrix = TaskAccuracyMatrix(inputs="x", target="y")
     _trainer(tmp_path, callbacks=[matrix], enable_checkpointing=False).fit(model, datamodule=dm)
     assert model.buffer.seen == 36 and len(model.buffer) == 8
-    assert model.inner_lr == 0.01  # DictModule's Adam learning rate
+    assert model.inner_lr == 0.01
     assert matrix.completed == 3 and not torch.isnan(matrix.matrix).any()
     sizes = {b["x"].shape[0] for b in model.module.batches}  # type: ignore[union-attr]
     assert sizes == {1} if variant == "example" else max(sizes) == 1  # per-sample inner steps
@@ -354,7 +356,9 @@ def _stream_run(root: Path, method: str, stop: int | None = None, ckpt_path: Pat
     if method == "er":
         callbacks.append(ExperienceReplay(capacity=5, replay_batch_size=3, prioritized=True))
     else:
-        model = MER(module, capacity=5, replay_batch_size=2, batches_per_example=2, variant="batch", step_batch_size=2)
+        model = MER(
+            module, capacity=5, replay_batch_size=2, batches_per_example=2, variant="batch", step_batch_size=2, lr=0.01
+        )
     if stop is not None:
         callbacks.append(_StopAt(root / "cut.ckpt", stop))
     trainer = _trainer(root, callbacks=callbacks, enable_checkpointing=False)
@@ -379,14 +383,19 @@ def test_resume_mid_stream_continues_exactly_where_it_stopped(tmp_path: Path, me
     assert torch.equal(resumed["matrix"].matrix, full["matrix"].matrix) and resumed["matrix"].completed == 3
 
 
-def test_a_mer_checkpoint_with_the_old_argument_names_is_refused_not_loaded_at_the_defaults(tmp_path: Path) -> None:
-    _stream_run(tmp_path / "cut", "mer", stop=3)
-    saved = torch.load(tmp_path / "cut" / "cut.ckpt", weights_only=True)
-    hparams = saved["hyper_parameters"]
-    hparams["memories"], hparams["beta"] = hparams.pop("capacity"), hparams.pop("reptile_beta")
-    torch.save(saved, tmp_path / "old.ckpt")
-    with pytest.raises(ValueError, match=r"`beta` -> `reptile_beta`, `memories` -> `capacity`.*one less"):
-        _stream_run(tmp_path / "resumed", "mer", ckpt_path=tmp_path / "old.ckpt")
+def test_mer_with_another_optimizer_and_no_lr_is_refused_with_the_fix(tmp_path: Path) -> None:
+    dm = TaskSequence(tasks=[DictDataset(t) for t in _toy_tasks()], batch_size=4)
+    model = MER(DictModule(), capacity=8, replay_batch_size=2, batches_per_example=1)  # DictModule trains with Adam
+    with pytest.raises(ValueError, match=r"plain SGD.*Adam\(lr=0\.01\).*Pass `MER\(\.\.\., lr=\.\.\.\)`"):
+        _trainer(tmp_path, enable_checkpointing=False).fit(model, datamodule=dm)
+
+
+def test_mer_stops_its_inner_steps_at_max_steps(tmp_path: Path) -> None:
+    dm = TaskSequence(tasks=[DictDataset(t) for t in _toy_tasks()], batch_size=4)
+    model = MER(DictModule(), capacity=8, replay_batch_size=2, batches_per_example=3, lr=0.01)
+    trainer = _trainer(tmp_path, enable_checkpointing=False, max_steps=7)
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 7  # each incoming example alone would take 3 batches of up to 3 inner steps
 
 
 def test_cli_runs_the_continual_configs(tmp_path: Path) -> None:
@@ -452,3 +461,10 @@ def test_buffer_shards_reshard_on_another_world_size() -> None:
     with pytest.warns(UserWarning, match="holds 1 of 2 processes' replay buffers"):
         replay._shards.setup(rank=0, world=2)
     assert replay.buffer.capacity == 5 and len(replay.buffer) == 5
+
+
+def test_the_progress_bar_shows_how_full_the_buffer_is(tmp_path: Path) -> None:
+    dm = TaskSequence(tasks=_toy_tasks(), batch_size=4)
+    trainer = _trainer(tmp_path, callbacks=[ExperienceReplay(capacity=10, replay_batch_size=2)])
+    trainer.fit(ContinualClassifier(in_features=4, num_tasks=3, classes_per_task=2), datamodule=dm)
+    assert trainer.progress_bar_metrics["per/buffer_fill"] == 1.0  # 36 samples seen, 10 kept

@@ -304,10 +304,10 @@ def test_non_finite_priorities_leave_items_and_the_max_priority_intact() -> None
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"alpha": -1.0}, r"`alpha` must be >= 0, got -1.0"),
-    ({"beta": 1.5}, r"`beta` \(importance-weight exponent\) must be in \[0, 1\], got 1.5"),
-    ({"eps": 0.0}, r"`eps` must be > 0, got 0.0"),
-    ({"capacity": 0}, r"`capacity` must be a positive integer, got 0"),
+    ({"alpha": -1.0}, r"`alpha` must be a finite number >= 0, got -1.0"),
+    ({"beta": 1.5}, r"`beta` must be a finite number in \[0, 1\], got 1.5"),
+    ({"eps": 0.0}, r"`eps` must be a finite number > 0, got 0.0"),
+    ({"capacity": 0}, r"`capacity` must be an integer >= 1, got 0"),
 ])  # fmt: skip
 def test_prioritized_settings_out_of_range_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):

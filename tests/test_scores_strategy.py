@@ -50,11 +50,11 @@ def test_score_table_state_loads_weights_only(tmp_path):
     [
         (dict(name="bogus"), "`name` must be one of"),
         (dict(alpha=-1.0), "`alpha` must be a finite number >= 0, got -1.0"),
-        (dict(beta=1.5), r"`beta` must be in \[0, 1\], got 1.5"),
-        (dict(prune_ratio=-0.1), r"`prune_ratio` must be in \[0, 1\], got -0.1"),
+        (dict(beta=1.5), r"`beta` must be a finite number in \[0, 1\], got 1.5"),
+        (dict(prune_ratio=-0.1), r"`prune_ratio` must be a finite number in \[0, 1\], got -0.1"),
         (dict(uniform_mix=2.0), "`uniform_mix`"),
-        (dict(num_samples=0), "`num_samples` must be > 0"),
-        (dict(eps=float("inf")), "`eps` must be finite and >= 0, got inf"),
+        (dict(num_samples=0), "`num_samples` must be an integer >= 1"),
+        (dict(eps=float("inf")), "`eps` must be a finite number >= 0, got inf"),
         (dict(prune_quantile=1.0), "`prune_quantile`"),
     ],
 )

@@ -95,11 +95,11 @@ def test_reducible_without_an_irreducible_loss_callback_says_what_to_add():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(name="bogus"), r"`name` must be one of loss, reducible, grad_norm"),
-        (dict(name="grad_norm", bound="hinge"), r"`bound` must be one of cross_entropy, bce, mse, autograd"),
-        (dict(label_smoothing=1.5), r"`label_smoothing` must be in \[0, 1\], got 1.5"),
+        (dict(name="bogus"), r"`name` must be one of 'loss', 'reducible', 'grad_norm'"),
+        (dict(name="grad_norm", bound="hinge"), r"`bound` must be one of 'cross_entropy', 'bce', 'mse', 'autograd'"),
+        (dict(label_smoothing=1.5), r"`label_smoothing` must be a finite number in \[0, 1\], got 1.5"),
         (dict(class_weights=[]), r"`class_weights` must be a non-empty list"),
-        (dict(novelty_momentum=1.0), r"`novelty_momentum` must be in \[0, 1\), got 1.0"),
+        (dict(novelty_momentum=1.0), r"`novelty_momentum` must be a finite number in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_score_arguments_name_the_argument_and_the_value(kwargs, message):

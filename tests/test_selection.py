@@ -215,18 +215,18 @@ def test_reducible_needs_an_irreducible_loss_callback_and_a_holdout(tmp_path):
         _fit(tmp_path, [lp.TopKSelection()])
     with pytest.raises(ValueError, match=r"no holdout set.*holdout_fraction=0.25"):
         _fit(tmp_path, [lp.IrreducibleLoss(model=TinyClassifier()), lp.TopKSelection()])
-    with pytest.raises(ValueError, match=r"`holdout_fraction` must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ValueError, match=r"`holdout_fraction` must be a finite number in \[0, 1\), got 1.0"):
         _dm(holdout_fraction=1.0)
 
 
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: lp.TopKSelection(presample=1), r"`presample` must be an integer > 1"),
-        (lambda: lp.SelectiveBackprop(selectivity=0.0), r"`selectivity` must be > 0 .*got 0.0"),
+        (lambda: lp.TopKSelection(presample=1), r"`presample` must be an integer >= 2"),
+        (lambda: lp.SelectiveBackprop(selectivity=0.0), r"`selectivity` must be a finite number > 0, got 0.0"),
         (lambda: lp.SelectiveBackprop(history=0), r"`history` must be an integer >= 1, got 0"),
-        (lambda: lp.TopKSelection(score="bogus"), r"`score` must be one of loss, reducible"),
-        (lambda: lp.IrreducibleLoss(max_epochs=0), r"`max_epochs` must be >= 1, got 0"),
+        (lambda: lp.TopKSelection(score="bogus"), r"`score` must be one of 'loss', 'reducible'"),
+        (lambda: lp.IrreducibleLoss(max_epochs=0), r"`max_epochs` must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_selection_arguments_name_the_argument_and_the_value(make, message):
@@ -305,3 +305,22 @@ def test_loss_tracker_prioritizes_by_reducible_loss_across_epochs(tmp_path):
             dm=_dm(80, holdout_fraction=0.25, strategy="proportional"),
             max_epochs=1,
         )
+
+
+def test_the_summary_and_the_loggers_report_what_the_selection_cost(tmp_path, caplog):
+    import logging
+
+    selection = lp.TopKSelection(presample=4, score="loss")
+    with caplog.at_level(logging.INFO):
+        trainer, _ = _fit(tmp_path, [selection], max_epochs=1)
+    # 8 steps, each scoring a presample of 4 * 8 points without gradients and training on 8
+    assert trainer.callback_metrics["per/scoring_units"] == 8 * 32
+    assert trainer.callback_metrics["per/scoring_seconds"] > 0
+    assert "8 of 8 training steps selected from a presample; scoring cost 256 forward-sample units (1.3x the 192" in (
+        caplog.text
+    )
+
+
+def test_selective_backprop_shows_the_kept_fraction_in_the_progress_bar(tmp_path):
+    trainer, _ = _fit(tmp_path, [lp.SelectiveBackprop(presample=2)], max_epochs=1)
+    assert 0 < trainer.progress_bar_metrics["per/kept_fraction"] <= 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-__all__ = ["prepare_batch", "scoring_mode", "scoring_step"]
+__all__ = ["prepare_batch", "quiet_inner_fit", "scoring_mode", "scoring_step"]
 
 
 @contextmanager
@@ -57,3 +59,25 @@ def prepare_batch(trainer: Trainer, pl_module: LightningModule, batch: Any) -> A
 
 def _no_log(*args: Any, **kwargs: Any) -> None:
     """Stands in for ``LightningModule.log`` during a scoring pass."""
+
+
+@contextmanager
+def quiet_inner_fit() -> Iterator[None]:
+    """Within this block Lightning's notices (banners, "`max_epochs` reached", a missing validation loader) are muted.
+
+    For a fit that is one step of the user's run (``IrreducibleLoss`` trains its model so): the user's own run prints
+    its banner once. Warnings about real problems still show.
+    """
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(validation_step|val_dataloader).*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

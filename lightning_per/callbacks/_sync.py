@@ -1,6 +1,6 @@
 """When a callback must bring its per-process state together: the points where a checkpoint may be taken.
 
-A callback's ``state_dict`` runs no collective (a checkpoint built on one process alone must not hang), so what the
+A callback's ``state_dict`` runs no collective (building a checkpoint never waits on another process), so what the
 other processes recorded reaches every process at fixed synchronisation points instead: epoch ends, validation
 starts, the steps at which a ``ModelCheckpoint`` saves by ``every_n_train_steps``, and the callback's own interval.
 A checkpoint taken at any of them holds every process's records.

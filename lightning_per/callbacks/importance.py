@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -13,6 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_per import functional as PF
+from lightning_per._checks import check_choice, check_int, check_number
 from lightning_per.data import PrioritizedBatch
 from lightning_per.selection.engine import OnlineSelection, ScoreArg
 from lightning_per.selection.tau import TauEstimate
@@ -70,17 +70,10 @@ class ImportanceSamplingCallback(OnlineSelection):
         seed: int = 0,
     ) -> None:
         super().__init__(presample, score, warmup_steps, seed)
-        if tau_th is not None and not (tau_th > 0 and np.isfinite(tau_th)):
-            raise ValueError(f"`tau_th` must be > 0 and finite (or None for (presample + 3) / 3), got {tau_th}.")
-        if not 0.0 <= a_tau < 1.0:
-            raise ValueError(f"`a_tau` must be in [0, 1), got {a_tau}.")
-        if tau_form not in _TAU_FORMS:
-            raise ValueError(f"`tau_form` must be 'rooted' or 'unrooted', got {tau_form!r}.")
-        if isinstance(tau_every_n_steps, bool) or not isinstance(tau_every_n_steps, int) or tau_every_n_steps < 1:
-            raise ValueError(
-                f"`tau_every_n_steps` must be an integer >= 1 (1: update tau after every step), got "
-                f"{tau_every_n_steps!r}."
-            )
+        check_number("tau_th", tau_th, 0.0, low_open=True, optional=True, hint="None: (presample + 3) / 3.")
+        check_number("a_tau", a_tau, 0.0, 1.0, high_open=True)
+        check_choice("tau_form", tau_form, _TAU_FORMS)
+        check_int("tau_every_n_steps", tau_every_n_steps, 1, hint="1 updates tau after every step.")
         self.tau_th: float = float(tau_th) if tau_th is not None else (presample + 3) / 3
         self.a_tau = a_tau
         self.tau_form = tau_form
@@ -144,10 +137,12 @@ class ImportanceSamplingCallback(OnlineSelection):
         self._active = self._tau.value > self.tau_th and trainer.global_step >= self.warmup_steps
 
     def _metrics(self) -> dict[str, float]:
-        return {"per/tau": self._tau.value}
+        return {"per/tau": self._tau.value, "per/tau_th": self.tau_th}
+
+    _prog_bar = ("per/tau", "per/tau_th")
 
     def _summarise(self) -> None:
-        """Say once how many steps were importance steps and how high ``tau`` got against ``tau_th``."""
+        """Say once how many steps were importance steps, why (not), and what the scoring cost."""
         steps, active = self._run_steps, self._run_selected
         if not steps:
             return
@@ -159,15 +154,27 @@ class ImportanceSamplingCallback(OnlineSelection):
         if active:
             rank_zero_info(
                 f"ImportanceSamplingCallback: {active} of {steps} training steps ({active / steps:.0%}) were "
-                f"importance steps; {against}."
+                f"importance steps; {against}; {self._cost.describe()}."
             )
             return
+        settle = round(3 / (1 - self.a_tau)) if self.a_tau < 1 else steps  # steps for the average to reach 95%
         if self.warmup_steps >= steps and tau.peak > self.tau_th:
             why = f"`warmup_steps={self.warmup_steps}` covered the whole run"
+        elif tau.nonfinite_steps:
+            why = (
+                f"{tau.nonfinite_steps} steps scored only NaN or inf (NaN or inf outputs, e.g. a diverged model), "
+                "and such a step counts as uniform (estimate 1)"
+            )
+        elif tau.step_peak > self.tau_th and steps < settle:
+            why = (
+                f"single steps' estimates passed it but their moving average, which starts from 0 and takes about "
+                f"{settle} steps to settle at `a_tau={self.a_tau}`, did not: a longer run, or a smaller `a_tau`, lets "
+                "it catch up"
+            )
         elif tau.step_peak > self.tau_th:
             why = (
-                f"single steps' estimates passed it but their moving average (`a_tau={self.a_tau}`, starting from "
-                "0) did not: a longer run, or a smaller `a_tau`, lets it catch up"
+                "only occasional steps' estimates passed it and their moving average never did: the presample's "
+                "scores are rarely uneven enough for importance sampling to pay at this threshold"
             )
         else:
             why = "no step's estimate reached it: the presample's scores were too alike for importance sampling to pay"

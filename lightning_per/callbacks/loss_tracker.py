@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_per._checks import check_int, check_number
 from lightning_per.callbacks._inference import prepare_batch, scoring_mode
 from lightning_per.callbacks._logging import publish
 from lightning_per.callbacks._sync import checkpoint_due
@@ -19,7 +21,7 @@ from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.distributed import all_gather_variable
 from lightning_per.scoring import Captured, as_score
 from lightning_per.selection.engine import ScoreArg
-from lightning_per.selection.irreducible import find_irreducible
+from lightning_per.selection.irreducible import find_irreducible, register_reader
 from lightning_per.strategy import SamplingPlan
 
 __all__ = ["LossTracker"]
@@ -68,14 +70,10 @@ class LossTracker(Callback):
         class_balance: float = 0.0,
         flush_every_n_steps: int = 256,
     ) -> None:
-        if not 0.0 <= ema < 1.0:
-            raise ValueError(f"`ema` must be in [0, 1), got {ema}.")
-        if refresh_every_n_epochs < 0:
-            raise ValueError(f"`refresh_every_n_epochs` must be >= 0, got {refresh_every_n_epochs}.")
-        if class_balance < 0:
-            raise ValueError(f"`class_balance` must be >= 0, got {class_balance}.")
-        if flush_every_n_steps <= 0:
-            raise ValueError(f"`flush_every_n_steps` must be > 0, got {flush_every_n_steps}.")
+        check_number("ema", ema, 0.0, 1.0, high_open=True)
+        check_int("refresh_every_n_epochs", refresh_every_n_epochs, 0)
+        check_number("class_balance", class_balance, 0.0)
+        check_int("flush_every_n_steps", flush_every_n_steps, 1)
         self.score = score
         self._scorer = as_score(score, "LossTracker")
         self.ema = ema
@@ -93,6 +91,8 @@ class LossTracker(Callback):
         self._module: LightningModule | None = None
         self._labels: Tensor | None = None
         self._nonfinite_total = 0
+        self._skipped_steps = 0  # of this fit: steps whose `training_step` returned None
+        self._varies = False  # whether the epoch length changes from epoch to epoch (prune, num_samples)
         self._warned_nonfinite = False
         self.last_plan: SamplingPlan | None = None
         self.last_stats: dict[str, float] = {}
@@ -115,9 +115,12 @@ class LossTracker(Callback):
                 f"passed as `trainer.fit(model, datamodule=...)`; got {type(datamodule).__name__}. Wrap your "
                 "datasets: `PrioritizedDataModule(train_dataset, val_dataset, batch_size=...)`."
             )
+        datamodule.recorded_by = "LossTracker"
+        self._skipped_steps = 0
         strategy = datamodule.strategy
         self._nonnegative = strategy.name == "proportional"
         varies = strategy.name == "prune" or (strategy.num_samples is not None and strategy.name != "uniform")
+        self._varies = varies
         if varies and trainer.reload_dataloaders_every_n_epochs != 1:  # type: ignore[attr-defined]
             # the epoch length changes (a pruned epoch, or `num_samples` draws after the uniform epoch 0):
             # Lightning must re-read the loader's length every epoch
@@ -134,7 +137,7 @@ class LossTracker(Callback):
                 "optimization; set `refresh_every_n_epochs=0` for a module with manual optimization."
             )
         if self._scorer.name == "reducible":
-            find_irreducible(trainer, "LossTracker")  # refused now rather than at the first step
+            register_reader(trainer, "LossTracker")  # refused now rather than at the first step
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -153,7 +156,9 @@ class LossTracker(Callback):
                 "with `trainer.fit(model, datamodule=PrioritizedDataModule(...))`, not with your own dataloader."
             )
         self._steps_since_sync += 1
-        if outputs is not None and not (isinstance(outputs, Mapping) and not outputs):  # else a skipped step
+        if outputs is None or (isinstance(outputs, Mapping) and not outputs):
+            self._skipped_steps += 1  # `training_step` skipped this batch: nothing to record
+        else:
             # as little as possible per step (each op costs tens of microseconds right after the optimizer step):
             # the index needs no detach (an integer tensor); scores of a closed form wait for the synchronisation
             captured = self._scorer.capture(outputs, batch)
@@ -169,6 +174,22 @@ class LossTracker(Callback):
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._sync(trainer, pl_module)  # a checkpoint saved at the validation's end then holds every record
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
+        if datamodule.scores.seen or datamodule.strategy.name == "uniform":
+            return
+        reasons = []
+        if self._nonfinite_total:
+            reasons.append(f"{self._nonfinite_total} per-sample scores were NaN or inf (dropped, `per/nonfinite`)")
+        if self._skipped_steps:
+            reasons.append(f"{self._skipped_steps} training steps returned None from `training_step` (skipped)")
+        rank_zero_warn(
+            f"LossTracker recorded no finite score during fit ({'; '.join(reasons) or 'no epoch ended'}), so the "
+            "sampler drew uniformly throughout. Check the model for NaN losses (e.g. a learning rate too high) and "
+            "that `training_step` returns the per-sample losses."
+        )
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -196,8 +217,13 @@ class LossTracker(Callback):
         metrics["per/nonfinite"] = float(dropped)
         metrics.update(_quantiles(table.scores))
         self.last_plan, self.last_stats = trained, metrics
-        publish(trainer, metrics)  # the same on every rank (merged records); not `self.log`: see `_logging`
+        # the same on every rank (merged records); not `self.log`: see `_logging`
+        publish(trainer, metrics, prog_bar=("per/ess",))
         datamodule.prepare_epoch(trainer.current_epoch + 1)  # the next epoch's plan, from the updated table
+        if self._varies:  # Lightning's note on a short epoch names its batch count: it would repeat with each length
+            warnings.filterwarnings(
+                "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging"
+            )
 
     # --------------------------------------------------------------------------------------------- scoring
     @property
@@ -282,7 +308,7 @@ class LossTracker(Callback):
         else:
             where = f"in epoch {steps[0][0]}, batch_idx {steps[0][1]}"
         raise ValueError(
-            f"LossTracker(score={self._scorer.name!r}) recorded a negative score ({float(finite.min()):.4g}) {where}, "
+            f"LossTracker(score={self._scorer.label}) recorded a negative score ({float(finite.min()):.4g}) {where}, "
             "but `proportional` sampling draws in proportion to the scores, so they must be non-negative. Use "
             "`strategy='rank'` (any real scores) or `'prune'`, or report a non-negative score (e.g. a loss, not a "
             "log-likelihood)."

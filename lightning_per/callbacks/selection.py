@@ -10,6 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_per import functional as PF
+from lightning_per._checks import check_int, check_number
 from lightning_per.distributed import all_gather_variable
 from lightning_per.selection.engine import OnlineSelection, ScoreArg
 
@@ -96,14 +97,14 @@ class SelectiveBackprop(OnlineSelection):
         seed: int = 0,
     ) -> None:
         super().__init__(presample, score, warmup_steps, seed)
-        if not selectivity > 0:
-            raise ValueError(f"`selectivity` must be > 0 (1 keeps about half), got {selectivity}.")
-        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-            raise ValueError(f"`history` must be an integer >= 1, got {history!r}.")
+        check_number("selectivity", selectivity, 0.0, low_open=True, hint="1 keeps about half of the points.")
+        check_int("history", history, 1)
         self.selectivity = selectivity
         self.history = history
         self._history = torch.empty(0)  # this process's recent finite scores, oldest first
         self._histories: list[Tensor] = []  # every process's, as of the last synchronisation
+
+    _prog_bar = ("per/kept_fraction",)
 
     def _choose(self, scores: Tensor, b: int, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
         values = scores.detach().reshape(-1).float().cpu()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from lightning_per.cli import main as cli_main
+from lightning_per.cli import quiet_lightning_notices
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """The YAML configs shipped with the package (package data: present in an installed package too)."""
@@ -47,7 +48,8 @@ def resolve_config(name_or_path: str) -> Path:
 
 def run(config: str, extra: list[str]) -> dict[str, float]:
     """Fit one config through the CLI; return final validation accuracy, training loss and seconds."""
-    cli = cli_main(["--config", config, "--trainer.enable_progress_bar=false", *extra], run=False)
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.logger=false"]  # the demo prints its own table
+    cli = cli_main(["--config", config, *quiet, *extra], run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     seconds = time.perf_counter() - start
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
     parser.add_argument("--config-dir", action="store_true", help="print the folder of the shipped configs and exit")
     args = parser.parse_args(argv)
+    quiet_lightning_notices()
     if args.config_dir:
         print(CONFIG_DIR)
         return

@@ -113,7 +113,7 @@ class Classifier(LightningModule):
         x, y = batch
         logits = self(x)
         losses = F.cross_entropy(logits, y, reduction="none")  # line 1: one loss per sample
-        self.log("train/loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", losses.mean(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         # line 2: apply the importance weights, hand the per-sample losses to LossTracker
         return {"loss": weighted_mean(losses, batch), "per_sample_loss": losses, "logits": logits, "target": y}
 
@@ -121,7 +121,7 @@ class Classifier(LightningModule):
         x, y = batch
         logits = self(x)
         self.val_acc(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y))
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:  # noqa: D102
@@ -234,7 +234,7 @@ class ContinualClassifier(LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:  # noqa: D102
         x, y = batch[0], batch[1]
         task = batch[2] if len(batch) > 2 else None
-        self.log("val/acc", (self(x, task).argmax(-1) == y).float().mean(), batch_size=y.numel())
+        self.log("val/acc", (self(x, task).argmax(-1) == y).float().mean(), batch_size=y.numel(), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
         if self.optimizer == "adam":

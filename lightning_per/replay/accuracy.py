@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lightning_per._checks import check_int
 from lightning_per.replay.functional import average_accuracy, backward_transfer
 from lightning_per.replay.tasks import TaskSequence
 
@@ -105,7 +106,9 @@ class TaskAccuracyMatrix(Callback):
         verbose: print each row (rank 0).
 
     Raises:
-        ValueError: ``eval_batch_size <= 0``.
+        ValueError: ``eval_batch_size <= 0``; at setup, a datamodule that is not a ``TaskSequence`` with evaluation
+            sets, or evaluation samples without the ``inputs`` or ``target`` keys.
+        TypeError: a key that is neither an int nor a str.
 
     Example:
         >>> matrix = TaskAccuracyMatrix(inputs=[0, 2])  # forward(x, task)
@@ -121,8 +124,10 @@ class TaskAccuracyMatrix(Callback):
         eval_batch_size: int = 512,
         verbose: bool = False,
     ) -> None:
-        if eval_batch_size <= 0:
-            raise ValueError(f"`eval_batch_size` must be > 0, got {eval_batch_size}.")
+        check_int("eval_batch_size", eval_batch_size, 1)
+        for key in inputs if isinstance(inputs, list) else [inputs]:
+            _check_key("inputs", key)
+        _check_key("target", target)
         self.inputs = inputs
         self.target = target
         self.predict = predict
@@ -217,6 +222,23 @@ class TaskAccuracyMatrix(Callback):
             self._record_until(trainer, pl_module, self._trained)
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        dm = getattr(trainer, "datamodule", None)
+        if not isinstance(dm, TaskSequence) or not dm.eval_tasks:
+            got = type(dm).__name__ + (" without evaluation sets" if isinstance(dm, TaskSequence) else "")
+            raise ValueError(
+                "TaskAccuracyMatrix evaluates every task after each one, so the datamodule must be a "
+                f"`lightning_per.replay.TaskSequence` with evaluation sets (`test_tasks=[...]`); got {got}. For your "
+                "own datamodule, call `lightning_per.replay.evaluate_tasks(model, datasets)` yourself."
+            )
+        sample = dm.eval_tasks[0][0]
+        for key in self.inputs if isinstance(self.inputs, list) else [self.inputs]:
+            _check_sample_key("inputs", key, sample)
+        _check_sample_key("target", self.target, sample)
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = getattr(trainer, "datamodule", None)
         if isinstance(dm, TaskSequence) and dm.mode == "stream" and trainer.max_epochs not in (1, None):
@@ -261,3 +283,29 @@ class TaskAccuracyMatrix(Callback):
         self.matrix = state_dict.get("matrix", torch.zeros(0, 0))
         self._next_task = int(state_dict.get("next_task", 0))
         self._trained = int(state_dict.get("trained", self._next_task - 1))
+
+
+def _check_key(name: str, key: Any) -> None:
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise TypeError(f"`{name}` must hold tuple positions (int) or dict keys (str), got {key!r}.")
+
+
+def _check_sample_key(name: str, key: Key, sample: Any) -> None:
+    """Refuse a key the evaluation samples lack, before the first task is trained rather than after it.
+
+    Raises:
+        ValueError: ``sample`` has no such key or position.
+    """
+    if isinstance(sample, Mapping):
+        if key not in sample:
+            raise ValueError(
+                f"TaskAccuracyMatrix(`{name}`={key!r}): the evaluation samples are dicts with the keys "
+                f"{sorted(map(str, sample))}; name one of them."
+            )
+        return
+    size = len(sample) if isinstance(sample, (tuple, list)) else 1
+    if not isinstance(key, int) or not -size <= key < size:
+        raise ValueError(
+            f"TaskAccuracyMatrix(`{name}`={key!r}): the evaluation samples are {type(sample).__name__}s of {size} "
+            f"fields; give a position in [0, {size})."
+        )

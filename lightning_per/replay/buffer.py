@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_per._checks import check_int
 from lightning_per.replay.pooling import upgrade_buffer_state
 from lightning_per.replay.prioritized import PrioritizedReplaySampler
 from lightning_per.replay.protocols import Sampler, Writer
@@ -75,6 +76,10 @@ class ReplayBuffer:
         device: str | torch.device | None = None,
         seed: int = 0,
     ) -> None:
+        check_int("capacity", capacity, 1)
+        check_int("seed", seed)
+        _check_part("sampler", sampler, ("sample", "on_write", "state_dict", "load_state_dict"), _SAMPLER_HINT)
+        _check_part("writer", writer, ("plan", "state_dict", "load_state_dict"), "e.g. `ReservoirWriter(capacity)`")
         self.storage = TensorStorage(capacity, device)
         self.writer: Writer = ReservoirWriter(capacity) if writer is None else writer
         if self.writer.capacity != capacity:
@@ -285,3 +290,24 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             ValueError: shapes differ, or an index is not an item held.
         """
         return self.sampler.update(index, priority, len(self))
+
+
+_SAMPLER_HINT = (
+    "e.g. `lightning_per.replay.uniform.UniformReplaySampler()`; for prioritized replay use `PrioritizedReplayBuffer`"
+)
+
+
+def _check_part(name: str, part: Any, methods: tuple[str, ...], hint: str) -> None:
+    """Refuse a sampler or writer that lacks the protocol's methods (a name given for an object, say).
+
+    Raises:
+        TypeError: a method is missing.
+    """
+    if part is None:
+        return
+    missing = [m for m in methods if not callable(getattr(part, m, None))]
+    if missing:
+        raise TypeError(
+            f"`{name}` must be a replay {name} object with {', '.join(methods)} ({hint}); got {part!r} "
+            f"({type(part).__name__}), which lacks {', '.join(missing)}."
+        )

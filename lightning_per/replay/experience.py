@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_per._checks import check_device, check_int, check_number
+from lightning_per.callbacks._logging import logs_this_step, publish
 from lightning_per.callbacks._sync import checkpoint_due
 from lightning_per.data import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
@@ -79,14 +81,13 @@ class ExperienceReplay(Callback):
         loss_key: str = "per_sample_loss",
         seed: int = 0,
     ) -> None:
-        if isinstance(replay_batch_size, bool) or replay_batch_size < 0:
-            raise ValueError(f"`replay_batch_size` must be >= 0, got {replay_batch_size}.")
-        if alpha < 0:
-            raise ValueError(f"`alpha` (priority exponent) must be >= 0, got {alpha}; 0 is uniform replay.")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"`beta` (importance-weight exponent) must be in [0, 1], got {beta}; 1 is unbiased.")
-        if eps <= 0:
-            raise ValueError(f"`eps` must be > 0, got {eps}.")
+        check_int("capacity", capacity, 1)
+        check_int("replay_batch_size", replay_batch_size, 0)
+        check_number("alpha", alpha, 0.0, hint="It is the priority exponent; 0 is uniform replay.")
+        check_number("beta", beta, 0.0, 1.0, hint="It is the importance-weight exponent; 1 is unbiased.")
+        check_number("eps", eps, 0.0, low_open=True)
+        check_device("device", device, extra=("module",))
+        check_int("seed", seed)
         self.capacity = capacity
         self.replay_batch_size = replay_batch_size
         self.prioritized = prioritized
@@ -192,6 +193,10 @@ class ExperienceReplay(Callback):
         if self._offer and self._incoming is not None:
             buffer.add(self._incoming)
         self._incoming = None
+        if logs_this_step(trainer) or batch_idx + 1 >= trainer.num_training_batches:
+            replayed = 0 if self._slots is None else int(self._slots.numel())
+            fill = {"per/buffer_fill": len(buffer) / buffer.capacity, "per/replayed": float(replayed)}
+            publish(trainer, fill, to_loggers=logs_this_step(trainer), prog_bar=("per/buffer_fill",))
         if checkpoint_due(trainer):
             self._shards.sync()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_per._checks import check_choice, check_device, check_int, check_number
 from lightning_per.callbacks._sync import checkpoint_due
 from lightning_per.data import PrioritizedBatch
 from lightning_per.replay.buffer import ReplayBuffer, ReservoirBuffer
@@ -21,6 +22,8 @@ from lightning_per.replay.ranks import RankBuffers
 from lightning_per.replay.structure import flatten, unflatten
 
 __all__ = ["MER"]
+
+MERVariant = Literal["example", "batch"]
 
 
 class MER(LightningModule):
@@ -32,10 +35,11 @@ class MER(LightningModule):
     example started by ``reptile_gamma``, and offer the example to the reservoir. The defaults are the reference's
     MNIST settings (there with ``lr=0.03``). Each inner step calls your ``training_step`` on a sub-batch (a
     ``PrioritizedBatch``, weights 1, ``index`` -1 for replayed samples; its ``self.log`` calls are silenced, MER logs
-    ``train/loss``) and counts as a Trainer step. Your optimizer's state, schedulers and gradient clipping are not
-    used; ``forward``, the evaluation steps, ``setup`` and ``configure_callbacks`` are your module's. Load a
-    checkpoint with ``MER.load_from_checkpoint(path, module=YourModule(...))``. Under DDP every inner step averages
-    gradients across ranks, each rank replays from its own buffer of ``capacity // world_size`` items, and
+    ``train/loss``) and counts as a Trainer step (``max_steps`` stops the inner steps where it is reached). Your
+    optimizer's state, schedulers and gradient clipping are not used; ``forward``, the evaluation steps, ``setup`` and
+    ``configure_callbacks`` are your module's. Load a checkpoint with ``MER.load_from_checkpoint(path,
+    module=YourModule(...))``. Under DDP every inner step averages gradients across ranks, each rank replays from its
+    own buffer of ``capacity // world_size`` items, and
     checkpoints hold every rank's buffer.
 
     Args:
@@ -47,7 +51,7 @@ class MER(LightningModule):
         reptile_beta: within-batch Reptile rate in ``(0, 1]`` (the paper's ``beta``).
         reptile_gamma: across-batch Reptile rate in ``(0, 1]`` (the paper's ``gamma``).
         lr: SGD learning rate of the inner steps (``None``: that of the first parameter group of the optimizer your
-            ``configure_optimizers`` returns).
+            ``configure_optimizers`` returns, which must then be ``torch.optim.SGD``).
         variant: ``"example"`` (Algorithm 1) or ``"batch"`` (the whole incoming batch is the new example).
         step_batch_size: samples per inner SGD step (1: the paper's per-sample steps).
         device: where the buffer keeps its samples: ``"cpu"``, ``"module"`` (the training device) or a device name.
@@ -57,7 +61,8 @@ class MER(LightningModule):
         ValueError: ``capacity <= 0``, ``replay_batch_size < 0``, ``batches_per_example`` or ``step_batch_size``
             below 1, ``reptile_beta`` / ``reptile_gamma`` outside ``(0, 1]``, ``lr <= 0``, ``variant`` other than
             ``"example"`` / ``"batch"``, or a module with manual optimization; at setup, ``capacity`` below the
-            number of processes; with ``lr=None``, a ``configure_optimizers`` that returns no optimizer.
+            number of processes; with ``lr=None``, a ``configure_optimizers`` that returns no optimizer or one other
+            than ``torch.optim.SGD``.
 
     Example:
         >>> from lightning_per.examples import ContinualClassifier
@@ -75,27 +80,27 @@ class MER(LightningModule):
         reptile_beta: float = 0.03,
         reptile_gamma: float = 1.0,
         lr: float | None = None,
-        variant: Literal["example", "batch"] = "example",
+        variant: MERVariant = "example",
         step_batch_size: int = 1,
         device: str = "cpu",
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if not isinstance(module, LightningModule):
+            raise TypeError(
+                f"`module` must be your LightningModule instance (e.g. `MER(MyModule(), ...)`), got {module!r} "
+                f"({type(module).__name__}). In YAML, give it as `module: {{class_path: ..., init_args: ...}}`."
+            )
         for name, value in (("reptile_beta", reptile_beta), ("reptile_gamma", reptile_gamma)):
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"`{name}` (Reptile rate) must be in (0, 1], got {value}.")
-        if not isinstance(replay_batch_size, int) or isinstance(replay_batch_size, bool) or replay_batch_size < 0:
-            raise ValueError(f"`replay_batch_size` must be an integer >= 0, got {replay_batch_size!r}.")
-        for name, count in (
-            ("batches_per_example", batches_per_example),
-            ("step_batch_size", step_batch_size),
-        ):
-            if count < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {count}.")
-        if variant not in ("example", "batch"):
-            raise ValueError(f"`variant` must be 'example' or 'batch', got {variant!r}.")
-        if lr is not None and lr <= 0:
-            raise ValueError(f"`lr` must be > 0 (or None: your optimizer's), got {lr}.")
+            check_number(name, value, 0.0, 1.0, low_open=True, hint="It is a Reptile interpolation rate.")
+        check_int("capacity", capacity, 1)
+        check_int("replay_batch_size", replay_batch_size, 0)
+        check_int("batches_per_example", batches_per_example, 1)
+        check_int("step_batch_size", step_batch_size, 1)
+        check_choice("variant", variant, get_args(MERVariant))
+        check_number("lr", lr, 0.0, low_open=True, optional=True, hint="None takes your optimizer's (plain SGD only).")
+        check_device("device", device, extra=("module",))
+        check_int("seed", seed)
         if not module.automatic_optimization:
             raise ValueError(
                 f"MER takes the optimizer steps itself, so the wrapped module must use automatic optimization; "
@@ -163,7 +168,7 @@ class MER(LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Plain SGD over your module's parameters at ``lr`` (see the class docstring)."""
         if self.lr is None:
-            self.inner_lr = _first_lr(self.module.configure_optimizers(), type(self.module).__name__)
+            self.inner_lr = _sgd_lr(self.module.configure_optimizers(), type(self.module).__name__)
         params = [p for p in self.module.parameters() if p.requires_grad]
         return torch.optim.SGD(params, lr=float(self.inner_lr))  # type: ignore[arg-type]
 
@@ -212,11 +217,15 @@ class MER(LightningModule):
         theta_0 = [p.detach().clone() for p in params]
         total, steps = torch.zeros((), device=self.device), 0
         for _ in range(self.batches_per_example):
+            if not self._steps_left():
+                break
             leaves, inner_index = self._inner_batch(unit, index)
             theta_a = [p.detach().clone() for p in params]
             size = int(leaves[0].shape[0])
             weight = torch.ones(size, device=index.device)
             for start in range(0, size, self.step_batch_size):
+                if not self._steps_left():
+                    break
                 stop = start + self.step_batch_size
                 sub = PrioritizedBatch(
                     unflatten([x[start:stop] for x in leaves], treedef), inner_index[start:stop], weight[start:stop]
@@ -232,6 +241,11 @@ class MER(LightningModule):
             reptile_interpolate_(params, theta_a, self.reptile_beta)
         reptile_interpolate_(params, theta_0, self.reptile_gamma)
         return total / max(steps, 1)
+
+    def _steps_left(self) -> bool:
+        """Whether the Trainer's ``max_steps`` allows another inner step (each is an optimizer step it counts)."""
+        trainer = self._trainer
+        return trainer is None or trainer.max_steps < 0 or trainer.global_step < trainer.max_steps
 
     def _inner_batch(self, unit: list[Tensor], index: Tensor) -> tuple[list[Tensor], Tensor]:
         """``replay_batch_size`` distinct replays (fewer while the buffer holds fewer), then the new sample(s)."""
@@ -256,23 +270,12 @@ class MER(LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        old = sorted(set(checkpoint.get("hyper_parameters") or {}) & set(_RENAMED))
-        if old:  # Lightning drops unknown hyperparameters silently: the run would go on at the defaults
-            renames = ", ".join(f"`{name}` -> `{_RENAMED[name]}`" for name in old)
-            raise ValueError(
-                f"This MER checkpoint was saved before its arguments were renamed ({renames}); loaded as it is, its "
-                "settings would fall back to the defaults. Pass them under the new names (and one less "
-                "`replay_batch_size`, which now counts the replays only), or edit `checkpoint['hyper_parameters']`."
-            )
         self.module.on_load_checkpoint(checkpoint)
         states = checkpoint.get("replay_buffers")
         if not states:
             rank_zero_warn("The checkpoint has no replay buffer; MER's buffer starts empty.")
             return
         self._shards.restore(states)
-
-
-_RENAMED = {"memories": "capacity", "beta": "reptile_beta", "gamma": "reptile_gamma"}
 
 
 def _reservoir(capacity: int, seed: int, device: torch.device | None) -> ReplayBuffer:
@@ -291,13 +294,26 @@ def _loss_of(outputs: Any) -> Tensor | None:
     )
 
 
-def _first_lr(configured: Any, name: str) -> float:
-    """The learning rate of the first parameter group of the first optimizer ``configure_optimizers`` returned."""
+def _sgd_lr(configured: Any, name: str) -> float:
+    """The learning rate of the first optimizer ``configure_optimizers`` returned, which must be ``torch.optim.SGD``.
+
+    Raises:
+        ValueError: there is no optimizer, or it is not SGD (its rate is tuned for another update rule).
+    """
     todo = [configured]
     while todo:
         item = todo.pop(0)
         if isinstance(item, torch.optim.Optimizer):
-            return float(item.param_groups[0]["lr"])
+            lr = float(item.param_groups[0]["lr"])
+            if not isinstance(item, torch.optim.SGD):
+                raise ValueError(
+                    f"MER's inner steps are plain SGD, and with `lr=None` it would take the learning rate of "
+                    f"{name}'s optimizer, {type(item).__name__}(lr={lr:g}): a rate tuned for {type(item).__name__} "
+                    "is typically far too small for plain SGD, and MER would learn next to nothing. Pass "
+                    "`MER(..., lr=...)` (the reference used 0.03 on MNIST; tune it on a validation split), or return "
+                    "`torch.optim.SGD` from `configure_optimizers`."
+                )
+            return lr
         if isinstance(item, Mapping):
             todo.append(item.get("optimizer"))
         elif isinstance(item, (list, tuple)):

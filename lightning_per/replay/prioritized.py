@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_per._checks import check_int, check_number
 from lightning_per.replay.functional import last_write_per_slot
 from lightning_per.replay.sumtree import SumTree
 
@@ -43,12 +44,10 @@ class PrioritizedReplaySampler:
     """
 
     def __init__(self, capacity: int, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-3) -> None:
-        if alpha < 0:
-            raise ValueError(f"`alpha` must be >= 0, got {alpha}.")
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"`beta` (importance-weight exponent) must be in [0, 1], got {beta}.")
-        if eps <= 0:
-            raise ValueError(f"`eps` must be > 0, got {eps}.")
+        check_int("capacity", capacity, 1)
+        check_number("alpha", alpha, 0.0, hint="It is the priority exponent; 0 is uniform.")
+        check_number("beta", beta, 0.0, 1.0, hint="It is the importance-weight exponent; 1 is unbiased.")
+        check_number("eps", eps, 0.0, low_open=True)
         self.alpha = alpha
         self.beta = beta
         self.eps = eps

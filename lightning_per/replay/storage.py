@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_per._checks import check_device, check_int
 from lightning_per.replay.structure import SampleSpec, flatten, unflatten
 
 __all__ = ["TensorStorage"]
@@ -36,9 +37,10 @@ class TensorStorage:
     """
 
     def __init__(self, capacity: int, device: str | torch.device | None = None) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
-            raise ValueError(f"`capacity` must be a positive integer, got {capacity!r}. Use e.g. `capacity=1000`.")
+        check_int("capacity", capacity, 1)
         self.capacity = capacity
+        if isinstance(device, str):
+            check_device("device", device)
         self.device = torch.device("cpu") if device is None else torch.device(device)
         self.spec: SampleSpec | None = None
         self._leaves: list[Tensor] = []

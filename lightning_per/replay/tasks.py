@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
-from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset, default_collate
+from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, default_collate
 
+from lightning_per._checks import check_choice, check_int
 from lightning_per.data import IndexedCollate, IndexedDataset
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.replay.stream import StreamLoader, TaskStreamSampler, resume_batches
 from lightning_per.replay.structure import SampleSpec
 
 __all__ = ["TaskDataset", "TaskSequence"]
+
+SequenceMode = Literal["stream", "task"]
 
 
 class TaskDataset(Dataset):
@@ -33,6 +36,8 @@ class TaskDataset(Dataset):
     """
 
     def __init__(self, dataset: Dataset, task: int) -> None:
+        check_int("task", task, 0)
+        _check_task_dataset("dataset", dataset)
         self.dataset = dataset
         self.task = task
 
@@ -104,7 +109,7 @@ class TaskSequence(PrioritizedDataModule):
         num_tasks: int | None = None,
         classes_per_task: int = 2,
         task_ids: bool = True,
-        mode: Literal["stream", "task"] = "stream",
+        mode: SequenceMode = "stream",
         repeats: int = 1,
         batch_size: int = 10,
         eval_batch_size: int = 256,
@@ -120,16 +125,24 @@ class TaskSequence(PrioritizedDataModule):
             seed=seed,
             collate_fn=collate_fn,
         )
-        if mode not in ("stream", "task"):
-            raise ValueError(f"`mode` must be 'stream' or 'task', got {mode!r}.")
-        if classes_per_task <= 0:
-            raise ValueError(f"`classes_per_task` must be > 0, got {classes_per_task}.")
-        if repeats < 1:
-            raise ValueError(f"`repeats` must be >= 1, got {repeats}.")
-        if num_tasks is not None and num_tasks <= 0:
-            raise ValueError(f"`num_tasks` must be > 0, got {num_tasks}.")
+        check_choice("mode", mode, get_args(SequenceMode))
+        check_int("classes_per_task", classes_per_task, 1)
+        check_int("repeats", repeats, 1)
+        check_int("num_tasks", num_tasks, 1, optional=True)
         if tasks is not None and dataset is not None:
             raise ValueError("Give either `tasks` (one dataset per task) or `dataset` with `task_fn`, not both.")
+        for name, given in (("tasks", tasks), ("test_tasks", test_tasks)):
+            if given is None:
+                continue
+            if isinstance(given, Dataset) or not isinstance(given, (list, tuple)):
+                raise TypeError(f"`{name}` must be a list of datasets, one per task; got {type(given).__name__}.")
+            if name == "tasks" and not given:
+                raise ValueError("`tasks` is empty: give one training dataset per task (at least one).")
+            for t, task in enumerate(given):
+                _check_task_dataset(f"{name}[{t}]", task)
+        for name, one in (("dataset", dataset), ("test_dataset", test_dataset)):
+            if one is not None:
+                _check_task_dataset(name, one)
         if tasks is not None:
             if num_tasks is not None and num_tasks != len(tasks):
                 raise ValueError(f"`num_tasks` is {num_tasks} but `tasks` lists {len(tasks)} datasets.")
@@ -282,3 +295,17 @@ def _check_same_samples(datasets: Sequence[Dataset], num_train: int) -> None:
                 f"Samples of task {t} ({kind} set) are {spec!r}, but task 0's are {first!r}: every task must give "
                 "samples of the same structure, dtypes and shapes."
             )
+
+
+def _check_task_dataset(name: str, dataset: Any) -> None:
+    """Refuse a task that cannot be indexed: a task sequence orders and shards its samples by index.
+
+    Raises:
+        TypeError: an ``IterableDataset``, or an object without ``__len__`` and ``__getitem__``.
+    """
+    if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(
+            f"`{name}` must be a map-style dataset with `__len__` and `__getitem__` (a task sequence orders and shards "
+            f"its samples by index); got {type(dataset).__name__}. Materialise a task's stream into a map-style "
+            "dataset (e.g. a `TensorDataset`)."
+        )

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from lightning_per._checks import check_int
 from lightning_per.replay.functional import last_write_per_slot, reservoir_slots
 
 __all__ = ["ReservoirWriter"]
@@ -35,8 +36,7 @@ class ReservoirWriter:
     """
 
     def __init__(self, capacity: int) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
-            raise ValueError(f"`capacity` must be a positive integer, got {capacity!r}. Use e.g. `capacity=1000`.")
+        check_int("capacity", capacity, 1)
         self.capacity = capacity
         self.seen = 0
         self.size = 0

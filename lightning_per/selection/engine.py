@@ -9,6 +9,7 @@ The loader, its epochs and the number of steps are untouched.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,14 +19,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_per._checks import check_int
 from lightning_per.batching import select
 from lightning_per.callbacks._inference import scoring_step
-from lightning_per.callbacks._logging import publish
+from lightning_per.callbacks._logging import logs_this_step, publish
 from lightning_per.callbacks._sync import checkpoint_due
 from lightning_per.data import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.scoring import Score, ScoreName, as_score
-from lightning_per.selection.irreducible import find_irreducible
+from lightning_per.selection.cost import SelectionCost
+from lightning_per.selection.irreducible import find_irreducible, register_reader
 from lightning_per.selection.presample import ExtraPoints, derive_seed
 
 __all__ = ["OnlineSelection"]
@@ -43,15 +46,9 @@ class OnlineSelection(Callback):
     """
 
     def __init__(self, presample: int, score: ScoreArg, warmup_steps: int, seed: int) -> None:
-        if isinstance(presample, bool) or not isinstance(presample, int) or presample <= 1:
-            raise ValueError(
-                f"`presample` must be an integer > 1 (the presample has `presample * batch_size` points), got "
-                f"{presample!r}."
-            )
-        if warmup_steps < 0:
-            raise ValueError(f"`warmup_steps` must be >= 0, got {warmup_steps}.")
-        if seed < 0:
-            raise ValueError(f"`seed` must be >= 0, got {seed}.")
+        check_int("presample", presample, 2, hint="The presample has `presample * batch_size` points.")
+        check_int("warmup_steps", warmup_steps, 0)
+        check_int("seed", seed, 0)
         self.presample = presample
         self.score = score
         self.warmup_steps = warmup_steps
@@ -65,6 +62,7 @@ class OnlineSelection(Callback):
         self._log_epoch = -1
         self._run_steps = 0  # of this run (a resumed run counts on), for the summary at its end
         self._run_selected = 0
+        self._cost = SelectionCost()
         self._noted_eval = False
         self._warned_nonfinite = False
         self._trainer: Trainer | None = None
@@ -82,7 +80,16 @@ class OnlineSelection(Callback):
             return
         self._trainer, self._module = trainer, pl_module
         self._run_steps = self._run_selected = 0  # a resumed run's counts are restored after this
+        self._cost = SelectionCost()
         name = type(self).__name__
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        others = [type(c).__name__ for c in callbacks if isinstance(c, OnlineSelection) and c is not self]
+        if others:
+            raise ValueError(
+                f"{name} and {others[0]} are both in the Trainer's callbacks: each replaces every training batch by "
+                "the points it selects, so their selections would compound (a selection of a selection) and neither "
+                "would do what it says. Keep one online-selection callback per Trainer."
+            )
         datamodule = getattr(trainer, "datamodule", None)
         if not isinstance(datamodule, PrioritizedDataModule):
             raise TypeError(
@@ -104,7 +111,7 @@ class OnlineSelection(Callback):
                 "`automatic_optimization=False`."
             )
         if self._scorer.name == "reducible":
-            find_irreducible(trainer, name)  # refused now rather than at the first step
+            register_reader(trainer, name)  # refused now rather than at the first step
         if not self._noted_eval and any(isinstance(m, _NOISY_LAYERS) for m in pl_module.modules()):
             self._noted_eval = True
             rank_zero_info(
@@ -142,6 +149,7 @@ class OnlineSelection(Callback):
         acc = self._since_log
         acc["steps"] = acc.get("steps", 0) + 1
         self._run_steps += 1
+        self._cost.trained += batch.batch_size if isinstance(batch, PrioritizedBatch) else 0
         if self._step_selected:
             self._run_selected += 1
             acc["selected"] = acc.get("selected", 0) + 1
@@ -151,8 +159,7 @@ class OnlineSelection(Callback):
             if isinstance(losses, Tensor) and losses.ndim >= 1 and losses.numel():
                 acc["loss_steps"] = acc.get("loss_steps", 0) + 1
                 acc["loss"] = acc.get("loss", 0.0) + losses.detach().float().mean()  # a tensor: no host sync
-        connector = getattr(trainer, "_logger_connector", None)
-        writes = bool(getattr(connector, "should_update_logs", True))  # loggers write this step's logs
+        writes = logs_this_step(trainer)
         epoch_end = batch_idx + 1 >= trainer.num_training_batches
         if writes or epoch_end or checkpoint_due(trainer) or self._due():
             self._synchronise(trainer, pl_module)
@@ -204,8 +211,11 @@ class OnlineSelection(Callback):
         """Extra metrics for the progress bar and the loggers."""
         return {}
 
+    _prog_bar: tuple[str, ...] = ("per/is_active",)
+    """The figures the progress bar shows (the rest go to the loggers only)."""
+
     def _summarise(self) -> None:
-        """Say at the end of training how many steps selected."""
+        """Say at the end of training how many steps selected, and what the selection cost."""
         steps, selected = self._run_steps, self._run_selected
         if steps and not selected:
             rank_zero_warn(
@@ -213,7 +223,16 @@ class OnlineSelection(Callback):
                 f"(`warmup_steps={self.warmup_steps}`); this run was plain uniform training."
             )
         elif steps:
-            rank_zero_info(f"{type(self).__name__}: {selected} of {steps} training steps selected from a presample.")
+            rank_zero_info(
+                f"{type(self).__name__}: {selected} of {steps} training steps selected from a presample; "
+                f"{self._cost.describe(self._auxiliary_units())}."
+            )
+
+    def _auxiliary_units(self) -> float:
+        """Forward-sample units spent by a helper model before training (``IrreducibleLoss``), 0 without one."""
+        if self._scorer.name != "reducible" or self._trainer is None:
+            return 0.0
+        return find_irreducible(self._trainer, type(self).__name__).cost_units
 
     # ------------------------------------------------------------------------------------------ the step
     @property
@@ -221,7 +240,15 @@ class OnlineSelection(Callback):
         return getattr(self._scorer, "loss_key", "per_sample_loss")
 
     def _selection_step(self, trainer: Trainer, pl_module: LightningModule, batch: PrioritizedBatch, i: int) -> None:
+        start = time.perf_counter()
+        try:
+            self._select(trainer, pl_module, batch, i)
+        finally:  # the host's time of the whole selection: the extra points' loading, the scoring forward, the rule
+            self._cost.seconds += time.perf_counter() - start
+
+    def _select(self, trainer: Trainer, pl_module: LightningModule, batch: PrioritizedBatch, i: int) -> None:
         presample = self._extras.presample(trainer, pl_module, batch)
+        self._cost.scored += presample.batch_size
         outputs = scoring_step(pl_module, presample, i, trainer)
         if outputs is None or (isinstance(outputs, Mapping) and not outputs):
             return  # `training_step` skips this presample (returned None): the incoming batch trains as it is
@@ -250,13 +277,13 @@ class OnlineSelection(Callback):
         """Means since the last logger write; only a writing step starts new means (see ``_logging``)."""
         acc = self._since_log
         steps, selected = acc.get("steps", 0), acc.get("selected", 0)
-        metrics = {"per/is_active": selected / max(1, steps), **self._metrics()}
+        metrics = {"per/is_active": selected / max(1, steps), **self._cost.metrics(), **self._metrics()}
         for key, value in acc.items():
             if key not in ("steps", "selected", "loss_steps", "loss") and selected:
                 metrics[f"per/{key}"] = float(value) / selected
         if acc.get("loss_steps"):
             metrics["per/loss_unweighted"] = float(acc["loss"]) / acc["loss_steps"]
-        publish(trainer, metrics, to_loggers=writes, prog_bar=[k for k in ("per/tau",) if k in metrics])
+        publish(trainer, metrics, to_loggers=writes, prog_bar=self._prog_bar)
         if writes:
             self._since_log = {}
 
@@ -269,6 +296,7 @@ class OnlineSelection(Callback):
             "extra_batches": self._extras.batches_drawn,
             "run_steps": self._run_steps,
             "run_selected": self._run_selected,
+            "cost": self._cost.state_dict(),
             "score": self._scorer.state_dict(),
         }
 
@@ -278,6 +306,7 @@ class OnlineSelection(Callback):
         self._extras.batches_drawn = int(state_dict.get("extra_batches", 0))
         self._run_steps = int(state_dict.get("run_steps", 0))
         self._run_selected = int(state_dict.get("run_selected", 0))
+        self._cost.load_state_dict(state_dict.get("cost", {}))
         self._scorer.load_state_dict(state_dict.get("score", {}))
         self._extras.close()
 

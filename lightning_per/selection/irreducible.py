@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -13,12 +14,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
-from lightning_per.callbacks._inference import scoring_mode
+from lightning_per._checks import check_int
+from lightning_per.callbacks._inference import quiet_inner_fit, scoring_mode
 from lightning_per.data import IndexedCollate, IndexedDataset
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.distributed import all_gather_variable
 
-__all__ = ["IrreducibleLoss", "find_irreducible"]
+__all__ = ["IrreducibleLoss", "find_irreducible", "register_reader"]
 
 
 class IrreducibleLoss(Callback):
@@ -68,10 +70,9 @@ class IrreducibleLoss(Callback):
     ) -> None:
         if model is not None and not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a LightningModule, got {type(model).__name__}.")
-        if max_epochs < 1:
-            raise ValueError(f"`max_epochs` must be >= 1, got {max_epochs}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+        check_int("max_epochs", max_epochs, 1)
+        check_int("batch_size", batch_size, 1, optional=True)
+        check_int("seed", seed)
         self.model = model
         self.holdout_dataset = holdout_dataset
         self.max_epochs = max_epochs
@@ -83,6 +84,7 @@ class IrreducibleLoss(Callback):
         self.cost_units = 0.0
         self.seconds = 0.0
         self._sizes: tuple[int, int] | None = None  # (training set, holdout) the table was computed for
+        self._readers = 0  # callbacks that read the table (`score='reducible'`), counted at their setup
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -110,12 +112,21 @@ class IrreducibleLoss(Callback):
         if self.table is not None:  # restored from a checkpoint
             self._check_restored(sizes)
             return
+        if not self._readers:
+            rank_zero_warn(
+                "IrreducibleLoss: no callback reads the irreducible losses (only `score='reducible'` does: "
+                "`TopKSelection()`, `LossTracker(score='reducible')`, ...), so the holdout model is trained and the "
+                "training set scored for nothing. Remove IrreducibleLoss (and `holdout_fraction`), or set "
+                "`score='reducible'` on the callback that should use them."
+            )
         start = time.perf_counter()
         assert self.model is not None
         if self.train:
-            self._fit_model(trainer, pl_module, datamodule)
+            with _from_the_holdout_model(self.model, "training it on the holdout set"):
+                self._fit_model(trainer, pl_module, datamodule)
             self.cost_units = 3.0 * self.max_epochs * sizes[1]
-        self.table = self._compute_table(trainer, pl_module, datamodule)
+        with _from_the_holdout_model(self.model, "scoring the training set with it"):
+            self.table = self._compute_table(trainer, pl_module, datamodule)
         self.cost_units += sizes[0]
         self.seconds = time.perf_counter() - start
         self._sizes = sizes
@@ -126,6 +137,10 @@ class IrreducibleLoss(Callback):
             f"IrreducibleLoss: {'trained on ' + str(sizes[1]) + ' holdout samples and ' if self.train else ''}scored "
             f"{sizes[0]} training samples in {self.seconds:.2f} s ({self.cost_units:.3g} forward-sample units)."
         )
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._readers = 0  # the readers' setups count themselves in again at the next fit
 
     def _holdout(self, datamodule: PrioritizedDataModule) -> Dataset | None:
         return self.holdout_dataset if self.holdout_dataset is not None else datamodule.holdout_dataset
@@ -145,19 +160,21 @@ class IrreducibleLoss(Callback):
                 num_workers=datamodule.num_workers,
                 generator=torch.Generator().manual_seed(self.seed),
             )
-            fitter = Trainer(
-                accelerator=type(trainer.accelerator)(),
-                devices=[device.index or 0] if device.type == "cuda" else 1,
-                precision=trainer.precision,
-                max_epochs=self.max_epochs,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                default_root_dir=trainer.default_root_dir,
-            )
-            fitter.fit(self.model, train_dataloaders=loader)
+            with quiet_inner_fit():  # the user's run prints its own banner; this fit is a step of it
+                fitter = Trainer(
+                    accelerator=type(trainer.accelerator)(),
+                    devices=[device.index or 0] if device.type == "cuda" else 1,
+                    precision=trainer.precision,
+                    max_epochs=self.max_epochs,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    num_sanity_val_steps=0,
+                    limit_val_batches=0,
+                    default_root_dir=trainer.default_root_dir,
+                )
+                fitter.fit(self.model, train_dataloaders=loader)
 
     def _compute_table(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> Tensor:
         """Every training sample's loss under the model: this process's shard, gathered from every process."""
@@ -236,3 +253,26 @@ def find_irreducible(trainer: Trainer, owner: str) -> IrreducibleLoss:
             "holdout set once and computes them)."
         )
     return found[0]
+
+
+def register_reader(trainer: Trainer, owner: str) -> IrreducibleLoss:
+    """``find_irreducible``, counting ``owner`` as a reader of the table (called once per fit, at setup)."""
+    irreducible = find_irreducible(trainer, owner)
+    irreducible._readers += 1
+    return irreducible
+
+
+@contextmanager
+def _from_the_holdout_model(model: LightningModule, doing: str) -> Iterator[None]:
+    """Say that an error raised inside the holdout model's code came from it (a wrong feature size, say).
+
+    Raises:
+        ValueError: from the model's ``RuntimeError`` (shape and dtype errors), naming the model and the step.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        raise ValueError(
+            f"IrreducibleLoss: the holdout model ({type(model).__name__}) failed while {doing}: {error}. It must "
+            "take the same batches as your training set (same features and targets) and return per-sample losses."
+        ) from error

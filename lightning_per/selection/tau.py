@@ -40,6 +40,7 @@ class TauEstimate:
         self.value = 0.0
         self.peak = 0.0  # of the moving average
         self.step_peak = 0.0  # of a single step's estimate
+        self.nonfinite_steps = 0  # steps folded in whose scores were all NaN or inf (their estimate is 1)
         self.pending: list[Pending] = []
 
     def update(self, trainer: Trainer, pl_module: LightningModule, scorer: Scorer) -> None:
@@ -81,6 +82,7 @@ class TauEstimate:
                 low_finite = torch.where(finite, s, math.inf).min()
                 s = torch.where(finite, s, 0.0)
                 total, squares, count, low = torch.stack([s.sum(), s.dot(s), finite.sum(), low_finite]).tolist()
+                self.nonfinite_steps += count == 0
             lowest = min(lowest, low)
             # no finite positive score: no information, the uniform value 1
             taus[j] = PF.tau_from_sums(total, squares, count, self.rooted) if total > 0 else 1.0
