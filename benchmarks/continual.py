@@ -50,8 +50,9 @@ if __package__ in (None, ""):  # run as `python benchmarks/continual.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import bench_trainer, environment, protocol, quiet
+from lightning_per.continual import TaskAccuracyMatrix, TaskSequence
 from lightning_per.examples import ContinualClassifier, PermutedMNIST1D, RotatedDigits, SplitDigits, SplitMNIST1D
-from lightning_per.replay import MER, ExperienceReplay, TaskAccuracyMatrix, TaskSequence
+from lightning_per.replay import MER, ExperienceReplay, PrioritizedReplayBuffer, ReplayBuffer, ReservoirBuffer
 
 SEQUENCES = ("split_digits", "split_mnist1d", "rotated_digits", "permuted_mnist1d")
 SCENARIOS = (
@@ -127,8 +128,11 @@ def build(row: str, shape: dict[str, Any], il: str, seed: int) -> tuple[Lightnin
     if row == "mer":
         return MER(module, capacity=SETTINGS["memories"], seed=seed, **SETTINGS["mer"]), []
     memories = int(row.removeprefix("er_m")) if row.startswith("er_m") else SETTINGS["memories"]
-    settings = SETTINGS["per"] if row == "per" else SETTINGS["er"]
-    return module, [ExperienceReplay(capacity=memories, prioritized=row == "per", seed=seed, **settings)]
+    if row == "per":
+        per = SETTINGS["per"]
+        buffer: ReplayBuffer = PrioritizedReplayBuffer(memories, per["alpha"], per["beta"], seed=seed)
+        return module, [ExperienceReplay(buffer, replay_batch_size=per["replay_batch_size"])]
+    return module, [ExperienceReplay(ReservoirBuffer(memories, seed=seed), **SETTINGS["er"])]
 
 
 def run_one(job: tuple[str, str, int, bool]) -> dict[str, Any]:

@@ -36,14 +36,14 @@ from benchmarks.common import parser as make_parser
 from benchmarks.common import protocol, save_figure, save_json
 
 if TYPE_CHECKING:
-    from lightning_per.scores import ScoreTable
+    from lightning_per.score_table import ScoreTable
 
 METHODS = ("lightning_per", "randperm", "multinomial")
 
 
 def _fill_scores(n: int, seed: int = 0) -> ScoreTable:
     """N log-normal scores, generated in chunks so that no temporary raises the peak memory."""
-    from lightning_per.scores import ScoreTable
+    from lightning_per.score_table import ScoreTable
 
     table = ScoreTable(n)
     generator = torch.Generator().manual_seed(seed)

@@ -50,7 +50,7 @@ from lightning_per import (
 )
 from lightning_per.examples.data import load_mnist1d, resolve_data_dir
 from lightning_per.examples.models import Classifier
-from lightning_per.scoring import ScoreName
+from lightning_per.score import ScoreName
 
 METHODS = ("uniform", "proportional", "rank", "prune", "importance", "importance_loss")
 

@@ -1,17 +1,19 @@
 """lightning-per: prioritized sampling, online batch selection and experience replay for PyTorch Lightning.
 
-The top level holds what a training script or a YAML file names; everything else is importable from its module
-(``lightning_per.functional``, ``lightning_per.strategy``, ``lightning_per.sampler``, ``lightning_per.scores``,
-``lightning_per.data``, ``lightning_per.scoring``, ``lightning_per.replay``).
+The top level holds what a training script or a YAML file names. Experience replay is ``lightning_per.replay``,
+continual-learning scaffolding ``lightning_per.continual``, the pure maths ``lightning_per.functional``; everything
+else is importable from its module (the layers are described in ``docs/architecture.md``).
 """
 
-from lightning_per.callbacks import ImportanceSamplingCallback, LossTracker, SelectiveBackprop, TopKSelection
-from lightning_per.data import PrioritizedBatch, weighted_mean
+from lightning_per.batch import PrioritizedBatch, weighted_mean
 from lightning_per.datamodule import PrioritizedDataModule
-from lightning_per.distributed import release_process_group
-from lightning_per.scoring import Score
+from lightning_per.plumbing.distributed import release_process_group
+from lightning_per.score import Score
+from lightning_per.selection.callbacks import SelectiveBackprop, TopKSelection
+from lightning_per.selection.importance import ImportanceSamplingCallback
 from lightning_per.selection.irreducible import IrreducibleLoss
 from lightning_per.strategy import SamplingStrategy
+from lightning_per.tracker import LossTracker
 
 __version__ = "0.1.0"
 

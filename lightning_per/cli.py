@@ -18,7 +18,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from typing_extensions import override
 
-from lightning_per.distributed import release_process_group
+from lightning_per.plumbing.distributed import release_process_group
 
 __all__ = ["SaveConfigNextToLogs", "condense", "entry", "main", "quiet_lightning_notices"]
 

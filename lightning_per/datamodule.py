@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_per._checks import check_int, check_number
-from lightning_per.data import IndexedCollate, IndexedDataset, holdout_split
+from lightning_per.indexed import IndexedCollate, IndexedDataset, check_map_style, holdout_split
 from lightning_per.sampler import PrioritizedSampler
-from lightning_per.scores import ScoreTable
-from lightning_per.strategy import SamplingPlan, SamplingStrategy, StrategyName
+from lightning_per.score_table import ScoreTable
+from lightning_per.strategy import SamplingPlan, SamplingStrategy, StrategyName, as_strategy
 
 __all__ = ["PrioritizedDataModule"]
 
@@ -90,7 +89,7 @@ class PrioritizedDataModule(LightningDataModule):
         self.holdout_fraction = holdout_fraction
         self.holdout_seed = holdout_seed
         self._split: tuple[Dataset, Dataset] | None = None
-        strategy = _as_strategy(strategy)
+        strategy = as_strategy(strategy)
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.test_dataset = test_dataset
@@ -120,7 +119,7 @@ class PrioritizedDataModule(LightningDataModule):
 
     @train_dataset.setter
     def train_dataset(self, dataset: Dataset | None) -> None:
-        _check_map_style(dataset)
+        check_map_style(dataset)
         self._given_train = dataset
         self._split = None
 
@@ -271,7 +270,7 @@ class PrioritizedDataModule(LightningDataModule):
                 f"{type(self).__name__} has no `train_dataset`: pass one to the constructor or set "
                 "`self.train_dataset` in `setup`."
             )
-        _check_map_style(dataset)
+        check_map_style(dataset)
         length = len(dataset)  # type: ignore[arg-type]
         if length == 0:
             raise ValueError("`train_dataset` is empty.")
@@ -306,7 +305,8 @@ class PrioritizedDataModule(LightningDataModule):
             return self.seed
         seed = torch.initial_seed() % (2**31)
         if self.trainer is not None and self.trainer.world_size > 1:
-            seed = int(self.trainer.strategy.broadcast(seed, src=0))
+            lightning_strategy = self.trainer.strategy  # Lightning's distributed strategy (DDP), not the sampling one
+            seed = int(lightning_strategy.broadcast(seed, src=0))
         return seed
 
     def _check_schedule(self, max_epochs: int | None) -> None:
@@ -347,44 +347,3 @@ class PrioritizedDataModule(LightningDataModule):
                 "No per-sample score was recorded during fit: add `LossTracker()` to the Trainer's callbacks "
                 "so that PrioritizedDataModule can re-weight its sampler."
             )
-
-
-def _as_strategy(strategy: Any) -> SamplingStrategy:
-    """A ``SamplingStrategy`` from what the constructor accepts (a strategy, a name, a dict, ``None``)."""
-    if strategy is None:
-        return SamplingStrategy("uniform")
-    if isinstance(strategy, SamplingStrategy):
-        return strategy
-    if isinstance(strategy, str):
-        return SamplingStrategy(name=strategy)  # type: ignore[arg-type]  # checked there
-    if isinstance(strategy, Mapping):
-        fields = [f.name for f in dataclasses.fields(SamplingStrategy)]
-        unknown = sorted(str(k) for k in strategy if k not in fields)
-        if unknown:
-            raise TypeError(f"`strategy` has the unknown key(s) {unknown}; SamplingStrategy takes {', '.join(fields)}.")
-        return SamplingStrategy(**strategy)
-    raise TypeError(
-        "`strategy` must be a SamplingStrategy, a strategy name ('uniform', 'proportional', 'rank', 'prune'), a dict "
-        f"of SamplingStrategy arguments or None; got {type(strategy).__name__}."
-    )
-
-
-def _check_map_style(dataset: Any) -> None:
-    """Refuse a training set that cannot be indexed: the sampler draws samples by index.
-
-    Raises:
-        TypeError: an ``IterableDataset`` or a dataset without ``__len__``.
-    """
-    if dataset is None:
-        return
-    if isinstance(dataset, IterableDataset):
-        raise TypeError(
-            f"`train_dataset` is an IterableDataset ({type(dataset).__name__}): PrioritizedDataModule draws samples "
-            "by index, so it needs a map-style Dataset with `__len__` and `__getitem__`. For a stream, train from "
-            "your own DataLoader and use experience replay (`lightning_per.replay`), or wrap a finite stream in a "
-            "map-style dataset."
-        )
-    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        raise TypeError(
-            f"`train_dataset` ({type(dataset).__name__}) must be a map-style dataset with `__len__` and `__getitem__`."
-        )

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from lightning_per import functional as PF
-from lightning_per.scores import ScoreTable
+from lightning_per.score_table import ScoreTable
 from lightning_per.strategy import SamplingPlan, SamplingStrategy, build_plan
 
 __all__ = ["PrioritizedSampler"]
@@ -102,7 +102,7 @@ class PrioritizedSampler(DistributedSampler):
         self.epoch = epoch
 
     def _generator(self) -> torch.Generator:
-        # modulo 2**64, as torch maps a seed itself: any int `seed` works, and seeds used so far draw as before
+        # modulo 2**64, as torch maps a seed itself: any int `seed` works, negative or above 2**64
         return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (1 << 64))
 
     def plan(self) -> SamplingPlan:

@@ -6,9 +6,11 @@ the same table builds the same plan, and a resumed run rebuilds the plan the uni
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -17,7 +19,7 @@ from torch import Tensor
 from lightning_per import functional as PF
 from lightning_per._checks import check_choice, check_int, check_number
 
-__all__ = ["STRATEGY_NAMES", "SamplingPlan", "SamplingStrategy", "StrategyName", "build_plan"]
+__all__ = ["STRATEGY_NAMES", "SamplingPlan", "SamplingStrategy", "StrategyName", "as_strategy", "build_plan"]
 
 StrategyName = Literal["uniform", "proportional", "rank", "prune"]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
@@ -301,3 +303,23 @@ def _quantile(values: Tensor, q: float, generator: torch.Generator, max_points: 
     if values.numel() > max_points:
         values = values[torch.randint(values.numel(), (max_points,), generator=generator)]
     return float(torch.quantile(values.double(), q))
+
+
+def as_strategy(strategy: Any) -> SamplingStrategy:
+    """A ``SamplingStrategy`` from what the constructor accepts (a strategy, a name, a dict, ``None``)."""
+    if strategy is None:
+        return SamplingStrategy("uniform")
+    if isinstance(strategy, SamplingStrategy):
+        return strategy
+    if isinstance(strategy, str):
+        return SamplingStrategy(name=strategy)  # type: ignore[arg-type]  # checked there
+    if isinstance(strategy, Mapping):
+        fields = [f.name for f in dataclasses.fields(SamplingStrategy)]
+        unknown = sorted(str(k) for k in strategy if k not in fields)
+        if unknown:
+            raise TypeError(f"`strategy` has the unknown key(s) {unknown}; SamplingStrategy takes {', '.join(fields)}.")
+        return SamplingStrategy(**strategy)
+    raise TypeError(
+        "`strategy` must be a SamplingStrategy, a strategy name ('uniform', 'proportional', 'rank', 'prune'), a dict "
+        f"of SamplingStrategy arguments or None; got {type(strategy).__name__}."
+    )

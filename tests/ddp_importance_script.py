@@ -42,7 +42,7 @@ class Trace(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == 0:  # a checkpoint between tau updates (one pending step): what it saves, on each rank
-            self.pending.append(self.cb.state_dict()["pending_taus"])
+            self.pending.append(self.cb.state_dict()["switch"]["pending_taus"])
         self.steps.append(trainer.global_step)
         self.tau.append(self.cb.tau)
         self.importance.append(self.cb.last_step_was_importance)

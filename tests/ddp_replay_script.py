@@ -22,8 +22,9 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_per import release_process_group
+from lightning_per.continual import TaskAccuracyMatrix, TaskSequence
 from lightning_per.examples import ContinualClassifier
-from lightning_per.replay import MER, ExperienceReplay, ReplayBuffer, TaskAccuracyMatrix, TaskSequence
+from lightning_per.replay import MER, ExperienceReplay, PrioritizedReplayBuffer, ReplayBuffer
 from tests.helpers import SaveOnRankZeroOnly
 
 PER_TASK = 40
@@ -85,7 +86,7 @@ def module() -> ContinualClassifier:
 def main() -> None:
     out = Path(sys.argv[1])
     seed_everything(0, verbose=False)
-    replay = ExperienceReplay(capacity=CAPACITY, replay_batch_size=4, prioritized=True)
+    replay = ExperienceReplay(PrioritizedReplayBuffer(CAPACITY), replay_batch_size=4)
     results = {"er": fit(module(), out, "er", [replay], replay)}
     mer = MER(
         module(),

@@ -16,6 +16,7 @@ from lightning.pytorch import Callback, seed_everything
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning_per as lp
+from lightning_per.selection.engine import OnlineSelection
 from tests.helpers import TinyClassifier, blobs, small_trainer
 
 
@@ -31,7 +32,7 @@ class Record(Callback):
         self.trained.append(batch.index.tolist())
 
 
-def fit(out: Path, rule: lp.callbacks.selection.OnlineSelection, irreducible: lp.IrreducibleLoss) -> dict:
+def fit(out: Path, rule: OnlineSelection, irreducible: lp.IrreducibleLoss) -> dict:
     seed_everything(0, verbose=False)
     dm = lp.PrioritizedDataModule(blobs(64), batch_size=8, strategy="uniform", seed=0, holdout_fraction=0.25)
     first, last = Record(), Record()

@@ -49,7 +49,7 @@ def units(rank: int, out: Path) -> dict:
     if rank == 0:
         after._pending.append((torch.tensor([0]), torch.tensor([3.0]), None, (0, 2)))
     after._sync(trainer, module)
-    table = lp.scores.ScoreTable(2)
+    table = lp.score_table.ScoreTable(2)
     table.update(*after._records[0][:2])
     result = {"saved": shared[0]["unmerged_index"].tolist(), "scores": table.scores.tolist()}
 
@@ -60,10 +60,10 @@ def units(rank: int, out: Path) -> dict:
     trainer.strategy, trainer.global_step = types.SimpleNamespace(reduce=reduce), 0
     cb = lp.ImportanceSamplingCallback(score=lambda outputs, batch: outputs, a_tau=0.5)
     cb._trainer, cb._module = trainer, module
-    cb._tau.pending = [torch.tensor([1.0, 1.0, 2.0, 4.0]) if rank == 0 else torch.tensor([1.0, 3.0])]
-    result["saved_tau"] = cb.state_dict()["pending_taus"] if rank == 0 else None  # on rank 0 alone
+    cb.tau_switch.estimate.pending = [torch.tensor([1.0, 1.0, 2.0, 4.0]) if rank == 0 else torch.tensor([1.0, 3.0])]
+    result["saved_tau"] = cb.state_dict()["switch"]["pending_taus"] if rank == 0 else None  # on rank 0 alone
     dist.barrier()
-    cb._tau.pending = [torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([-1.0, 2.0])]
+    cb.tau_switch.estimate.pending = [torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([-1.0, 2.0])]
     try:
         cb._synchronise(trainer, module)
         result["negative"] = "no error"

@@ -8,8 +8,9 @@ from torch.utils.data import IterableDataset, TensorDataset
 
 import lightning_per as lp
 from lightning_per._checks import check_device, check_int, check_number
+from lightning_per.continual import TaskAccuracyMatrix, TaskDataset, TaskSequence
 from lightning_per.examples import Classifier
-from lightning_per.replay import MER, ExperienceReplay, ReplayBuffer, TaskAccuracyMatrix, TaskDataset, TaskSequence
+from lightning_per.replay import MER, ExperienceReplay, ReplayBuffer
 from tests.helpers import TinyClassifier, blobs, small_trainer
 
 
@@ -54,7 +55,7 @@ def test_the_shared_checks_say_what_was_expected():
 def test_a_task_accuracy_matrix_without_a_task_sequence_is_refused_at_setup(tmp_path):
     dm = lp.PrioritizedDataModule(blobs(16), batch_size=8)
     trainer = small_trainer(tmp_path, callbacks=[TaskAccuracyMatrix()], max_epochs=1)
-    with pytest.raises(ValueError, match=r"must be a `lightning_per.replay.TaskSequence`.*got PrioritizedDataModule"):
+    with pytest.raises(ValueError, match=r"must be a `lightning_per.continual.TaskSequence`.*PrioritizedDataModule"):
         trainer.fit(TinyClassifier(), datamodule=dm)
 
 

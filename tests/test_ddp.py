@@ -78,10 +78,10 @@ def test_a_checkpoint_built_on_rank_zero_alone_does_not_hang_and_step_checkpoint
     every = torch.load(tmp_path / "every-step=2.ckpt", weights_only=True)["callbacks"]
     # 4 steps of 8 per rank; the checkpoint at step 2 follows a synchronisation: both ranks' 2 steps
     assert every["LossTracker"]["unmerged_index"].numel() == 2 * 2 * 8
-    assert every["ImportanceSamplingCallback"]["pending_taus"] == []  # tau was brought up to date first
+    assert every["ImportanceSamplingCallback"]["switch"]["pending_taus"] == []  # tau was brought up to date first
     # built on rank 0 alone at step 3: the synchronised records and rank 0's own third step
     assert alone["LossTracker"]["unmerged_index"].numel() == 2 * 2 * 8 + 8
-    assert len(alone["ImportanceSamplingCallback"]["pending_taus"]) == 1
+    assert len(alone["ImportanceSamplingCallback"]["switch"]["pending_taus"]) == 1
     # the documented recipe, `trainer.save_checkpoint` on every process, neither hangs nor loses rank 0's records
     recipe = torch.load(tmp_path / "recipe.ckpt", weights_only=True)["callbacks"]
     assert recipe["LossTracker"]["unmerged_index"].numel() == 2 * 2 * 8 + 8

@@ -135,8 +135,10 @@ def test_reducible_loss_selection_on_the_device(tmp_path, precision):
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("prioritized", [False, True], ids=["uniform", "prioritized"])
 def test_experience_replay_on_the_device_with_the_buffer_in_device_memory(tmp_path, precision, prioritized):
-    from lightning_per.replay import ExperienceReplay
+    from lightning_per.replay import ExperienceReplay, PrioritizedReplayBuffer, ReservoirBuffer
 
-    replay = ExperienceReplay(capacity=32, replay_batch_size=4, prioritized=prioritized, device="module")
+    replay = ExperienceReplay(
+        PrioritizedReplayBuffer(32) if prioritized else ReservoirBuffer(32), replay_batch_size=4, device="module"
+    )
     trainer, model, _ = _fit(tmp_path, [replay], precision)
     assert model.checked == trainer.global_step == 24 and int(model.bad_weights) == 0

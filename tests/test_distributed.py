@@ -6,7 +6,7 @@ import torch.distributed as dist
 
 import lightning_per as lp
 from lightning_per import cli
-from lightning_per.distributed import all_gather_variable
+from lightning_per.plumbing.distributed import all_gather_variable
 
 
 @pytest.fixture

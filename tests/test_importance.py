@@ -388,7 +388,7 @@ def test_resume_restores_tau_and_the_phase_and_continues_the_uninterrupted_run(t
     assert half_cb.is_active  # the checkpoint is taken in the importance phase
     ckpt = tmp_path / "half" / "epoch=2-step=18.ckpt"
     state = torch.load(ckpt, weights_only=True)["callbacks"]["ImportanceSamplingCallback"]
-    assert state["tau"] == half_cb.tau and state["active"] is True
+    assert state["switch"]["tau"] == half_cb.tau and state["switch"]["active"] is True
     _, resumed, at_start = _resume_run(tmp_path / "resumed", 5, ckpt_path=str(ckpt))
     assert at_start == (half_cb.tau, True)
     assert resumed[0]["importance"]  # the first step after the restart is an importance step
@@ -425,16 +425,17 @@ def test_a_state_taken_between_tau_updates_keeps_the_pending_steps_and_changes_n
     # the state after rows 0..8 (global step 9): tau was last updated at the epoch end (row 5); rows 6..8 pend
     rows, state = run(tmp_path / "saved", at=9)
     assert rows == plain  # taking the state mid-way changed no tau, phase, point or weight
-    assert len(state["pending_taus"]) == 3 and all(t >= 1.0 for t in state["pending_taus"])
-    assert state["tau"] == plain[8]["tau"]  # as of the last update
+    switch = state["switch"]
+    assert len(switch["pending_taus"]) == 3 and all(t >= 1.0 for t in switch["pending_taus"])
+    assert switch["tau"] == plain[8]["tau"]  # as of the last update
     # a callback restored from it takes the pending steps in at its next update, as the run that never saved did
     restored = lp.ImportanceSamplingCallback(tau_th=1.5, tau_every_n_steps=5)
     restored.load_state_dict(state)
-    restored._synchronise(SimpleNamespace(world_size=1, global_step=9), None)
-    expected = state["tau"]
-    for tau_step in state["pending_taus"]:
+    restored.tau_switch.synchronise(SimpleNamespace(world_size=1, global_step=9), None, restored._scorer)
+    expected = switch["tau"]
+    for tau_step in switch["pending_taus"]:
         expected = 0.9 * expected + 0.1 * tau_step
-    assert restored.tau == pytest.approx(expected, rel=1e-12) and restored.tau != state["tau"]
+    assert restored.tau == pytest.approx(expected, rel=1e-12) and restored.tau != switch["tau"]
 
 
 def _tuple_collate(samples):
@@ -834,7 +835,8 @@ def test_a_long_run_whose_average_never_passes_is_not_told_to_run_longer(tmp_pat
     scores[5] = 200.0  # a presample with point 5 is very uneven; the others are uniform
     probe = lp.ImportanceSamplingCallback(score=table_score(scores), tau_th=NEVER, a_tau=0.5, tau_every_n_steps=1)
     small_trainer(tmp_path, callbacks=[probe], max_epochs=2).fit(TinyClassifier(), datamodule=_dm())
-    between = (probe._tau.peak + probe._tau.step_peak) / 2  # above the average's peak, below one step's estimate
+    estimate = probe.tau_switch.estimate
+    between = (estimate.peak + estimate.step_peak) / 2  # above the average's peak, below one step's estimate
     cb = lp.ImportanceSamplingCallback(score=table_score(scores), tau_th=between, a_tau=0.5, tau_every_n_steps=1)
     with pytest.warns(UserWarning, match=r"none of the 16 .* only occasional steps' estimates passed it") as record:
         small_trainer(tmp_path, callbacks=[cb], max_epochs=2).fit(TinyClassifier(), datamodule=_dm())

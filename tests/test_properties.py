@@ -18,7 +18,7 @@ from scipy.stats import rankdata
 from lightning_per import SamplingStrategy
 from lightning_per import functional as PF
 from lightning_per.sampler import PrioritizedSampler
-from lightning_per.scores import ScoreTable
+from lightning_per.score_table import ScoreTable
 from lightning_per.strategy import SamplingPlan, build_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore:`prune_ratio=1` is a hard threshold")

@@ -18,16 +18,9 @@ from torch.utils.data import TensorDataset
 
 import lightning_per as lp
 from lightning_per.cli import main
+from lightning_per.continual import TaskAccuracyMatrix, TaskSequence, fit_tasks
 from lightning_per.examples import ContinualClassifier, SplitDigits
-from lightning_per.replay import (
-    MER,
-    ExperienceReplay,
-    PrioritizedReplayBuffer,
-    ReservoirBuffer,
-    TaskAccuracyMatrix,
-    TaskSequence,
-    fit_tasks,
-)
+from lightning_per.replay import MER, ExperienceReplay, PrioritizedReplayBuffer, ReservoirBuffer
 from tests.helpers import DictDataset, run_two_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,7 +95,8 @@ def _dict_sequence(batch_size: int = 4) -> TaskSequence:
 def test_er_mixes_replayed_dict_samples_into_a_user_module_trained_with_adam(tmp_path: Path, prioritized: bool) -> None:
     seed_everything(0)
     module = DictModule()
-    replay = ExperienceReplay(capacity=50, replay_batch_size=3, prioritized=prioritized, alpha=1.0)
+    buffer = PrioritizedReplayBuffer(50, alpha=1.0) if prioritized else ReservoirBuffer(50)
+    replay = ExperienceReplay(buffer, replay_batch_size=3)
     slots = _Slots(replay)
     _trainer(tmp_path, callbacks=[replay, slots], enable_checkpointing=False).fit(module, datamodule=_dict_sequence())
     assert replay.buffer.seen == 36 and len(replay.buffer) == 36  # every incoming sample offered once, copied
@@ -135,13 +129,13 @@ def test_prioritized_er_needs_per_sample_losses(tmp_path: Path) -> None:
         def training_step(self, batch: Any, batch_idx: int) -> Tensor:
             return F.cross_entropy(self.net(batch["x"]), batch["y"])
 
-    replay = ExperienceReplay(capacity=20, replay_batch_size=2, prioritized=True)
+    replay = ExperienceReplay(PrioritizedReplayBuffer(20), replay_batch_size=2)
     with pytest.raises(ValueError, match=r"returned no per-sample losses under 'per_sample_loss'"):
         _trainer(tmp_path, callbacks=[replay], enable_checkpointing=False).fit(MeanOnly(), datamodule=_dict_sequence())
 
 
 def test_er_refuses_other_data_and_callbacks_that_read_dataset_indices(tmp_path: Path) -> None:
-    replay = ExperienceReplay(capacity=20)
+    replay = ExperienceReplay(ReservoirBuffer(20))
     loader = torch.utils.data.DataLoader(_toy_tasks()[0], batch_size=4)
     with pytest.raises(
         TypeError, match=r"needs the training data to come from a `lightning_per.PrioritizedDataModule`"
@@ -154,13 +148,13 @@ def test_er_refuses_other_data_and_callbacks_that_read_dataset_indices(tmp_path:
 
 def test_settings_out_of_range_are_refused() -> None:
     with pytest.raises(ValueError, match=r"`capacity` must be an integer >= 1, got 0"):
-        ExperienceReplay(capacity=0)
+        ExperienceReplay(ReservoirBuffer(capacity=0))
     with pytest.raises(ValueError, match=r"`beta` must be a finite number in \[0, 1\], got 1.5"):
-        ExperienceReplay(prioritized=True, beta=1.5)
-    with pytest.raises(ValueError, match=r"`alpha` must be a finite number >= 0, got -1"):
-        ExperienceReplay(prioritized=True, alpha=-1)
-    with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than `capacity=4`"):
-        ExperienceReplay(capacity=4, replay_batch_size=10)
+        ExperienceReplay(PrioritizedReplayBuffer(beta=1.5))
+    with pytest.raises(TypeError, match=r"`buffer` must be a replay buffer .*got int"):
+        ExperienceReplay(500)  # type: ignore[arg-type]
+    with pytest.warns(UserWarning, match=r"`replay_batch_size` = 10 replays per draw is more than the buffer's"):
+        ExperienceReplay(ReservoirBuffer(capacity=4), replay_batch_size=10)
     module = ContinualClassifier(in_features=4)
     with pytest.raises(ValueError, match=r"`capacity` must be an integer >= 1, got -3"):
         MER(module, capacity=-3)
@@ -181,7 +175,7 @@ def test_settings_out_of_range_are_refused() -> None:
 
 def test_a_repeated_batch_trains_several_times_and_is_offered_once(tmp_path: Path) -> None:
     module = DictModule()
-    replay = ExperienceReplay(capacity=50, replay_batch_size=2)
+    replay = ExperienceReplay(ReservoirBuffer(50), replay_batch_size=2)
     dm = TaskSequence(tasks=[DictDataset(t) for t in _toy_tasks()], batch_size=4, repeats=3)
     trainer = _trainer(tmp_path, callbacks=[replay], enable_checkpointing=False)
     trainer.fit(module, datamodule=dm)
@@ -287,7 +281,7 @@ def test_stream_run_logs_and_checkpoints(tmp_path: Path) -> None:
     dm = TaskSequence(tasks=_toy_tasks(), test_tasks=_toy_tasks(), batch_size=4)
     model = ContinualClassifier(in_features=4, num_tasks=3, classes_per_task=2, scenario="task")
     logger = CSVLogger(tmp_path, name="cl")
-    replay, matrix = ExperienceReplay(capacity=10, replay_batch_size=4), TaskAccuracyMatrix(inputs=[0, 2])
+    replay, matrix = ExperienceReplay(ReservoirBuffer(10), replay_batch_size=4), TaskAccuracyMatrix(inputs=[0, 2])
     trainer = _trainer(tmp_path, logger=logger, callbacks=[replay, matrix], log_every_n_steps=1)
     trainer.fit(model, datamodule=dm)
     text = Path(logger.log_dir, "metrics.csv").read_text()
@@ -296,7 +290,7 @@ def test_stream_run_logs_and_checkpoints(tmp_path: Path) -> None:
     (ckpt,) = Path(tmp_path).rglob("*.ckpt")
     saved = torch.load(ckpt, weights_only=True)  # tensors and plain values only
     assert saved["callbacks"][matrix.state_key]["next_task"] == 3  # every row, written before the checkpoint
-    assert saved["callbacks"][replay.state_key]["buffers"][0]["seen"] == 36
+    assert saved["callbacks"][replay.state_key]["buffers"][0]["writer"]["seen"] == 36
 
 
 def test_resume_per_task_run_restores_buffer(tmp_path: Path) -> None:
@@ -305,7 +299,7 @@ def test_resume_per_task_run_restores_buffer(tmp_path: Path) -> None:
 
     seed_everything(0)
     model = ContinualClassifier(in_features=4, num_tasks=3, classes_per_task=2, optimizer="adam", lr=0.01)
-    replay, matrix = ExperienceReplay(capacity=6, replay_batch_size=2, prioritized=True), TaskAccuracyMatrix()
+    replay, matrix = ExperienceReplay(PrioritizedReplayBuffer(6), replay_batch_size=2), TaskAccuracyMatrix()
     dm = sequence()
     dm.setup("fit")
     dm.set_task(0)
@@ -313,10 +307,10 @@ def test_resume_per_task_run_restores_buffer(tmp_path: Path) -> None:
     trainer.fit(model, datamodule=dm)
     ckpt = Path(trainer.checkpoint_callback.best_model_path)  # type: ignore[union-attr]
     saved = torch.load(ckpt, weights_only=True)
-    assert saved["callbacks"][replay.state_key]["buffers"][0]["seen"] == 12
+    assert saved["callbacks"][replay.state_key]["buffers"][0]["writer"]["seen"] == 12
     restored = ContinualClassifier.load_from_checkpoint(ckpt, weights_only=True)
     resumed_replay, resumed_matrix = (
-        ExperienceReplay(capacity=6, replay_batch_size=2, prioritized=True),
+        ExperienceReplay(PrioritizedReplayBuffer(6), replay_batch_size=2),
         TaskAccuracyMatrix(),
     )
     resumed_replay.load_state_dict(saved["callbacks"][replay.state_key])
@@ -354,7 +348,7 @@ def _stream_run(root: Path, method: str, stop: int | None = None, ckpt_path: Pat
     callbacks: list[Callback] = [TaskAccuracyMatrix(inputs=[0, 2])]
     model: LightningModule = module
     if method == "er":
-        callbacks.append(ExperienceReplay(capacity=5, replay_batch_size=3, prioritized=True))
+        callbacks.append(ExperienceReplay(PrioritizedReplayBuffer(5), replay_batch_size=3))
     else:
         model = MER(
             module, capacity=5, replay_batch_size=2, batches_per_example=2, variant="batch", step_batch_size=2, lr=0.01
@@ -415,7 +409,8 @@ def test_cli_runs_the_continual_configs(tmp_path: Path) -> None:
     assert isinstance(mer.model, MER) and isinstance(mer.model.module, ContinualClassifier)
     assert mer.model.buffer.seen == 50
     per = main(["--config", str(configs[2])], run=False)
-    assert any(isinstance(c, ExperienceReplay) and c.prioritized for c in per.trainer.callbacks)  # type: ignore[attr-defined]
+    replays = [c for c in per.trainer.callbacks if isinstance(c, ExperienceReplay)]  # type: ignore[attr-defined]
+    assert len(replays) == 1 and isinstance(replays[0].buffer, PrioritizedReplayBuffer)
 
 
 # ------------------------------------------------------------------------------------------ DDP
@@ -441,7 +436,7 @@ def test_ddp_two_processes_share_the_memory_budget(tmp_path: Path) -> None:
     saved = torch.load(tmp_path / "er" / "last.ckpt", weights_only=True)
     states = saved["callbacks"][ranks[0]["er"]["state_key"]]["buffers"]
     assert [s["size"] for s in states] == [15, 15]  # every rank's buffer, not only rank 0's
-    one = ExperienceReplay(capacity=30, replay_batch_size=4, prioritized=True)
+    one = ExperienceReplay(PrioritizedReplayBuffer(30), replay_batch_size=4)
     one.load_state_dict(saved["callbacks"][ranks[0]["er"]["state_key"]])
     with pytest.warns(UserWarning, match="pooled and re-sharded"):
         one._shards.setup(rank=0, world=1)  # one process gets the whole budget back
@@ -455,7 +450,7 @@ def test_ddp_two_processes_share_the_memory_budget(tmp_path: Path) -> None:
 def test_buffer_shards_reshard_on_another_world_size() -> None:
     first = ReservoirBuffer(5, seed=0)
     first.add((torch.arange(8).float().unsqueeze(1), torch.zeros(8, dtype=torch.long)))
-    replay = ExperienceReplay(capacity=10)
+    replay = ExperienceReplay(ReservoirBuffer(10))
     replay.load_state_dict({"buffers": [first.state_dict(), None]})  # saved by 2 processes, rank 1 unsynchronised
     assert len(replay.buffer) == 5  # before the setup: loaded as for one process, to inspect
     with pytest.warns(UserWarning, match="holds 1 of 2 processes' replay buffers"):
@@ -465,6 +460,6 @@ def test_buffer_shards_reshard_on_another_world_size() -> None:
 
 def test_the_progress_bar_shows_how_full_the_buffer_is(tmp_path: Path) -> None:
     dm = TaskSequence(tasks=_toy_tasks(), batch_size=4)
-    trainer = _trainer(tmp_path, callbacks=[ExperienceReplay(capacity=10, replay_batch_size=2)])
+    trainer = _trainer(tmp_path, callbacks=[ExperienceReplay(ReservoirBuffer(10), replay_batch_size=2)])
     trainer.fit(ContinualClassifier(in_features=4, num_tasks=3, classes_per_task=2), datamodule=dm)
     assert trainer.progress_bar_metrics["per/buffer_fill"] == 1.0  # 36 samples seen, 10 kept

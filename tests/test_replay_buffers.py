@@ -16,13 +16,13 @@ import torch
 from scipy.stats import chisquare
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lightning_per.functional.reservoir import last_write_per_slot, reservoir_slots, sample_without_replacement
 from lightning_per.replay import PrioritizedReplayBuffer, ReplayBuffer, ReservoirBuffer
-from lightning_per.replay.functional import last_write_per_slot, reservoir_slots, sample_without_replacement
 from lightning_per.replay.pooling import pool_buffer_states
 from lightning_per.replay.prioritized import PrioritizedReplaySampler
-from lightning_per.replay.structure import SampleSpec
 from lightning_per.replay.sumtree import SumTree
 from lightning_per.replay.uniform import UniformReplaySampler
+from lightning_per.tree import SampleSpec
 
 
 def _pair(n: int, dim: int = 3, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,7 @@ SAMPLES: dict[str, Callable[[int], Any]] = {
 
 
 def _leaves(batch: Any) -> list[torch.Tensor]:
-    from lightning_per.replay.structure import flatten
+    from lightning_per.tree import flatten
 
     return flatten(batch)[0]
 
@@ -510,8 +510,8 @@ def test_pooling_reshards_buffers_for_another_world_size() -> None:
     assert sorted(ids.tolist()) == sorted(torch.cat([b.contents()[0][:, 0] for b in ranks]).tolist())
     assert np.allclose(one.sampler.tree.values()[:10], ids.double().numpy() + 1e-3)  # priorities follow their items
     shares = [pool_buffer_states(states, part=r, parts=4, capacity=2, seed=r) for r in range(4)]
-    assert [s["size"] for s in shares] == [2, 2, 2, 2] and all(s["seen"] == 4 for s in shares)
-    assert torch.cat([s["items"][0][:, 0] for s in shares]).unique().numel() == 8  # disjoint shares
+    assert [s["size"] for s in shares] == [2, 2, 2, 2] and all(s["writer"]["seen"] == 4 for s in shares)
+    assert torch.cat([s["storage"]["items"][0][:, 0] for s in shares]).unique().numel() == 8  # disjoint shares
     uniform = ReservoirBuffer(capacity=3)
     uniform.load_state_dict(pool_buffer_states(states, part=0, parts=1, capacity=3))  # subsampled to the capacity
     assert len(uniform) == 3
@@ -536,18 +536,3 @@ def test_a_pooled_buffer_with_free_slots_fills_them_with_the_items_it_keeps() ->
         assert 0 not in _ids(pooled)  # only items ever offered are held
     assert len(pooled) == 12 and pooled.seen == 96
     assert set(_ids(pooled)) - held <= set(range(1000, 1080))
-
-
-def test_a_state_saved_by_the_old_x_y_task_buffers_loads() -> None:
-    old = {
-        "capacity": 4, "seen": 9, "size": 3, "x": torch.randn(3, 2), "y": torch.tensor([1, 2, 3]),
-        "task": torch.zeros(3, dtype=torch.long), "generator": torch.Generator().get_state(),
-        "tree": {"capacity": 4, "values": torch.tensor([1.0, 2.0, 3.0, 0.0], dtype=torch.float64),
-                 "written": torch.tensor([True, True, True, False])},
-        "max_priority": 3.0,
-    }  # fmt: skip
-    buf = PrioritizedReplayBuffer(capacity=4, alpha=1.0)
-    buf.load_state_dict(old)
-    x, y, _ = buf.contents()
-    assert torch.equal(x, old["x"]) and y.tolist() == [1, 2, 3] and buf.seen == 9 and buf.max_priority == 3.0
-    assert torch.allclose(buf.probabilities(), torch.tensor([1 / 6, 2 / 6, 3 / 6], dtype=torch.float64))

@@ -15,10 +15,10 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from lightning_per import PrioritizedBatch
+from lightning_per.continual import TaskAccuracyMatrix, TaskSequence, evaluate_tasks
+from lightning_per.continual.stream import TaskStreamSampler
 from lightning_per.examples import ContinualClassifier
-from lightning_per.replay import TaskAccuracyMatrix, TaskSequence, evaluate_tasks
-from lightning_per.replay.functional import average_accuracy, backward_transfer, task_class_mask
-from lightning_per.replay.stream import TaskStreamSampler
+from lightning_per.functional.continual import average_accuracy, backward_transfer, task_class_mask
 from tests.helpers import DictDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,14 +168,14 @@ def test_the_matrix_evaluates_any_module_by_argmax_or_a_user_function(tmp_path: 
     assert matrix.completed == 3 and not torch.isnan(matrix.matrix).any()  # rows from the user function
 
 
-def test_the_matrix_without_evaluation_sets_warns_and_stays_empty(tmp_path: Path) -> None:
+def test_the_matrix_without_evaluation_sets_is_refused_at_setup(tmp_path: Path) -> None:
     dm = TaskSequence(tasks=_toy_tasks(), batch_size=4)  # no `test_tasks`
     matrix = TaskAccuracyMatrix()
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=[matrix], default_root_dir=tmp_path)  # fmt: skip
-    with pytest.warns(UserWarning, match="needs a `TaskSequence` with evaluation sets"):
+    with pytest.raises(ValueError, match="got TaskSequence without evaluation sets"):
         trainer.fit(ContinualClassifier(in_features=4, num_tasks=3), datamodule=dm)
-    assert matrix.completed == 0
+    assert matrix.completed == 0 and trainer.global_step == 0
 
 
 # ------------------------------------------------------------------------------------------ standing alone
@@ -192,8 +192,9 @@ def test_replay_imports_without_sklearn_mnist1d_or_the_examples() -> None:
         "             'reservoir_slots', 'last_write_per_slot', 'task_class_mask', 'reptile_interpolate_',\n"
         "             'TaskStreamSampler', 'UniformReplaySampler', 'PrioritizedReplaySampler', 'ReservoirWriter'}\n"
         "assert not public & internals, public & internals\n"
-        "from lightning_per.replay.functional import reptile_interpolate_, reservoir_slots  # still importable\n"
-        "from lightning_per.replay.stream import TaskStreamSampler\n"
+        "from lightning_per.functional.continual import reptile_interpolate_  # still importable\n"
+        "from lightning_per.functional.reservoir import reservoir_slots\n"
+        "from lightning_per.continual.stream import TaskStreamSampler\n"
         "from lightning_per.replay.sumtree import SumTree\n"
         "print('ok')\n"
     )

@@ -10,8 +10,8 @@ from torch import nn
 
 import lightning_per as lp
 from lightning_per import functional as PF
-from lightning_per.batching import concat_batches, select
-from lightning_per.callbacks._inference import scoring_mode
+from lightning_per.plumbing.inference import scoring_mode
+from lightning_per.tree import concat_batches, select
 from tests.helpers import DictDataset, TinyClassifier, blobs, small_trainer
 
 
@@ -41,7 +41,7 @@ def test_dict_batches_with_epoch_logging_infer_the_batch_size(tmp_path):
     trainer = small_trainer(tmp_path, callbacks=[lp.LossTracker()])
     trainer.fit(model, datamodule=dm)  # used to fail: Lightning iterated the dict's keys for a batch size
     assert "train/loss_epoch" in trainer.callback_metrics
-    assert lp.data.PrioritizedBatch.__dict__.get("__iter__") is None
+    assert lp.batch.PrioritizedBatch.__dict__.get("__iter__") is None
 
 
 class StepCounter(TinyClassifier):
@@ -147,7 +147,7 @@ def test_grad_norm_score_accepts_class_probabilities(tmp_path):
 
 
 def test_plan_follows_max_epochs_and_priorities_leave_their_input_alone():
-    table = lp.scores.ScoreTable(10)
+    table = lp.score_table.ScoreTable(10)
     table.update(torch.arange(10), torch.rand(10, generator=torch.Generator().manual_seed(0)))
     strategy = lp.SamplingStrategy("proportional", final_uniform_epochs=1)
     sampler = lp.sampler.PrioritizedSampler(range(10), table, strategy, seed=0, max_epochs=None)
@@ -211,17 +211,17 @@ def test_a_dataset_with_getitems_gets_one_call_per_batch_and_the_right_samples(s
 )
 def test_indexed_dataset_batches_every_form_of_sampler_key(keys):
     base = blobs(10)
-    items = lp.data.IndexedDataset(base).__getitems__(keys)
+    items = lp.indexed.IndexedDataset(base).__getitems__(keys)
     expected = [(int(k[0]), float(k[1])) if isinstance(k, tuple) else (int(k), 1.0) for k in keys]
     assert [(i, w) for i, w, _ in items] == expected  # the items read as (index, weight, sample) triples
     assert all(torch.equal(sample[0], base[i][0]) for i, _, sample in items)
     assert [i for i, _, _ in items[1:]] == [i for i, _ in expected[1:]]
-    batch = lp.data.IndexedCollate()(items)
+    batch = lp.indexed.IndexedCollate()(items)
     assert batch.index.dtype == torch.int64 and batch.weight.dtype == torch.float32
     assert batch.index.tolist() == [i for i, _ in expected] and batch.weight.tolist() == [w for _, w in expected]
     assert torch.equal(batch[0], base.tensors[0][batch.index])
     # a plain list of triples (a user's own fetching) collates the same
-    same = lp.data.IndexedCollate()(list(items))
+    same = lp.indexed.IndexedCollate()(list(items))
     assert torch.equal(same.index, batch.index) and torch.equal(same.weight, batch.weight)
     assert torch.equal(same[0], batch[0])
 
@@ -232,7 +232,7 @@ def test_a_getitems_that_loses_samples_is_refused():
             return [self.base[i] for i in indices[:-1]]
 
     with pytest.raises(ValueError, match=r"returned 2 samples for 3 indices"):
-        lp.data.IndexedDataset(Short(blobs(10))).__getitems__([1, 2, 3])
+        lp.indexed.IndexedDataset(Short(blobs(10))).__getitems__([1, 2, 3])
 
 
 def test_weighted_mean_weights_each_samples_row_whatever_the_loss_shape():

@@ -5,7 +5,7 @@ from scipy.stats import chisquare
 from lightning_per import SamplingStrategy
 from lightning_per import functional as PF
 from lightning_per.sampler import PrioritizedSampler
-from lightning_per.scores import ScoreTable
+from lightning_per.score_table import ScoreTable
 
 
 def _table(n, seed=0):

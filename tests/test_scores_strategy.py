@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_per import SamplingStrategy
-from lightning_per.scores import ScoreTable
+from lightning_per.score_table import ScoreTable
 from lightning_per.strategy import build_plan
 
 

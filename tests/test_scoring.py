@@ -49,8 +49,8 @@ def test_each_score_name_gives_the_same_values_in_every_callback(name, make):
 
 
 def test_the_names_are_written_once_and_are_the_literal_of_the_type():
-    assert lp.scoring.SCORE_NAMES == ("loss", "reducible", "grad_norm", "deviation", "margin", "novelty")
-    assert set(EXPECTED) == set(lp.scoring.SCORE_NAMES)
+    assert lp.score.SCORE_NAMES == ("loss", "reducible", "grad_norm", "deviation", "margin", "novelty")
+    assert set(EXPECTED) == set(lp.score.SCORE_NAMES)
 
 
 @pytest.mark.parametrize(

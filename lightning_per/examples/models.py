@@ -10,8 +10,8 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_per.data import weighted_mean
-from lightning_per.replay.functional import task_class_mask
+from lightning_per.batch import weighted_mean
+from lightning_per.functional.continual import task_class_mask
 
 __all__ = ["MLP", "Classifier", "ContinualClassifier", "ConvNet1D"]
 

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from lightning_per.continual.tasks import TaskSequence
 from lightning_per.examples.data import load_digits, load_mnist1d, resolve_data_dir
-from lightning_per.replay.tasks import TaskSequence
 
 __all__ = ["PermutedMNIST1D", "RotatedDigits", "SplitDigits", "SplitMNIST1D"]
 

@@ -14,6 +14,7 @@ from lightning_per.functional.bounds import (
     softmax_ce_grad_norm,
 )
 from lightning_per.functional.priorities import (
+    class_frequency_factor,
     effective_sample_size,
     fill_unseen,
     importance_weights,
@@ -34,6 +35,7 @@ from lightning_per.functional.sampling import (
 from lightning_per.functional.variance import tau, tau_ema, tau_from_sums
 
 __all__ = [
+    "class_frequency_factor",
     "draw_from_cdf",
     "draw_importance_sample",
     "effective_sample_size",

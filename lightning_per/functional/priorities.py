@@ -203,3 +203,22 @@ def prune_keep_mask(scores: Tensor, prune_ratio: float, threshold: float, unifor
     below = scores < threshold
     keep = ~below | (uniforms >= prune_ratio)
     return keep, below
+
+
+def class_frequency_factor(labels: Tensor, targets: Tensor, gamma: float) -> Tensor:
+    """``(n_c / mean_c n_c) ** -gamma`` for the class ``c`` of each target: rarer classes up-weighted.
+
+    Args:
+        labels: the known class of every sample (int, ``-1`` where not known yet), which the counts come from.
+        targets: the classes to give a factor to.
+        gamma: the exponent (0: every factor 1).
+
+    Example:
+        >>> class_frequency_factor(torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1]), 1.0)
+        tensor([0.6667, 2.0000])
+    """
+    counts = torch.bincount(labels[labels >= 0].long()).double()
+    present = counts > 0
+    factor = torch.ones_like(counts)
+    factor[present] = (counts[present] / counts[present].mean()).pow(-gamma)
+    return factor[targets.long()].float()

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from lightning_per._checks import check_int
-from lightning_per.replay.pooling import upgrade_buffer_state
 from lightning_per.replay.prioritized import PrioritizedReplaySampler
 from lightning_per.replay.protocols import Sampler, Writer
 from lightning_per.replay.storage import TensorStorage
@@ -157,34 +156,53 @@ class ReplayBuffer:
                 weight = weight.to(self.device)
         return ReplaySample(batch, index, weight)
 
+    def like(self, capacity: int, seed: int | None = None, device: str | torch.device | None = None) -> ReplayBuffer:
+        """An empty buffer of the same kind and settings with another capacity (a process's share under DDP).
+
+        Args:
+            capacity: its number of slots.
+            seed: its seed (``None``: this buffer's).
+            device: where it keeps its samples (``None``: this buffer's device).
+
+        Example:
+            >>> PrioritizedReplayBuffer(capacity=100, alpha=0.7).like(50).sampler.alpha
+            0.7
+        """
+        return ReplayBuffer(
+            capacity,
+            self.sampler.like(capacity),
+            self.writer.like(capacity),
+            self.device if device is None else device,
+            self.seed if seed is None else seed,
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        """Items held, counters, sampler state and generator state: tensors and plain values (``weights_only``)."""
+        """Its parts' states, nested (``storage``, ``writer``, ``sampler``), and the generator's; ``weights_only``."""
         size = len(self)
         return {
             "capacity": self.capacity,
-            **self.writer.state_dict(),
             "size": size,
-            **self.storage.state_dict(size),
-            **self.sampler.state_dict(size),
+            "storage": self.storage.state_dict(size),
+            "writer": self.writer.state_dict(),
+            "sampler": self.sampler.state_dict(size),
             "rng": self._rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a ``state_dict`` (also one saved before samples could have any structure).
+        """Restore a ``state_dict``.
 
         Raises:
             ValueError: the saved buffer holds more items than this one's capacity.
         """
-        state = upgrade_buffer_state(state)
         size = int(state["size"])
         if size > self.capacity:
             raise ValueError(
                 f"The saved buffer holds {size} items but `capacity` is {self.capacity}; "
                 "construct the buffer with the capacity it was saved with."
             )
-        size = self.storage.load_state_dict(state)
-        self.writer.load_state_dict({**state, "size": size})
-        self.sampler.load_state_dict(state, size)
+        size = self.storage.load_state_dict(state["storage"])
+        self.writer.load_state_dict({**state["writer"], "size": size})
+        self.sampler.load_state_dict(state.get("sampler", {}), size)
         self._rng = np.random.default_rng(self.seed)
         if "rng" in state:
             self._rng.bit_generator.state = state["rng"]
@@ -211,6 +229,10 @@ class ReservoirBuffer(ReplayBuffer):
 
     def __init__(self, capacity: int = 1000, seed: int = 0, device: str | torch.device | None = None) -> None:
         super().__init__(capacity, UniformReplaySampler(), device=device, seed=seed)
+
+    def like(self, capacity: int, seed: int | None = None, device: str | torch.device | None = None) -> ReplayBuffer:
+        """An empty reservoir buffer with another capacity (see ``ReplayBuffer.like``)."""
+        return ReservoirBuffer(capacity, self.seed if seed is None else seed, self.device if device is None else device)
 
 
 class PrioritizedReplayBuffer(ReplayBuffer):
@@ -251,6 +273,12 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         device: str | torch.device | None = None,
     ) -> None:
         super().__init__(capacity, PrioritizedReplaySampler(capacity, alpha, beta, eps), device=device, seed=seed)
+
+    def like(self, capacity: int, seed: int | None = None, device: str | torch.device | None = None) -> ReplayBuffer:
+        """An empty prioritized buffer with the same exponents and another capacity (see ``ReplayBuffer.like``)."""
+        seed = self.seed if seed is None else seed
+        device = self.device if device is None else device
+        return PrioritizedReplayBuffer(capacity, self.alpha, self.beta, self.eps, seed, device)
 
     @property
     def alpha(self) -> float:

@@ -11,14 +11,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_per._checks import check_device, check_int, check_number
-from lightning_per.callbacks._logging import logs_this_step, publish
-from lightning_per.callbacks._sync import checkpoint_due
-from lightning_per.data import PrioritizedBatch
-from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per._checks import check_device, check_int
+from lightning_per.plumbing.internals import logs_this_step
+from lightning_per.plumbing.publish import publish
+from lightning_per.plumbing.requirements import require_batch, require_datamodule
+from lightning_per.plumbing.sync import checkpoint_due
 from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReplayBuffer, ReservoirBuffer
 from lightning_per.replay.ranks import RankBuffers
-from lightning_per.replay.structure import flatten, join
+from lightning_per.tree import flatten, join
 
 __all__ = ["REPLAYED", "ExperienceReplay"]
 
@@ -35,84 +35,67 @@ class ExperienceReplay(Callback):
     At the start of each training step ``replay_batch_size`` buffer samples (your structure: tensors, tuples, lists,
     dicts) are appended, leaf by leaf, to the incoming batch: ``batch.index`` is ``-1`` (``REPLAYED``) for them,
     ``batch.weight`` their importance weight (1 for uniform replay). After the step the incoming samples are offered
-    to the buffer, a reservoir (a batch repeated by ``TaskSequence(repeats=m)`` is offered once). Training batches
-    must come from a ``PrioritizedDataModule`` (or a ``TaskSequence``)
-    and ``training_step`` returns ``weighted_mean(losses, batch)``; prioritized replay also needs
-    ``"per_sample_loss"``, which become the replayed items' priorities. Under DDP each rank keeps its own buffer of
-    ``capacity // world_size`` items (seed ``seed + rank``); checkpoints hold every rank's buffer.
+    to the buffer (a batch repeated by ``TaskSequence(repeats=m)`` is offered once). Training batches must come from a
+    ``PrioritizedDataModule`` (or a ``TaskSequence``) and ``training_step`` returns ``weighted_mean(losses, batch)``;
+    a ``PrioritizedReplayBuffer`` also needs ``"per_sample_loss"``, which become the replayed items' priorities.
+    Under DDP each rank keeps its own buffer of the same kind with ``capacity // world_size`` items (seed
+    ``seed + rank``); checkpoints hold every rank's buffer.
 
     Args:
-        capacity: the total memory budget (items); under DDP each rank keeps ``capacity // world_size``.
-        replay_batch_size: replayed samples mixed into each training batch (fewer while the uniform buffer holds
+        buffer: the memory, with its capacity (the total over all processes), sampler and seed: a
+            ``ReservoirBuffer`` (uniform replay, the default with capacity 500), a ``PrioritizedReplayBuffer`` or any
+            ``ReplayBuffer``; a ``class_path`` in YAML.
+        replay_batch_size: replayed samples mixed into each training batch (fewer while a uniform buffer holds
             fewer; prioritized replay draws with replacement).
-        prioritized: draw with ``p ∝ (loss + eps) ** alpha`` (``PrioritizedReplayBuffer``)
-            instead of uniformly without replacement.
-        alpha: priority exponent (prioritized only).
-        beta: importance-weight exponent in ``[0, 1]`` (prioritized only; 1 is unbiased).
-        eps: added to every priority (prioritized only).
-        device: where the buffer keeps its samples: ``"cpu"``, ``"module"`` (the training device of each process,
-            e.g. GPU memory) or a device name.
-        loss_key: the key of the per-sample losses in ``training_step``'s output (prioritized only).
-        seed: seed of the buffer (rank ``r`` uses ``seed + r``).
+        device: where the buffer keeps its samples: ``None`` (the buffer's own device), ``"module"`` (the training
+            device of each process, e.g. GPU memory) or a device name.
+        loss_key: the key of the per-sample losses in ``training_step``'s output (prioritized replay).
 
     Raises:
-        ValueError: ``capacity <= 0``, ``replay_batch_size < 0``, ``alpha < 0``, ``beta`` outside ``[0, 1]`` or
-            ``eps <= 0``; at setup, ``capacity`` below the number of processes, or ``LossTracker`` or a selection
-            callback alongside (they read ``batch.index`` as dataset indices); during training, prioritized replay
-            when ``training_step`` returns no per-sample losses under ``loss_key``, or not one per sample.
-        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``; a training batch
-            that is not a ``PrioritizedBatch``.
+        ValueError: ``replay_batch_size < 0`` or a bad ``device``; at setup, a capacity below the number of
+            processes, or ``LossTracker`` or a selection callback alongside (they read ``batch.index`` as dataset
+            indices); during training, prioritized replay when ``training_step`` returns no per-sample losses under
+            ``loss_key``, or not one per sample.
+        TypeError: ``buffer`` is not a ``ReplayBuffer``; at setup, training data that does not come from a
+            ``PrioritizedDataModule``; a training batch that is not a ``PrioritizedBatch``.
 
     Example:
-        >>> replay = ExperienceReplay(capacity=1000, replay_batch_size=32, prioritized=True)
+        >>> from lightning_per.replay import PrioritizedReplayBuffer
+        >>> replay = ExperienceReplay(PrioritizedReplayBuffer(capacity=1000, beta=0.4), replay_batch_size=32)
         >>> replay.buffer.capacity, replay.buffer.beta
         (1000, 0.4)
     """
 
     def __init__(
         self,
-        capacity: int = 500,
+        buffer: ReplayBuffer | None = None,
         replay_batch_size: int = 10,
-        prioritized: bool = False,
-        alpha: float = 0.6,
-        beta: float = 0.4,
-        eps: float = 1e-3,
-        device: str = "cpu",
+        device: str | None = None,
         loss_key: str = "per_sample_loss",
-        seed: int = 0,
     ) -> None:
-        check_int("capacity", capacity, 1)
+        if buffer is not None and not isinstance(buffer, ReplayBuffer):
+            raise TypeError(
+                f"`buffer` must be a replay buffer (e.g. `ReservoirBuffer(capacity=500)` or "
+                f"`PrioritizedReplayBuffer(capacity=500)` from `lightning_per.replay`), got {type(buffer).__name__}."
+            )
         check_int("replay_batch_size", replay_batch_size, 0)
-        check_number("alpha", alpha, 0.0, hint="It is the priority exponent; 0 is uniform replay.")
-        check_number("beta", beta, 0.0, 1.0, hint="It is the importance-weight exponent; 1 is unbiased.")
-        check_number("eps", eps, 0.0, low_open=True)
-        check_device("device", device, extra=("module",))
-        check_int("seed", seed)
-        self.capacity = capacity
+        if device is not None:
+            check_device("device", device, extra=("module",))
+        buffer = buffer if buffer is not None else ReservoirBuffer(capacity=500)
         self.replay_batch_size = replay_batch_size
-        self.prioritized = prioritized
-        self.alpha = alpha
-        self.beta = beta
-        self.eps = eps
         self.device = device
         self.loss_key = loss_key
-        self.seed = seed
-        self._shards = RankBuffers(capacity, self._make_buffer, seed, "capacity")
-        if replay_batch_size > capacity:
+        self._shards = RankBuffers(buffer, "capacity")
+        if replay_batch_size > buffer.capacity:
             rank_zero_warn(
-                f"`replay_batch_size` = {replay_batch_size} replays per draw is more than `capacity={capacity}`: each "
-                "draw returns what the buffer holds (at most its capacity)."
+                f"`replay_batch_size` = {replay_batch_size} replays per draw is more than the buffer's capacity "
+                f"({buffer.capacity}): each draw returns what the buffer holds (at most its capacity)."
             )
         self._incoming: Any = None  # this step's incoming samples, offered to the buffer after the step
         self._incoming_size = 0
         self._slots: Tensor | None = None  # buffer slots of this step's replayed samples
         self._offer = True
         self._repeats = 1
-
-    def _make_buffer(self, capacity: int, seed: int, device: torch.device | None) -> ReplayBuffer:
-        if self.prioritized:
-            return PrioritizedReplayBuffer(capacity, self.alpha, self.beta, self.eps, seed, device)
-        return ReservoirBuffer(capacity, seed, device)
 
     @property
     def buffer(self) -> ReplayBuffer:
@@ -129,14 +112,7 @@ class ExperienceReplay(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(datamodule, PrioritizedDataModule):
-            raise TypeError(
-                "ExperienceReplay needs the training data to come from a `lightning_per.PrioritizedDataModule` (or a "
-                f"`TaskSequence`) passed as `trainer.fit(model, datamodule=...)`; got {type(datamodule).__name__}. "
-                "Wrap your datasets: `PrioritizedDataModule(train_dataset, val_dataset, batch_size=..., "
-                "strategy='uniform')`."
-            )
+        datamodule = require_datamodule(trainer, "ExperienceReplay", why=" (or a `TaskSequence`)")
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             names = {cls.__name__ for cls in type(callback).__mro__}
             refused = next((name for name in _REFUSED if name in names), None)
@@ -152,17 +128,12 @@ class ExperienceReplay(Callback):
                     + " Remove one of the two."
                 )
         self._repeats = max(1, int(getattr(datamodule, "repeats", 1)))
-        device = trainer.strategy.root_device if self.device == "module" else torch.device(self.device)
-        self._shards.setup(trainer.global_rank, trainer.world_size, device)
+        device = trainer.strategy.root_device if self.device == "module" else self.device
+        self._shards.setup(trainer.global_rank, trainer.world_size, None if device is None else torch.device(device))
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if not isinstance(batch, PrioritizedBatch):
-            raise TypeError(
-                f"ExperienceReplay got a training batch of type {type(batch).__name__}: train with "
-                "`trainer.fit(model, datamodule=PrioritizedDataModule(...))` (or a `TaskSequence`), whose batches "
-                "carry the weights that replayed samples need."
-            )
+        require_batch(batch, "ExperienceReplay")
         self._incoming, self._incoming_size = batch.data, batch.batch_size
         self._offer = batch_idx % self._repeats == 0  # a repeated batch is offered once
         self._slots = None
@@ -232,7 +203,7 @@ class ExperienceReplay(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         """Every rank's buffer (this one's as it is, the others' as of the last synchronisation); no collective."""
-        return {"buffers": self._shards.states(), "capacity": self.capacity}
+        return {"buffers": self._shards.states(), "capacity": self._shards.total_capacity}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -13,13 +12,15 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_per._checks import check_choice, check_device, check_int, check_number
-from lightning_per.callbacks._sync import checkpoint_due
-from lightning_per.data import PrioritizedBatch
+from lightning_per.batch import PrioritizedBatch
+from lightning_per.functional.continual import reptile_interpolate_
+from lightning_per.plumbing.inference import silenced_logging
+from lightning_per.plumbing.internals import set_current_hook
+from lightning_per.plumbing.sync import checkpoint_due
 from lightning_per.replay.buffer import ReplayBuffer, ReservoirBuffer
 from lightning_per.replay.experience import REPLAYED
-from lightning_per.replay.functional import reptile_interpolate_
 from lightning_per.replay.ranks import RankBuffers
-from lightning_per.replay.structure import flatten, unflatten
+from lightning_per.tree import flatten, unflatten
 
 __all__ = ["MER"]
 
@@ -117,7 +118,7 @@ class MER(LightningModule):
         self.variant = variant
         self.step_batch_size = step_batch_size
         self.buffer_device = device
-        self._shards = RankBuffers(capacity, _reservoir, seed, "capacity")
+        self._shards = RankBuffers(ReservoirBuffer(capacity, seed), "capacity")
         if replay_batch_size > capacity:
             rank_zero_warn(
                 f"`replay_batch_size` = {replay_batch_size} replays per draw is more than `capacity={capacity}`: each "
@@ -151,11 +152,11 @@ class MER(LightningModule):
     def _delegate(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call your module's hook so that its ``self.log`` logs under this hook."""
         module = self.module
-        module._current_fx_name = self._current_fx_name
+        set_current_hook(module, self._current_fx_name)
         try:
             return getattr(module, name)(*args, **kwargs)
         finally:
-            module._current_fx_name = None
+            set_current_hook(module, None)
 
     @override
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
@@ -199,7 +200,7 @@ class MER(LightningModule):
             self._slack = len(self.buffer) - int(torch.as_tensor(sizes).min())
         units = [(i, i + 1) for i in range(n)] if self.variant == "example" else [(0, n)]
         losses = []
-        with _silenced(self.module):
+        with silenced_logging(self.module):
             for start, stop in units:
                 unit = [x[start:stop] for x in leaves]
                 losses.append(self._meta_update(unit, treedef, index[start:stop], batch_idx))
@@ -278,10 +279,6 @@ class MER(LightningModule):
         self._shards.restore(states)
 
 
-def _reservoir(capacity: int, seed: int, device: torch.device | None) -> ReplayBuffer:
-    return ReservoirBuffer(capacity, seed, device)
-
-
 def _loss_of(outputs: Any) -> Tensor | None:
     """The loss of a ``training_step`` output: the tensor, or its ``"loss"``; ``None`` for a skipped step."""
     if outputs is None or isinstance(outputs, Tensor):
@@ -322,21 +319,6 @@ def _sgd_lr(configured: Any, name: str) -> float:
         f"MER takes its learning rate from the optimizer of {name}.configure_optimizers(), which returned none: pass "
         "`MER(..., lr=...)`."
     )
-
-
-@contextmanager
-def _silenced(module: LightningModule) -> Iterator[None]:
-    """``module.log`` and ``module.log_dict`` do nothing within the block (inner steps would log hundreds of times)."""
-    module.log = _no_log  # type: ignore[method-assign]
-    module.log_dict = _no_log  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del module.log, module.log_dict
-
-
-def _no_log(*args: Any, **kwargs: Any) -> None:
-    """Stands in for ``LightningModule.log`` during MER's inner steps."""
 
 
 class _BufferSync(Callback):

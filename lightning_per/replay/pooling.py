@@ -8,32 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_per.replay.structure import SampleSpec, flatten, unflatten
+from lightning_per._checks import check_int
+from lightning_per.tree import SampleSpec, flatten, unflatten
 
-__all__ = ["pool_buffer_states", "upgrade_buffer_state"]
-
-
-def upgrade_buffer_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A buffer state in the current format; one saved when buffers held only ``(x, y, task)`` is converted.
-
-    The old format kept ``x``, ``y`` and ``task`` tensors, a ``tree`` of priorities over every slot and a torch
-    generator; the items become the tuple ``(x, y, task)``, the priorities those of the items held, and the generator
-    is dropped (the buffer reseeds its own).
-
-    Example:
-        >>> old = {"capacity": 4, "seen": 2, "size": 2, "x": torch.zeros(2, 3), "y": torch.zeros(2)}
-        >>> old["task"] = torch.zeros(2)
-        >>> [tuple(t.shape) for t in upgrade_buffer_state(old)["items"]]
-        [(2, 3), (2,), (2,)]
-    """
-    if "items" in state or "x" not in state:
-        return state
-    size = int(state["size"])
-    new = {k: v for k, v in state.items() if k not in ("x", "y", "task", "tree", "generator")}
-    new["items"] = (state["x"][:size], state["y"][:size], state["task"][:size]) if size else None
-    if "tree" in state:
-        new["priorities"] = state["tree"]["values"][:size].to(torch.float64)
-    return new
+__all__ = ["pool_buffer_states"]
 
 
 def pool_buffer_states(
@@ -69,25 +47,23 @@ def pool_buffer_states(
     """
     if not 0 <= part < parts:
         raise ValueError(f"`part` must be in [0, {parts}), got {part}.")
-    if capacity <= 0:
-        raise ValueError(f"`capacity` must be a positive integer, got {capacity}.")
-    states = [upgrade_buffer_state(s) for s in states]
-    held = [s for s in states if int(s["size"]) > 0 and s.get("items") is not None]
+    check_int("capacity", capacity, 1)
+    held = [s for s in states if int(s["size"]) > 0 and s["storage"].get("items") is not None]
     rng = np.random.default_rng(seed)
-    seen = sum(int(s["seen"]) for s in states) // parts
-    prioritized = bool(states) and all("priorities" in s for s in states)
-    max_priority = max((float(s.get("max_priority", 1.0)) for s in states), default=1.0)
+    seen = sum(int(s["writer"]["seen"]) for s in states) // parts
+    prioritized = bool(states) and all("priorities" in s.get("sampler", {}) for s in states)
+    max_priority = max((float(s.get("sampler", {}).get("max_priority", 1.0)) for s in states), default=1.0)
     items, value, size = None, torch.zeros(0, dtype=torch.float64), 0
     if held:
-        flat = [flatten(s["items"]) for s in held]
-        spec = SampleSpec.of(held[0]["items"])
+        flat = [flatten(s["storage"]["items"]) for s in held]
+        spec = SampleSpec.of(held[0]["storage"]["items"])
         for (leaves, treedef), s in zip(flat[1:], held[1:], strict=True):
             try:
                 spec.check(leaves, treedef)
             except ValueError:
                 raise ValueError(
                     f"The saved buffers hold samples of different structures, {spec!r} and "
-                    f"{SampleSpec.of(s['items'])!r}; they cannot be pooled."
+                    f"{SampleSpec.of(s['storage']['items'])!r}; they cannot be pooled."
                 ) from None
         sizes = [int(s["size"]) for s in held]
         leaves = [torch.cat([f[0][i][:n] for f, n in zip(flat, sizes, strict=True)]) for i in range(len(flat[0][0]))]
@@ -99,16 +75,17 @@ def pool_buffer_states(
         size = int(keep.size)
         if prioritized:
             value = torch.cat(
-                [torch.as_tensor(s["priorities"][:n], dtype=torch.float64) for s, n in zip(held, sizes, strict=True)]
+                [
+                    torch.as_tensor(s["sampler"]["priorities"][:n], dtype=torch.float64)
+                    for s, n in zip(held, sizes, strict=True)
+                ]
             )[index]
-    state: dict[str, Any] = {
+    sampler = {"priorities": value, "max_priority": max_priority} if prioritized else {}
+    return {
         "capacity": capacity,
-        "seen": max(seen, size),
         "size": size,
-        "items": items,
+        "storage": {"items": items},
+        "writer": {"seen": max(seen, size), "size": size},
+        "sampler": sampler,
         "rng": rng.bit_generator.state,
     }
-    if prioritized:
-        state["priorities"] = value
-        state["max_priority"] = max_priority
-    return state

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_per._checks import check_int, check_number
-from lightning_per.replay.functional import last_write_per_slot
+from lightning_per.functional.reservoir import last_write_per_slot
 from lightning_per.replay.sumtree import SumTree
 
 __all__ = ["PrioritizedReplaySampler"]
@@ -54,6 +54,10 @@ class PrioritizedReplaySampler:
         self.tree = SumTree(capacity)
         self.max_priority = 1.0  # the largest priority given so far (before alpha)
         self._warned_nonfinite = False
+
+    def like(self, capacity: int) -> PrioritizedReplaySampler:
+        """An empty prioritized sampler with the same ``alpha``, ``beta`` and ``eps`` for ``capacity`` slots."""
+        return PrioritizedReplaySampler(capacity, self.alpha, self.beta, self.eps)
 
     @property
     def capacity(self) -> int:

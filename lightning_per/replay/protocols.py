@@ -25,6 +25,10 @@ class Writer(Protocol):
         """The number of slots in use; slots ``[0, len)`` hold items."""
         ...
 
+    def like(self, capacity: int) -> Writer:
+        """A fresh writer of the same kind for ``capacity`` slots (a process's share under DDP)."""
+        ...
+
     def plan(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``(slots, items)`` for ``n`` new items: distinct slots and the batch index written to each."""
         ...
@@ -40,6 +44,10 @@ class Writer(Protocol):
 
 class Sampler(Protocol):
     """Decides which held items a draw returns (e.g. ``UniformReplaySampler``)."""
+
+    def like(self, capacity: int) -> Sampler:
+        """A fresh sampler of the same kind and settings for ``capacity`` slots."""
+        ...
 
     def sample(self, size: int, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         """``(slots, weights)`` for a draw of ``batch_size`` among slots ``[0, size)``; ``weights`` ``None``: all 1."""

@@ -15,53 +15,44 @@ re-sharded (``pool_buffer_states``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_per.distributed import gather_objects_to_rank_zero
+from lightning_per.plumbing.distributed import gather_objects_to_rank_zero
 from lightning_per.replay.buffer import ReplayBuffer
 from lightning_per.replay.pooling import pool_buffer_states
 
 __all__ = ["RankBuffers"]
-
-BufferFactory = Callable[[int, int, "torch.device | None"], ReplayBuffer]
 
 
 class RankBuffers:
     """This process's replay buffer, sized and seeded for its rank, and the other ranks' states for checkpoints.
 
     Args:
-        capacity: the total memory budget (items) over all processes.
-        make: ``make(capacity, seed, device)`` builds an empty buffer.
-        seed: the seed of rank 0's buffer (rank ``r`` uses ``seed + r``).
-        name: the argument that set ``capacity``, named in errors.
-
-    Raises:
-        ValueError: ``capacity`` is not a positive integer.
+        prototype: the buffer as configured for one process: its kind, settings, capacity (the total memory budget)
+            and seed; rank ``r`` of ``world`` gets ``prototype.like(capacity // world, seed + r)``. It is the
+            buffer until the setup.
+        name: the argument that set the capacity, named in errors.
 
     Example:
         >>> from lightning_per.replay import ReservoirBuffer
-        >>> shards = RankBuffers(10, lambda n, seed, device: ReservoirBuffer(n, seed, device), seed=0, name="capacity")
+        >>> shards = RankBuffers(ReservoirBuffer(10, seed=0))
         >>> shards.setup(rank=1, world=2)
-        >>> shards.buffer.capacity
-        5
+        >>> shards.buffer.capacity, shards.buffer.seed
+        (5, 1)
     """
 
-    def __init__(self, capacity: int, make: BufferFactory, seed: int = 0, name: str = "capacity") -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity <= 0:
-            raise ValueError(
-                f"`{name}` (buffer capacity) must be a positive integer, got {capacity!r}; e.g. `{name}=500`."
-            )
-        self.total_capacity = capacity
-        self.seed = seed
+    def __init__(self, prototype: ReplayBuffer, name: str = "capacity") -> None:
+        self.total_capacity = prototype.capacity
+        self.seed = prototype.seed
         self.name = name
-        self._make = make
+        self._prototype = prototype
         self.rank, self.world = 0, 1
         self.device: torch.device | None = None
-        self.buffer = make(capacity, seed, None)
+        self.buffer = prototype
         self._gathered: list[Any] | None = None  # every rank's state at the last synchronisation (rank 0)
         self._saved: list[Any] | None = None  # states restored before `setup` knew the world size
         self._ready = False
@@ -92,7 +83,7 @@ class RankBuffers:
         if self.buffer.capacity == per_rank and same_device:
             return
         if len(self.buffer) == 0:
-            self.buffer = self._make(per_rank, self.seed + rank, device)
+            self.buffer = self._make_buffer(per_rank, self.seed + rank, device)
         else:  # a filled buffer meets another world size or device: re-shard (or move) it
             self.restore([self.buffer.state_dict()], warn=self.buffer.capacity != per_rank)
 
@@ -118,9 +109,9 @@ class RankBuffers:
         if len(states) == world:
             state = states[rank]
             if state is None:
-                self.buffer = self._make(self.per_rank_capacity(world), self.seed + rank, self.device)
+                self.buffer = self._make_buffer(self.per_rank_capacity(world), self.seed + rank, self.device)
                 return
-            self.buffer = self._make(int(state["capacity"]), self.seed + rank, self.device)
+            self.buffer = self._make_buffer(int(state["capacity"]), self.seed + rank, self.device)
             self.buffer.load_state_dict(state)
             return
         capacity = self.per_rank_capacity(world)
@@ -129,7 +120,7 @@ class RankBuffers:
                 f"Restoring {len(states)} saved replay buffer(s) on {world} process(es): they are pooled and "
                 f"re-sharded ({capacity} slots per rank)."
             )
-        self.buffer = self._make(capacity, self.seed + rank, self.device)
+        self.buffer = self._make_buffer(capacity, self.seed + rank, self.device)
         self.buffer.load_state_dict(pool_buffer_states(saved, rank, world, capacity, seed=self.seed + rank))
 
     def sync(self) -> None:
@@ -147,3 +138,6 @@ class RankBuffers:
             states = [None] * self.world
         states[self.rank] = self.buffer.state_dict()
         return states
+
+    def _make_buffer(self, capacity: int, seed: int, device: torch.device | None) -> ReplayBuffer:
+        return self._prototype.like(capacity, seed, device)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_per._checks import check_device, check_int
-from lightning_per.replay.structure import SampleSpec, flatten, unflatten
+from lightning_per.tree import SampleSpec, flatten, unflatten
 
 __all__ = ["TensorStorage"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_per.replay.functional import sample_without_replacement
+from lightning_per.functional.reservoir import sample_without_replacement
 
 __all__ = ["UniformReplaySampler"]
 
@@ -22,6 +22,10 @@ class UniformReplaySampler:
         >>> len(set(slots.tolist())), weights
         (4, None)
     """
+
+    def like(self, capacity: int) -> UniformReplaySampler:
+        """Another uniform sampler (it holds no per-slot state)."""
+        return UniformReplaySampler()
 
     def sample(self, size: int, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, None]:
         """Slots of a uniform draw without replacement (fewer than asked while fewer are held)."""

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from lightning_per._checks import check_int
-from lightning_per.replay.functional import last_write_per_slot, reservoir_slots
+from lightning_per.functional.reservoir import last_write_per_slot, reservoir_slots
 
 __all__ = ["ReservoirWriter"]
 
@@ -40,6 +40,10 @@ class ReservoirWriter:
         self.capacity = capacity
         self.seen = 0
         self.size = 0
+
+    def like(self, capacity: int) -> ReservoirWriter:
+        """An empty reservoir writer for ``capacity`` slots."""
+        return ReservoirWriter(capacity)
 
     def __len__(self) -> int:
         """The number of slots in use: slots ``[0, size)`` hold items."""

@@ -11,14 +11,16 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_per._checks import check_int
-from lightning_per.callbacks._inference import quiet_inner_fit, scoring_mode
-from lightning_per.data import IndexedCollate, IndexedDataset
 from lightning_per.datamodule import PrioritizedDataModule
-from lightning_per.distributed import all_gather_variable
+from lightning_per.indexed import IndexedCollate, IndexedDataset
+from lightning_per.plumbing.distributed import all_gather_variable
+from lightning_per.plumbing.inference import quiet_inner_fit, scoring_mode
+from lightning_per.plumbing.loaders import shard_loader
+from lightning_per.plumbing.requirements import require_datamodule
 
 __all__ = ["IrreducibleLoss", "find_irreducible", "register_reader"]
 
@@ -90,12 +92,7 @@ class IrreducibleLoss(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(datamodule, PrioritizedDataModule):
-            raise TypeError(
-                "IrreducibleLoss needs the training data to come from a `lightning_per.PrioritizedDataModule`, so "
-                f"that the table is indexed like its samples; got {type(datamodule).__name__}."
-            )
+        datamodule = require_datamodule(trainer, "IrreducibleLoss", why=" (the table is indexed like its samples)")
         if self.model is None:
             raise ValueError("IrreducibleLoss needs `model`: the small model to train on the holdout set.")
         if self._holdout(datamodule) is None and self.train:
@@ -180,14 +177,8 @@ class IrreducibleLoss(Callback):
         """Every training sample's loss under the model: this process's shard, gathered from every process."""
         assert self.model is not None
         model = self.model.to(pl_module.device)
-        dataset = IndexedDataset(datamodule.train_dataset)  # type: ignore[arg-type]
         world, rank = trainer.world_size, trainer.global_rank
-        loader = DataLoader(
-            Subset(dataset, list(range(rank, len(dataset), world))),
-            batch_size=self.batch_size or datamodule.eval_batch_size,
-            collate_fn=IndexedCollate(datamodule.collate_fn),
-            num_workers=datamodule.num_workers,
-        )
+        loader = shard_loader(datamodule, rank, world, batch_size=self.batch_size)
         index_parts, loss_parts = [], []
         with scoring_mode(model, trainer):
             for i, batch in enumerate(loader):
@@ -207,7 +198,7 @@ class IrreducibleLoss(Callback):
         values = torch.cat(loss_parts) if loss_parts else torch.empty(0, device=device)
         index = all_gather_variable(index.to(device), world).cpu()
         values = all_gather_variable(values.to(device), world).cpu()
-        table = torch.full((len(dataset),), float("nan"), dtype=torch.float32)
+        table = torch.full((len(datamodule.train_dataset),), float("nan"), dtype=torch.float32)  # type: ignore[arg-type]
         table[index] = values
         return table
 

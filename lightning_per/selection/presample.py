@@ -8,10 +8,11 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader
 
-from lightning_per.batching import concat_batches, select
-from lightning_per.callbacks._inference import prepare_batch
-from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
+from lightning_per.batch import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.plumbing.inference import prepare_batch
+from lightning_per.plumbing.loaders import shard, shard_loader
+from lightning_per.tree import concat_batches, select
 
 __all__ = ["ExtraPoints", "derive_seed"]
 
@@ -62,17 +63,10 @@ class ExtraPoints:
     def _loader(self, trainer: Trainer) -> DataLoader:
         datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
         per_batch = (self.factor - 1) * datamodule.batch_size  # fixed, so a resumed stream draws the same batches
-        dataset = datamodule.train_dataset
-        size = len(dataset)  # type: ignore[arg-type]
+        size = len(datamodule.train_dataset)  # type: ignore[arg-type]
         world, rank = trainer.world_size, trainer.global_rank
-        shard = range(rank, size, world) if rank < size else range(size)
-        return DataLoader(
-            IndexedDataset(dataset),  # type: ignore[arg-type]
-            batch_sampler=_Batches(shard, per_batch, self.seed, rank, start=self.batches_drawn),
-            num_workers=datamodule.num_workers,
-            collate_fn=IndexedCollate(datamodule.collate_fn),
-            pin_memory=datamodule.pin_memory,
-        )
+        draws = _Batches(shard(size, rank, world), per_batch, self.seed, rank, start=self.batches_drawn)
+        return shard_loader(datamodule, rank, world, batch_sampler=draws, pin_memory=datamodule.pin_memory)
 
 
 class _Batches:

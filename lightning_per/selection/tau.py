@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lightning_per import functional as PF
-from lightning_per.scoring import Captured, Scorer
+from lightning_per.score import Captured, Scorer
 
 __all__ = ["TauEstimate"]
 

@@ -19,24 +19,29 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from lightning_per import functional as PF
 from lightning_per._checks import check_choice, check_int, check_number
+from lightning_per.outputs import (
+    check_bound_shapes,
+    check_class_shapes,
+    class_labels,
+    concatenable,
+    labels_of,
+    missing_keys,
+    rows,
+)
 
-__all__ = ["BOUNDS", "SCORE_NAMES", "Bound", "Score", "ScoreName", "as_score"]
+__all__ = ["BOUNDS", "SCORE_NAMES", "Bound", "Score", "ScoreArg", "ScoreName", "as_score"]
 
 ScoreName = Literal["loss", "reducible", "grad_norm", "deviation", "margin", "novelty"]
 SCORE_NAMES: tuple[str, ...] = get_args(ScoreName)
 Bound = Literal["cross_entropy", "bce", "mse", "autograd"]
 BOUNDS: tuple[str, ...] = get_args(Bound)
-
-TWO_LINE_FIX = """Change two lines of `training_step`:
-    losses = F.cross_entropy(logits, y, reduction="none")           # one loss per sample
-    return {"loss": lightning_per.weighted_mean(losses, batch), "per_sample_loss": losses}"""
 
 # what a step keeps of its outputs for its scores: the scores themselves, or the (logits, targets) of a closed-form
 # bound, computed later for several steps at once (a small op right after an optimizer step costs tens of µs)
@@ -51,7 +56,7 @@ class Score:
 
     Args:
         name: ``loss``, ``reducible``, ``grad_norm``, ``deviation``, ``margin`` or ``novelty`` (see
-            ``lightning_per.scoring``).
+            ``lightning_per.score``).
         loss_key: key of the per-sample losses (``loss``, ``reducible``).
         logits_key: key of the model outputs (``grad_norm``, ``deviation``, ``margin``).
         target_key: key of the targets (``grad_norm``, ``deviation``, ``margin``; ``LossTracker(class_balance=...)``).
@@ -146,23 +151,23 @@ class Score:
         """
         n = int(batch.index.shape[0])
         if not isinstance(outputs, Mapping) or not all(key in outputs for key in self.keys):
-            self.missing(outputs, self.keys)
+            missing_keys(self, outputs, self.keys)
         name = self.name
         if name in ("loss", "reducible"):
-            losses = _rows(outputs, self.loss_key, n, self.owner, scalar=True).detach()
+            losses = rows(outputs, self.loss_key, n, self.owner, scalar=True).detach()
             if name == "reducible":
                 return losses.reshape(-1).float() - self._irreducible(batch.index, losses.device)
             return losses
         if name == "novelty":
-            return self._novelty(_rows(outputs, self.embedding_key, n, self.owner))
-        logits = _rows(outputs, self.logits_key, n, self.owner).detach()
-        targets = _rows(outputs, self.target_key, n, self.owner).detach()
+            return self._novelty(rows(outputs, self.embedding_key, n, self.owner))
+        logits = rows(outputs, self.logits_key, n, self.owner).detach()
+        targets = rows(outputs, self.target_key, n, self.owner).detach()
         if name == "grad_norm":
-            self._check_bound_shapes(logits, targets)
+            check_bound_shapes(self, logits, targets)
             if self.bound == "autograd":
                 return self._autograd(logits, targets, n)
         else:
-            self._check_class_shapes(logits, targets)
+            check_class_shapes(self, logits, targets)
         return logits, targets
 
     def resolve(self, captured: Captured) -> Tensor:
@@ -171,7 +176,7 @@ class Score:
             return captured.float().reshape(-1)
         logits, targets = captured
         if self.name == "deviation" or self.name == "margin":
-            labels = self._class_labels(logits, targets)
+            labels = class_labels(self, logits, targets)
             fn = PF.prediction_deviation if self.name == "deviation" else PF.margin_score
             return fn(logits, labels)
         if self.bound == "bce":
@@ -188,36 +193,15 @@ class Score:
         if len(captured) == 1:
             return self.resolve(captured[0])
         pairs = [c for c in captured if isinstance(c, tuple)]
-        if len(pairs) == len(captured) and _concatenable([p[0] for p in pairs], [p[1] for p in pairs]):
+        if len(pairs) == len(captured) and concatenable([p[0] for p in pairs], [p[1] for p in pairs]):
             return self.resolve((torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])))
         return torch.cat([self.resolve(c) for c in captured])
 
     def labels(self, outputs: Any, n: int) -> Tensor:
         """Class labels from ``target_key`` (``argmax`` of probability rows), for a class-frequency factor."""
         if not isinstance(outputs, Mapping) or self.target_key not in outputs:
-            self.missing(outputs, (self.target_key,))
-        return _labels(_rows(outputs, self.target_key, n, self.owner).detach())
-
-    def missing(self, outputs: Any, keys: Sequence[str]) -> NoReturn:
-        """Refuse an output that lacks keys, naming every missing one and how to return them.
-
-        Raises:
-            ValueError: always.
-        """
-        found = f"the keys {sorted(outputs)}" if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
-        missing = [k for k in keys if not (isinstance(outputs, Mapping) and k in outputs)]
-        named = " and ".join(repr(k) for k in missing)
-        values = ", ".join(f'"{k}": ...' for k in missing)
-        hint = TWO_LINE_FIX if self.loss_key in missing else f'Return them: `return {{"loss": loss, {values}}}`'
-        if self.loss_key not in missing:
-            hint += (
-                ", point the keys at yours (`Score(name, logits_key=..., target_key=...)`), or pass a function "
-                "`score=fn` with `fn(outputs, batch)` returning one score per sample (an import path in YAML)."
-            )
-        raise ValueError(
-            f"{self.owner or 'Score'}(score={self.name!r}) needs per-sample values under {named} in what "
-            f"`training_step` returns; it returned {found}.\n{hint}"
-        )
+            missing_keys(self, outputs, (self.target_key,))
+        return labels_of(rows(outputs, self.target_key, n, self.owner).detach())
 
     # ------------------------------------------------------------------------------------------------ state
     def attach_irreducible(self, table: Tensor) -> None:
@@ -244,61 +228,6 @@ class Score:
         if table.device != device:
             self._table = table = table.to(device)
         return table[index.to(device)]
-
-    def _check_bound_shapes(self, logits: Tensor, targets: Tensor) -> None:
-        n = logits.shape[0]
-        if self.bound == "cross_entropy":
-            indices = targets.numel() == n and targets.shape != logits.shape  # (n,) or (n, 1) class indices
-            if logits.ndim != 2 or not (indices or targets.shape == logits.shape):
-                raise ValueError(
-                    f"{self.owner or 'Score'}(score='grad_norm') with `bound='cross_entropy'` needs logits of shape "
-                    f"(n, C) and class indices (n,) or probabilities (n, C); got {self.logits_key!r} "
-                    f"{tuple(logits.shape)} and {self.target_key!r} {tuple(targets.shape)} ({targets.dtype}). For "
-                    "other shapes use `bound='autograd'` with `loss_fn`."
-                )
-            if self.class_weights is not None and len(self.class_weights) != logits.shape[1]:
-                raise ValueError(
-                    f"`class_weights` has {len(self.class_weights)} entries but the logits have {logits.shape[1]} "
-                    "classes."
-                )
-        elif self.bound in ("bce", "mse") and logits.reshape(n, -1).shape != targets.reshape(n, -1).shape:
-            raise ValueError(
-                f"{self.owner or 'Score'}(score='grad_norm') with `bound={self.bound!r}` needs outputs and targets of "
-                f"the same shape; got {self.logits_key!r} {tuple(logits.shape)} and {self.target_key!r} "
-                f"{tuple(targets.shape)}."
-            )
-
-    def _check_class_shapes(self, logits: Tensor, targets: Tensor) -> None:
-        """``deviation`` and ``margin`` read class probabilities: logits ``(n, C)``, class labels or one-hot rows."""
-        n = logits.shape[0]
-        labels = targets.numel() == n and targets.ndim <= 2  # (n,) or (n, 1); their values are checked when resolved
-        if logits.ndim != 2 or logits.shape[1] < 2 or not (labels or targets.shape == logits.shape):
-            raise ValueError(
-                f"{self.owner or 'Score'}(score={self.name!r}) needs class scores {self.logits_key!r} of shape (n, C) "
-                f"with C >= 2 and targets {self.target_key!r} that are class labels (n,) or probability or one-hot "
-                f"rows (n, C); got {tuple(logits.shape)} and {tuple(targets.shape)} ({targets.dtype}). For "
-                "regression targets use `score='loss'` or `Score('grad_norm', bound='mse')`."
-            )
-
-    def _class_labels(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Class labels in ``[0, C)`` from targets (argmax of rows); refuses values that are not class labels.
-
-        Raises:
-            ValueError: a label that is not an integer in ``[0, C)`` (a regression target, say).
-        """
-        labels = _labels(targets)
-        classes = logits.shape[-1]
-        bad = (labels < 0) | (labels >= classes)
-        if labels.is_floating_point():
-            bad |= labels != labels.round()
-        if bool(bad.any()):  # at a synchronisation point (or a selection step): the host reads it anyway
-            value = float(labels[bad][0])
-            raise ValueError(
-                f"{self.owner or 'Score'}(score={self.name!r}) reads {self.target_key!r} as class labels in "
-                f"[0, {classes}), but got {value:g}: these targets are not class labels. For regression targets use "
-                "`score='loss'` or `Score('grad_norm', bound='mse')`."
-            )
-        return labels.long()
 
     def _autograd(self, logits: Tensor, targets: Tensor, n: int) -> Tensor:
         assert self.loss_fn is not None
@@ -372,7 +301,7 @@ class _FunctionScore:
             raise ValueError(
                 f"{self.owner} needs class labels under {self.target_key!r} in what `training_step` returns."
             )
-        return _labels(_rows(outputs, self.target_key, n, self.owner).detach())
+        return labels_of(rows(outputs, self.target_key, n, self.owner).detach())
 
     def attach_irreducible(self, table: Tensor) -> None:
         """A function reads what it needs itself."""
@@ -385,6 +314,8 @@ class _FunctionScore:
 
 
 Scorer = Score | _FunctionScore
+ScoreArg = ScoreName | Score | Callable[[Any, Any], Tensor]
+"""What a ``score=`` argument accepts: a name, a ``Score`` or ``fn(outputs, batch)`` returning one score per sample."""
 
 
 def as_score(score: str | Score | Callable[[Any, Any], Tensor], owner: str) -> Scorer:
@@ -414,30 +345,4 @@ def as_score(score: str | Score | Callable[[Any, Any], Tensor], owner: str) -> S
     raise TypeError(
         f"`score` must be a score name, a `lightning_per.Score` or a function `fn(outputs, batch)`; got "
         f"{type(score).__name__}."
-    )
-
-
-def _rows(outputs: Mapping[str, Any], key: str, n: int, owner: str, scalar: bool = False) -> Tensor:
-    """``outputs[key]``, checked: a tensor with one row per sample (``scalar``: one value per sample)."""
-    value = outputs[key]
-    if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != n or (scalar and value.numel() != n):
-        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-        raise ValueError(
-            f"{owner + ': ' if owner else ''}`training_step` returned {key!r} with shape {got}, but the batch has {n} "
-            f"samples: return one {'value' if scalar else 'row'} per sample (e.g. `reduction='none'`), in batch "
-            f"order.\n{TWO_LINE_FIX}"
-        )
-    return value
-
-
-def _labels(targets: Tensor) -> Tensor:
-    """Class labels: ``argmax`` of probability (or one-hot) rows, else the targets as a flat vector."""
-    return targets.argmax(-1) if targets.ndim == 2 and targets.shape[1] > 1 else targets.reshape(-1)
-
-
-def _concatenable(*groups: list[Tensor]) -> bool:
-    """Whether each group's tensors can be concatenated along dim 0 (same trailing shape, dtype and device)."""
-    return all(
-        all(t.shape[1:] == g[0].shape[1:] and t.dtype == g[0].dtype and t.device == g[0].device for t in g)
-        for g in groups
     )

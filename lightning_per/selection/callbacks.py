@@ -1,18 +1,11 @@
-"""Biased online batch selection: the top-k rule (RHO-LOSS) and Selective Backprop, on the presample engine."""
+"""Biased online batch selection as named callbacks: the top-k rule (RHO-LOSS) and Selective Backprop."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from lightning.pytorch import LightningModule, Trainer
-from torch import Tensor
-from typing_extensions import override
-
-from lightning_per import functional as PF
-from lightning_per._checks import check_int, check_number
-from lightning_per.distributed import all_gather_variable
-from lightning_per.selection.engine import OnlineSelection, ScoreArg
+from lightning_per.score import ScoreArg
+from lightning_per.selection.engine import OnlineSelection
+from lightning_per.selection.rules import PercentileKeep, TopK
+from lightning_per.selection.switches import AfterWarmup
 
 __all__ = ["SelectiveBackprop", "TopKSelection"]
 
@@ -49,13 +42,8 @@ class TopKSelection(OnlineSelection):
     def __init__(
         self, presample: int = 10, score: ScoreArg = "reducible", warmup_steps: int = 0, seed: int = 0
     ) -> None:
-        super().__init__(presample, score, warmup_steps, seed)
-
-    def _choose(self, scores: Tensor, b: int, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
-        positions = PF.top_k_positions(scores, b)
-        if positions.numel() == 0:
-            return None
-        return positions, torch.ones(positions.numel())
+        super().__init__(TopK(), AfterWarmup(warmup_steps), presample, score, seed)
+        self.warmup_steps = warmup_steps
 
 
 class SelectiveBackprop(OnlineSelection):
@@ -96,51 +84,8 @@ class SelectiveBackprop(OnlineSelection):
         warmup_steps: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(presample, score, warmup_steps, seed)
-        check_number("selectivity", selectivity, 0.0, low_open=True, hint="1 keeps about half of the points.")
-        check_int("history", history, 1)
+        rule = PercentileKeep(selectivity, history)
+        super().__init__(rule, AfterWarmup(warmup_steps), presample, score, seed, prog_bar=("per/kept_fraction",))
         self.selectivity = selectivity
         self.history = history
-        self._history = torch.empty(0)  # this process's recent finite scores, oldest first
-        self._histories: list[Tensor] = []  # every process's, as of the last synchronisation
-
-    _prog_bar = ("per/kept_fraction",)
-
-    def _choose(self, scores: Tensor, b: int, generator: torch.Generator) -> tuple[Tensor, Tensor] | None:
-        values = scores.detach().reshape(-1).float().cpu()
-        finite = values[torch.isfinite(values)]
-        if finite.numel() == 0:
-            return None
-        self._history = torch.cat([self._history, finite])[-self.history :]
-        keep = PF.percentile_keep(
-            values, self._history, self.selectivity, torch.rand(values.numel(), generator=generator)
-        )
-        positions = keep.nonzero().squeeze(1)
-        if positions.numel() == 0:  # keep at least the point of highest score
-            positions = PF.top_k_positions(values, 1)
-        self._step_stats["kept_fraction"] = positions.numel() / values.numel()
-        return positions, torch.ones(positions.numel())
-
-    def _synchronise(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        world = trainer.world_size
-        if world <= 1:
-            return
-        # every process's history, for checkpoints that hold every process's state (no collective at save time)
-        device = pl_module.device
-        sizes = all_gather_variable(torch.tensor([self._history.numel()], device=device), world).tolist()
-        values = all_gather_variable(self._history.to(device), world).cpu()
-        self._histories = list(values.split(sizes))
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        histories = list(self._histories) or [self._history]
-        histories[self._rank() if len(histories) > self._rank() else 0] = self._history.clone()
-        return {**super().state_dict(), "histories": histories}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        histories = state_dict.get("histories") or [torch.empty(0)]
-        rank = self._rank()
-        self._history = histories[rank] if rank < len(histories) else histories[0]
-        self._histories = list(histories)
+        self.warmup_steps = warmup_steps

@@ -15,7 +15,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from lightning.pytorch import Trainer
 
-__all__ = ["logs_this_step", "publish"]
+from lightning_per.plumbing.internals import logger_step
+
+__all__ = ["publish"]
 
 
 def publish(
@@ -39,17 +41,7 @@ def publish(
     if to_loggers:
         trainer.logged_metrics.update(tensors)
     if to_loggers and trainer.loggers:
-        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+        step = logger_step(trainer)
         scalars = {**{name: float(value) for name, value in metrics.items()}, "epoch": trainer.current_epoch}
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
-
-
-def logs_this_step(trainer: Trainer) -> bool:
-    """Whether the loggers write this training step's logs (Lightning's ``log_every_n_steps`` decision).
-
-    Lightning keeps the decision in a private attribute of its logger connector; if a release renames it, every step
-    counts as a logging step (more writes, nothing lost), and ``tests`` fail loudly on the rename.
-    """
-    connector = getattr(trainer, "_logger_connector", None)
-    return bool(getattr(connector, "should_update_logs", True))

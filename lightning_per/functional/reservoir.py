@@ -1,28 +1,15 @@
-"""Pure functions of continual learning: reservoir slots, draws without replacement, task masks, Reptile, CL metrics.
+"""Pure index arithmetic of replay buffers: reservoir slots, the last write per slot, draws without replacement.
 
-Nothing here holds state or touches Lightning; the buffers and ``lightning_per.replay.mer`` call these. The
-buffer functions take and return NumPy arrays: at replay batch sizes (hundreds of items) a NumPy call costs a
-fraction of a torch operator's fixed overhead, and they run once per training step.
+Nothing here holds state or touches Lightning; the buffers call these. They take and return NumPy arrays: at replay
+batch sizes (hundreds of items) a NumPy call costs a fraction of a torch operator's fixed overhead, and they run once
+per training step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import torch
-from torch import Tensor
 
-__all__ = [
-    "average_accuracy",
-    "backward_transfer",
-    "last_write_per_slot",
-    "output_targets",
-    "reptile_interpolate_",
-    "reservoir_slots",
-    "sample_without_replacement",
-    "task_class_mask",
-]
+__all__ = ["last_write_per_slot", "reservoir_slots", "sample_without_replacement"]
 
 
 def reservoir_slots(seen: int, capacity: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -141,81 +128,3 @@ def sample_without_replacement(n: int, k: int, rng: np.random.Generator) -> np.n
         if draw.size >= k:
             return draw[:k]
         draw = np.concatenate([draw, (rng.random(k + spare - draw.size) * n).astype(np.int64)])
-
-
-def output_targets(y: Tensor, task: Tensor, classes_per_task: int, scenario: str, shared_classes: bool) -> Tensor:
-    """Map labels to output units.
-
-    Labels follow one convention: with ``shared_classes`` every task uses labels ``[0, classes_per_task)``
-    (permuted / rotated sequences); otherwise task ``t`` owns labels ``[t * c, (t + 1) * c)`` (split sequences).
-    In Task-IL every task has its own block of outputs ``[t * c, (t + 1) * c)``; in Class-IL the label is the
-    output unit (one shared head).
-
-    Args:
-        y: int64 labels.
-        task: int64 task ids, same shape.
-        classes_per_task: ``c``.
-        scenario: ``"task"`` or ``"class"``.
-        shared_classes: whether all tasks share the same ``c`` labels.
-
-    Example:
-        >>> output_targets(torch.tensor([3, 3]), torch.tensor([0, 2]), 10, "task", shared_classes=True)
-        tensor([ 3, 23])
-    """
-    if scenario == "task" and shared_classes:
-        return y + task * classes_per_task
-    return y
-
-
-def task_class_mask(task: Tensor, classes_per_task: int, num_outputs: int) -> Tensor:
-    """Boolean ``(n, num_outputs)`` mask, true on the outputs ``[t * c, (t + 1) * c)`` of each row's task ``t``.
-
-    Example:
-        >>> task_class_mask(torch.tensor([0, 1]), 2, 4)
-        tensor([[ True,  True, False, False],
-                [False, False,  True,  True]])
-    """
-    units = torch.arange(num_outputs, device=task.device)
-    low = (task * classes_per_task).unsqueeze(-1)
-    return (units >= low) & (units < low + classes_per_task)
-
-
-@torch.no_grad()
-def reptile_interpolate_(params: Sequence[Tensor], before: Sequence[Tensor], rate: float) -> None:
-    """In place, ``theta <- theta_before + rate * (theta - theta_before)`` (a Reptile meta-step).
-
-    ``rate = 1`` keeps the new weights; ``rate = 0`` restores the old ones.
-
-    Example:
-        >>> p = [torch.tensor([3.0])]
-        >>> reptile_interpolate_(p, [torch.tensor([1.0])], 0.5)
-        >>> p[0]
-        tensor([2.])
-    """
-    for p, b in zip(params, before, strict=True):
-        p.sub_(b).mul_(rate).add_(b)
-
-
-def average_accuracy(acc: Tensor) -> float:
-    """ACC: mean accuracy over all tasks after the last one, from the matrix ``acc[i, j]`` (after task i, on j).
-
-    Example:
-        >>> average_accuracy(torch.tensor([[0.9, 0.1], [0.5, 0.8]]))
-        0.65
-    """
-    return round(float(acc[-1].to(torch.float64).mean()), 6)
-
-
-def backward_transfer(acc: Tensor) -> float:
-    """BWT (Lopez-Paz & Ranzato, 2017): ``mean_{j < T} acc[T, j] - acc[j, j]``; negative is forgetting.
-
-    Example:
-        >>> backward_transfer(torch.tensor([[0.9, 0.1], [0.5, 0.8]]))
-        -0.4
-    """
-    num_tasks = acc.shape[0]
-    if num_tasks < 2:
-        return 0.0
-    acc = acc.to(torch.float64)
-    diag = torch.diagonal(acc)[:-1]
-    return round(float((acc[-1, :-1] - diag).mean()), 6)

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_per._checks import check_int
-from lightning_per.replay.functional import average_accuracy, backward_transfer
-from lightning_per.replay.tasks import TaskSequence
+from lightning_per.continual.tasks import TaskSequence
+from lightning_per.functional.continual import average_accuracy, backward_transfer
 
 __all__ = ["TaskAccuracyMatrix", "evaluate_tasks"]
 
@@ -230,8 +230,8 @@ class TaskAccuracyMatrix(Callback):
             got = type(dm).__name__ + (" without evaluation sets" if isinstance(dm, TaskSequence) else "")
             raise ValueError(
                 "TaskAccuracyMatrix evaluates every task after each one, so the datamodule must be a "
-                f"`lightning_per.replay.TaskSequence` with evaluation sets (`test_tasks=[...]`); got {got}. For your "
-                "own datamodule, call `lightning_per.replay.evaluate_tasks(model, datasets)` yourself."
+                f"`lightning_per.continual.TaskSequence` with evaluation sets (`test_tasks=[...]`); got {got}. For "
+                "your own datamodule, call `lightning_per.continual.evaluate_tasks(model, datasets)` yourself."
             )
         sample = dm.eval_tasks[0][0]
         for key in self.inputs if isinstance(self.inputs, list) else [self.inputs]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from lightning.pytorch import Trainer
 
+from lightning_per.plumbing.internals import every_n_train_steps
+
 __all__ = ["checkpoint_due"]
 
 
@@ -20,7 +22,7 @@ def checkpoint_due(trainer: Trainer) -> bool:
     callback that synchronises when this is true has every process's records in that checkpoint.
     """
     for callback in trainer.checkpoint_callbacks:
-        every = getattr(callback, "_every_n_train_steps", 0)
-        if every and every >= 1 and trainer.global_step % every == 0:
+        every = every_n_train_steps(callback)
+        if every >= 1 and trainer.global_step % every == 0:
             return True
     return False

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-__all__ = ["prepare_batch", "quiet_inner_fit", "scoring_mode", "scoring_step"]
+from lightning_per.plumbing.internals import before_batch_transfer
+
+__all__ = ["prepare_batch", "quiet_inner_fit", "scoring_mode", "scoring_step", "silenced_logging"]
 
 
 @contextmanager
@@ -29,19 +31,33 @@ def scoring_mode(pl_module: LightningModule, trainer: Trainer | None = None) -> 
     """
     modes = [(module, module.training) for module in pl_module.modules()]
     pl_module.eval()
-    pl_module.log = _no_log  # type: ignore[method-assign]
-    pl_module.log_dict = _no_log  # type: ignore[method-assign]
     try:
-        with torch.no_grad():
+        with silenced_logging(pl_module), torch.no_grad():
             if trainer is None:
                 yield
             else:
                 with trainer.precision_plugin.train_step_context():
                     yield
     finally:
-        del pl_module.log, pl_module.log_dict
         for module, training in modes:
             module.training = training
+
+
+@contextmanager
+def silenced_logging(pl_module: LightningModule) -> Iterator[None]:
+    """Within this block ``pl_module.log`` and ``pl_module.log_dict`` do nothing (a scoring pass, MER's inner steps).
+
+    Example::
+
+        with silenced_logging(model):
+            model.training_step(batch, 0)  # its self.log calls are dropped
+    """
+    pl_module.log = _no_log  # type: ignore[method-assign]
+    pl_module.log_dict = _no_log  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del pl_module.log, pl_module.log_dict
 
 
 def scoring_step(pl_module: LightningModule, batch: Any, batch_idx: int, trainer: Trainer | None = None) -> Any:
@@ -53,7 +69,7 @@ def scoring_step(pl_module: LightningModule, batch: Any, batch_idx: int, trainer
 def prepare_batch(trainer: Trainer, pl_module: LightningModule, batch: Any) -> Any:
     """What Lightning's training loop does to a batch from the loader: precision, hooks, device transfer."""
     batch = trainer.precision_plugin.convert_input(batch)
-    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+    batch = before_batch_transfer(pl_module, batch)
     return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
 
 

@@ -12,15 +12,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_per import functional as PF
 from lightning_per._checks import check_int, check_number
-from lightning_per.callbacks._inference import prepare_batch, scoring_mode
-from lightning_per.callbacks._logging import publish
-from lightning_per.callbacks._sync import checkpoint_due
-from lightning_per.data import IndexedCollate, IndexedDataset, PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
-from lightning_per.distributed import all_gather_variable
-from lightning_per.scoring import Captured, as_score
-from lightning_per.selection.engine import ScoreArg
+from lightning_per.plumbing.distributed import all_gather_variable
+from lightning_per.plumbing.inference import prepare_batch, scoring_mode
+from lightning_per.plumbing.loaders import shard_loader
+from lightning_per.plumbing.publish import publish
+from lightning_per.plumbing.requirements import require_batch, require_datamodule
+from lightning_per.plumbing.sync import checkpoint_due
+from lightning_per.score import Captured, ScoreArg, as_score
 from lightning_per.selection.irreducible import find_irreducible, register_reader
 from lightning_per.strategy import SamplingPlan
 
@@ -108,13 +109,7 @@ class LossTracker(Callback):
         self._records.clear()
         self._steps_since_sync = 0
         self._synced_once = False
-        datamodule = getattr(trainer, "datamodule", None)
-        if not isinstance(datamodule, PrioritizedDataModule):
-            raise TypeError(
-                "LossTracker needs the training data to come from a `lightning_per.PrioritizedDataModule` "
-                f"passed as `trainer.fit(model, datamodule=...)`; got {type(datamodule).__name__}. Wrap your "
-                "datasets: `PrioritizedDataModule(train_dataset, val_dataset, batch_size=...)`."
-            )
+        datamodule = require_datamodule(trainer, "LossTracker")
         datamodule.recorded_by = "LossTracker"
         self._skipped_steps = 0
         strategy = datamodule.strategy
@@ -150,11 +145,7 @@ class LossTracker(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not isinstance(batch, PrioritizedBatch):
-            raise TypeError(
-                f"LossTracker got a training batch of type {type(batch).__name__} without sample indices: train "
-                "with `trainer.fit(model, datamodule=PrioritizedDataModule(...))`, not with your own dataloader."
-            )
+        require_batch(batch, "LossTracker")
         self._steps_since_sync += 1
         if outputs is None or (isinstance(outputs, Mapping) and not outputs):
             self._skipped_steps += 1  # `training_step` skipped this batch: nothing to record
@@ -215,9 +206,9 @@ class LossTracker(Callback):
         metrics = {f"per/{k}": v for k, v in (trained.stats or {}).items()}
         metrics["per/seen_fraction"] = float(seen.sum()) / len(table)
         metrics["per/nonfinite"] = float(dropped)
-        metrics.update(_quantiles(table.scores))
+        metrics.update({f"per/score_q{round(100 * q)}": v for q, v in table.quantiles((0.1, 0.5, 0.9)).items()})
         self.last_plan, self.last_stats = trained, metrics
-        # the same on every rank (merged records); not `self.log`: see `_logging`
+        # the same on every rank (merged records); not `self.log`: see `plumbing/publish.py`
         publish(trainer, metrics, prog_bar=("per/ess",))
         datamodule.prepare_epoch(trainer.current_epoch + 1)  # the next epoch's plan, from the updated table
         if self._varies:  # Lightning's note on a short epoch names its batch count: it would repeat with each length
@@ -234,24 +225,11 @@ class LossTracker(Callback):
         if self._labels is None or self._labels.numel() != num_samples:  # none yet, or a new training set
             self._labels = torch.full((num_samples,), -1, dtype=torch.int32)
         self._labels[index] = targets.to(torch.int32)
-        known = self._labels[self._labels >= 0].long()
-        counts = torch.bincount(known).double()
-        present = counts > 0
-        factor = torch.ones_like(counts)
-        factor[present] = (counts[present] / counts[present].mean()).pow(-self.class_balance)
-        return factor[targets.long()].float()
+        return PF.class_frequency_factor(self._labels, targets, self.class_balance)
 
     def _refresh(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> None:
         """Score this rank's shard of the training set with the current model: eval mode, no grad, no logging."""
-        world, rank = trainer.world_size, trainer.global_rank
-        dataset = IndexedDataset(datamodule.train_dataset)  # type: ignore[arg-type]
-        shard = list(range(rank, len(dataset), world))
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, shard),
-            batch_size=datamodule.eval_batch_size,
-            collate_fn=IndexedCollate(datamodule.collate_fn),
-            num_workers=datamodule.num_workers,
-        )
+        loader = shard_loader(datamodule, trainer.global_rank, trainer.world_size)
         with scoring_mode(pl_module, trainer):
             for i, batch in enumerate(loader):
                 batch = prepare_batch(trainer, pl_module, batch)
@@ -368,13 +346,3 @@ def _concat(
     values = torch.cat([p[1].reshape(-1).to(device, torch.float32) for p in parts])
     targets = None if parts[0][2] is None else torch.cat([p[2].to(device) for p in parts if p[2] is not None])
     return index, values, targets
-
-
-def _quantiles(scores: Tensor, max_points: int = 1 << 20) -> dict[str, float]:
-    seen = scores[~torch.isnan(scores)]
-    if seen.numel() == 0:
-        return {}
-    if seen.numel() > max_points:
-        seen = seen[torch.randint(seen.numel(), (max_points,), generator=torch.Generator().manual_seed(0))]
-    q = torch.quantile(seen.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
-    return {"per/score_q10": float(q[0]), "per/score_q50": float(q[1]), "per/score_q90": float(q[2])}

@@ -10,10 +10,10 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset, TensorDataset, default_collate
 
 from lightning_per._checks import check_choice, check_int
-from lightning_per.data import IndexedCollate, IndexedDataset
+from lightning_per.continual.stream import StreamLoader, TaskStreamSampler, resume_batches
 from lightning_per.datamodule import PrioritizedDataModule
-from lightning_per.replay.stream import StreamLoader, TaskStreamSampler, resume_batches
-from lightning_per.replay.structure import SampleSpec
+from lightning_per.indexed import IndexedCollate, IndexedDataset
+from lightning_per.tree import SampleSpec
 
 __all__ = ["TaskDataset", "TaskSequence"]
 

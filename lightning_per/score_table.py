@@ -83,6 +83,23 @@ class ScoreTable:
         self.version += 1
         return dropped
 
+    def quantiles(self, levels: tuple[float, ...], max_points: int = 1 << 20) -> dict[float, float]:
+        """Quantiles of the scores seen (a fixed random subset of ``max_points`` beyond that); empty if none.
+
+        Example:
+            >>> table = ScoreTable(3)
+            >>> _ = table.update(torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
+            >>> table.quantiles((0.5,))
+            {0.5: 2.0}
+        """
+        seen = self.scores[~torch.isnan(self.scores)]
+        if seen.numel() == 0:
+            return {}
+        if seen.numel() > max_points:
+            seen = seen[torch.randint(seen.numel(), (max_points,), generator=torch.Generator().manual_seed(0))]
+        values = torch.quantile(seen.double(), torch.tensor(levels, dtype=torch.float64)).tolist()
+        return dict(zip(levels, values, strict=True))
+
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain values only: loads with ``torch.load(weights_only=True)``."""
         return {"scores": self.scores.clone(), "version": self.version}

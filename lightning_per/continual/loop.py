@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import lightning.pytorch as pl
 
-from lightning_per.replay.tasks import TaskSequence
+from lightning_per.continual.tasks import TaskSequence
 
 __all__ = ["fit_tasks"]
 

@@ -1,0 +1,137 @@
+"""The batch type that carries dataset indices and importance weights next to the user's own batch.
+
+A training batch from ``PrioritizedDataModule`` is a ``PrioritizedBatch``. It unpacks and
+indexes like the batch the user's collate function made (``x, y = batch`` for tuple and list samples,
+``batch["image"]`` and ``batch.keys()`` for dict samples), and adds ``batch.index`` (int64 dataset indices) and
+``batch.weight`` (float32 importance weights).
+
+It deliberately defines no ``__iter__``: Lightning then reads it as a dataclass when it infers the batch size for
+``self.log(..., on_epoch=True)``, which is right for every kind of batch (a dict batch iterated would give its
+keys). Unpacking still works through ``__getitem__``; ``batch.data`` is the user's batch itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["PrioritizedBatch", "weighted_mean"]
+
+
+@dataclass
+class PrioritizedBatch:
+    """A collated batch with the dataset index and the importance weight of every sample.
+
+    It unpacks and indexes like ``data`` (``x, y = batch`` for tuple and list samples, ``batch["image"]`` and
+    ``batch.keys()`` for dict samples); ``batch.batch_size`` is the number of samples.
+
+    Args:
+        data: the batch the user's collate function made from the samples (tuple, list, dict, tensor, ...).
+        index: int64 dataset indices, one per sample.
+        weight: float32 importance weights, one per sample (1 for uniform sampling).
+
+    Raises:
+        TypeError: ``x, y = batch`` (or an integer key) on a dict batch: read it by key.
+
+    Example:
+        >>> batch = PrioritizedBatch((torch.zeros(2, 3), torch.tensor([0, 1])), torch.tensor([4, 7]), torch.ones(2))
+        >>> x, y = batch
+        >>> x.shape, batch.index.tolist()
+        (torch.Size([2, 3]), [4, 7])
+    """
+
+    data: Any
+    index: Tensor
+    weight: Tensor
+
+    def __getitem__(self, key: Any) -> Any:
+        data = self.data
+        if isinstance(key, int) and isinstance(data, Mapping) and key not in data:
+            # `x, y = batch` indexes 0, 1, ...: say how a dict batch is read instead of a bare `KeyError: 0`
+            first = next(iter(map(repr, data)), "'x'")
+            raise TypeError(
+                f"This batch is a dict with the keys {sorted(map(str, data))}: read it by key, e.g. `batch[{first}]`; "
+                "`x, y = batch` unpacks tuple and list samples only."
+            )
+        return data[key]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.data
+
+    def keys(self) -> Any:
+        """The keys of a dict batch."""
+        return self.data.keys()
+
+    def values(self) -> Any:
+        """The values of a dict batch."""
+        return self.data.values()
+
+    def items(self) -> Any:
+        """The items of a dict batch."""
+        return self.data.items()
+
+    def pin_memory(self) -> PrioritizedBatch:
+        """A copy in pinned memory (``DataLoader(pin_memory=True)`` calls this)."""
+        from torch.utils.data._utils.pin_memory import pin_memory
+
+        return PrioritizedBatch(
+            data=pin_memory(self.data), index=self.index.pin_memory(), weight=self.weight.pin_memory()
+        )
+
+    def to(self, device: torch.device | str | int, non_blocking: bool = False) -> PrioritizedBatch:
+        """A copy on ``device`` (Lightning calls this to move the batch; the data is moved recursively)."""
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+
+        return PrioritizedBatch(
+            data=move_data_to_device(self.data, device),
+            index=self.index.to(device, non_blocking=non_blocking),
+            weight=self.weight.to(device, non_blocking=non_blocking),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        """Number of samples in the batch."""
+        return int(self.index.shape[0])
+
+
+def weighted_mean(losses: Tensor, batch: Any) -> Tensor:
+    """The mean of per-sample ``losses`` weighted by ``batch.weight``; a plain mean for a batch without weights.
+
+    This is the one call that keeps the gradient unbiased under prioritized or importance sampling. ``losses``
+    has one row per sample: shape ``(n,)``, ``(n, 1)`` or ``(n, T, ...)`` (e.g. per-token losses; each sample's
+    weight multiplies its whole row, then all elements are averaged).
+
+    Raises:
+        TypeError: ``losses`` is not a tensor.
+        ValueError: ``losses`` does not have one row per sample of the batch.
+
+    Example:
+        >>> batch = PrioritizedBatch(None, torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
+        >>> weighted_mean(torch.tensor([2.0, 2.0]), batch)
+        tensor(4.)
+    """
+    if not isinstance(losses, Tensor):
+        raise TypeError(
+            f"`losses` must be a tensor of per-sample losses (e.g. `F.cross_entropy(logits, y, reduction='none')`), "
+            f"got {type(losses).__name__}."
+        )
+    weight = getattr(batch, "weight", None)
+    if weight is None:
+        return losses.mean()
+    if losses.ndim == 0 or losses.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"`losses` has shape {tuple(losses.shape)} but the batch has {weight.shape[0]} weights: compute the "
+            "loss per sample (e.g. `F.cross_entropy(logits, y, reduction='none')`) on the batch as it arrived, "
+            "one row per sample."
+        )
+    if losses.ndim == 1 and losses.dtype == weight.dtype:  # the common case in one op (a step is hot code)
+        return torch.dot(losses, weight / weight.shape[0])
+    # a sample's weight applies to its whole row: (n,), (n, 1) and per-element (n, T, ...) losses alike
+    return (losses * weight.to(losses.dtype).reshape(-1, *[1] * (losses.ndim - 1))).mean()
