@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,7 @@ def build_payload(
         "pending": [s.key for s in settings if s.key not in tables],
         "seeds": {"selection": list(seeds.selection), "report": list(seeds.report), "extra": list(seeds.extra)},
         "command": " ".join(["python -m benchmarks." + study.name, *argv]),
+        "code_commit": os.environ.get("BENCH_COMMIT"),  # set by benchmarks.run_studies
         "settings": {**recorded, "out": str(args.out)},
         "wall_seconds": sum(r.get("wall", 0.0) for r in store.runs.values()),
         "runs_in_store": len(store),
