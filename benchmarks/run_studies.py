@@ -52,7 +52,6 @@ def snapshot(code_dir: Path) -> tuple[Path, str]:
         partial.mkdir(parents=True, exist_ok=True)
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(partial)], input=archive.stdout, check=True)
-        (partial / "bench_out").unlink(missing_ok=True)
         subprocess.run(["rm", "-rf", str(partial / "bench_out")], check=True)
         (partial / "bench_out").symlink_to(ROOT / "bench_out")
         partial.rename(target)
