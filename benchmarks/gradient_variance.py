@@ -46,7 +46,8 @@ from torch.utils.data import TensorDataset
 
 from benchmarks.common import median, protocol, quiet, save_figure, save_json, spread
 from benchmarks.common import parser as make_parser
-from benchmarks.time_to_quality import Augment, BudgetRun, run, splits
+from benchmarks.protocol.data import Augment
+from benchmarks.time_to_quality import BudgetRun, run, splits
 from lightning_per import functional as PF
 
 SCORES = ("ce", "loss", "optimal")

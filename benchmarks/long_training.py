@@ -158,8 +158,10 @@ class LongTraining(Study):
 
     def section(self, data: dict[str, Any], json_path: Path) -> list[str]:
         s = data["settings"]
+        device = "" if s["accelerator"] == "cpu" else f", on the {s['accelerator'].upper()}"
+        epochs = " and ".join(str(e) for e in s["epochs"])
         lines = [
-            f"### Long training ({s['size']})",
+            f"### Long training ({s['size']}, {epochs} epochs{device})",
             "",
             f"MNIST-1D {s['size']} (see the protocol in the JSON), 1D CNN width {s['width']}, SGD + momentum 0.9, "
             f"batch {s['batch_size']}; importance sampling against uniform at equal compute (an importance step "

@@ -38,40 +38,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
-from torch.utils.data import TensorDataset, default_collate
+from torch.utils.data import TensorDataset
 
 from benchmarks.common import bench_trainer, protocol, quiet, save_figure, save_json, spread
 from benchmarks.common import parser as make_parser
-from lightning_per import (
-    ImportanceSamplingCallback,
-    LossTracker,
-    PrioritizedDataModule,
-    SamplingStrategy,
-)
-from lightning_per.examples.data import load_mnist1d, resolve_data_dir
+from benchmarks.protocol.data import Augment, consecutive_splits
+from benchmarks.protocol.plots import mean_curve
+from lightning_per import ImportanceSamplingCallback, LossTracker, PrioritizedDataModule, SamplingStrategy
 from lightning_per.examples.models import Classifier
 from lightning_per.scoring import ScoreName
 
 METHODS = ("uniform", "proportional", "rank", "prune", "importance", "importance_loss")
-
-
-class Augment:
-    """Collate, then augment each signal with random shift, scale, shear and noise (the MNIST-1D kinds)."""
-
-    def __init__(self, max_shift: int = 3, scale: float = 0.4, shear: float = 0.75, noise: float = 0.05) -> None:
-        self.max_shift = max_shift
-        self.scale = scale
-        self.shear = shear
-        self.noise = noise
-
-    def __call__(self, samples: list[Any]) -> Any:
-        x, y = default_collate(samples)
-        n, length = x.shape
-        shift = torch.randint(-self.max_shift, self.max_shift + 1, (n, 1))
-        x = x.gather(1, (torch.arange(length) - shift) % length)
-        x = x * (1 + self.scale * (torch.rand(n, 1) - 0.5))
-        x = x - self.shear * (torch.rand(n, 1) - 0.5) * torch.linspace(-0.5, 0.5, length)
-        return x + self.noise * torch.randn_like(x), y
 
 
 class BudgetRun(Callback):
@@ -94,8 +71,7 @@ class BudgetRun(Callback):
         self.data = data
         self.train_seconds = 0.0
         self.cost = 0.0
-        self.steps = 0
-        self.importance_steps = 0
+        self.steps = self.importance_steps = 0
         self.epoch_ends: list[float] = []
         self.curve: list[dict[str, float]] = []
         self._since: float | None = None
@@ -159,13 +135,7 @@ class BudgetRun(Callback):
 
 def splits(data_dir: str | None) -> dict[str, TensorDataset]:
     """The examples' MNIST-1D splits: 4000 train, 1000 validation, 1000 test (generator seed 42)."""
-    x, y = load_mnist1d(6000, 42, resolve_data_dir(data_dir, "--data-dir"))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    return {
-        "train": TensorDataset(xt[:4000], yt[:4000]),
-        "val": TensorDataset(xt[4000:5000], yt[4000:5000]),
-        "test": TensorDataset(xt[5000:], yt[5000:]),
-    }
+    return consecutive_splits({"train": 4000, "val": 1000, "test": 1000}, data_dir)
 
 
 def run(
@@ -258,31 +228,22 @@ def summarize(runs: dict[str, list[Any]], seeds: list[int]) -> dict[str, Any]:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """Training loss and test accuracy against time and against cost; mean line and min-max band over seeds."""
+    """Training loss and test accuracy against time and against cost; the mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for method, result in summary.items():
-        curves = list(result["curves"].values())
-        for col, xkey in enumerate(("seconds", "cost")):
-            grid = np.linspace(0, min(c[-1][xkey] for c in curves), 60)
-            for row, ykey in enumerate(("train_loss", "test_acc")):
-                ys = np.stack([np.interp(grid, [p[xkey] for p in c], [p[ykey] for p in c]) for c in curves])
-                ax = axes[row][col]
-                (line,) = ax.plot(grid, ys.mean(0), label=method)
-                ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
-                ax.set_xlabel("training seconds" if xkey == "seconds" else "cost (forward = 1, backward = 2)")
-                ax.set_ylabel("training loss" if ykey == "train_loss" else "test accuracy")
-                if ykey == "train_loss":
-                    ax.set_yscale("log")
-                else:
-                    ax.set_ylim(0.5, 1.0)
+        runs = {seed: {"curve": curve} for seed, curve in result["curves"].items()}
+        for col, x in enumerate(("seconds", "cost")):
+            for row, y in enumerate(("train_loss", "test_acc")):
+                axes[row][col].plot(*mean_curve(runs, x, y), label=method)
+                xlabel = "training seconds" if x == "seconds" else "cost (forward = 1, backward = 2)"
+                axes[row][col].set(xlabel=xlabel, ylabel=y, yscale="log" if y == "train_loss" else "linear")
     axes[0][0].legend()
-    fig.suptitle("MNIST-1D, equal training budgets (mean over seeds, min-max band)")
+    fig.suptitle("MNIST-1D, equal training budgets (mean over seeds)")
     save_figure(fig, path)
 
 
@@ -290,28 +251,21 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench_out/time_to_quality.json"))
-    parser.add_argument(
-        "--budget-s", type=float, default=25.0, help="sets the compute budget: the uniform epochs of this many seconds"
-    )
+    # fmt: off
+    parser.add_argument("--budget-s", type=float, default=25.0, help="budget: the uniform epochs of this many seconds")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=0.1,
-        help="SGD peak learning rate. 0.1 was chosen on the validation split: uniform, seed 0, 25 s budget, "
-        "lr 0.02 / 0.05 / 0.1 / 0.2 gave validation accuracy 93.3 / 96.5 / 96.9 / 96.2 percent",
-    )
+    parser.add_argument("--lr", type=float, default=0.1, help="SGD peak learning rate. 0.1 was chosen on the "
+                        "validation split: uniform, seed 0, 25 s, lr 0.02 / 0.05 / 0.1 / 0.2 gave 93.3 / 96.5 / 96.9 / "
+                        "96.2% validation accuracy")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--presample", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu, ... (one device)")
     parser.add_argument("--evals", type=int, default=20, help="evaluation points per run")
-    parser.add_argument(
-        "--free-scoring",
-        action="store_true",
-        help="diagnostic: charge an importance step like a uniform one (equal steps instead of equal compute)",
-    )
+    parser.add_argument("--free-scoring", action="store_true", help="diagnostic: charge an importance step like a "
+                        "uniform one (equal steps instead of equal compute)")
+    # fmt: on
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
     if "uniform" not in args.methods:
@@ -328,20 +282,11 @@ def main(argv: list[str] | None = None) -> None:
             runs[method].append(result)
             end = result.curve[-1]
             print(
-                f"seed {seed} {method:<16s} {end['seconds']:5.1f} s  cost {end['cost'] / 1e6:6.2f}M  "
-                f"train loss {end['train_loss']:.4f}  test acc {end['test_acc']:.4f}  val acc {end['val_acc']:.4f}",
+                f"seed {seed} {method:<16s} {end['seconds']:5.1f} s  train loss {end['train_loss']:.4f}  "
+                f"test acc {end['test_acc']:.4f}  val acc {end['val_acc']:.4f}",
                 flush=True,
             )
     summary = summarize(runs, seeds)
-    print(f"{'method':<16s} {'train loss':>16s} {'test acc':>16s} {'loss/uniform':>13s} {'cost to unif. acc':>18s}")
-    for method, r in summary.items():
-        cost = r["cost_to_uniform_acc_ratio"]
-        print(
-            f"{method:<16s} {r['final_train_loss']['mean']:8.4f} ± {r['final_train_loss']['std']:.4f} "
-            f"{r['final_test_acc']['mean']:8.4f} ± {r['final_test_acc']['std']:.4f} "
-            f"{r['train_loss_ratio_to_uniform']['mean']:12.3f}  "
-            + (f"{cost['mean']:8.3f}" if cost else f"not reached ({r['reached_uniform_acc']}/{len(seeds)})")
-        )
     payload = {
         "methods": summary,
         "settings": {**vars(args), "out": str(args.out), "max_epochs": max_epochs},

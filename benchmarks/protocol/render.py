@@ -68,9 +68,12 @@ def table(methods: dict[str, dict[str, Any]], columns: list[Column]) -> list[str
 
 
 def figure(json_path: Path, alt: str) -> list[str]:
-    """The study's PNG (beside its JSON), linked from the results page in ``benchmarks/``, citing its JSON."""
-    png = json_path.with_suffix(".png")
-    return [f"![{alt}](../bench_out/{png.name})", "", f"*Figure rendered from `bench_out/{json_path.name}`.*", ""]
+    """The study's PNG (beside its JSON), linked from the results page in ``benchmarks/``, citing its JSON.
+
+    A JSON in ``bench_out/gpu_check/`` keeps that folder in the link; any other is taken to be in ``bench_out/``.
+    """
+    name = json_path.stem if json_path.parent.name != "gpu_check" else f"gpu_check/{json_path.stem}"
+    return [f"![{alt}](../bench_out/{name}.png)", "", f"*Figure rendered from `bench_out/{name}.json`.*", ""]
 
 
 def settings_line(data: dict[str, Any]) -> str:
