@@ -8,8 +8,11 @@ Each command starts from a copy of ``HEAD`` (``git archive`` into ``--code-dir/<
 to this checkout's), so editing the working tree while a chain runs changes nothing it runs, and every JSON names the
 commit that wrote it (``code_commit``). One process per study, one torch thread; two chains side by side use the
 machine's two cores. A study resumes from its run store (``bench_out/<name>.runs.jsonl``): running a chain again
-after a kill loses at most the run that was in progress. The hours are estimates from one measured run per study
-on this shared 2-core machine (see the results page).
+after a kill loses at most the run that was in progress. The hours are estimates for this shared 2-core machine
+under load (load average 7-9 while they started): a 25-epoch long-training run of the large setting took 5-6.5 min
+of wall time, a noisy-labels run of the large setting 6-7 min, a redundancy or imbalance run about 35 s on a quieter
+machine (the earlier protocol's JSON); times about 10.7 runs per method and setting (3 learning rates on 2
+selection seeds, 3 report seeds, some extensions and extra seeds).
 """
 
 from __future__ import annotations
@@ -27,17 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAINS: dict[str, list[tuple[str, list[str], float]]] = {
     "long": [
         ("long_training", ["--size", "large", "--epochs", "25", "10", "--schedules", "cosine", "step",
-                           "--lrs", "0.1", "0.2", "0.4"], 6.0),
+                           "--lrs", "0.1", "0.2", "0.4"], 9.0),
         ("long_training", ["--size", "large", "--epochs", "50", "100", "--schedules", "cosine",
                            "--methods", "importance", "--lrs", "0.1", "0.2", "0.4",
-                           "--out", "bench_out/long_training_long.json"], 7.0),
+                           "--out", "bench_out/long_training_long.json"], 13.0),
     ],
     "others": [
-        ("noisy_labels", ["--size", "large", "--noise", "0.3"], 5.0),
+        ("noisy_labels", ["--size", "large", "--noise", "0.3"], 9.0),
         ("redundancy", [], 3.0),
-        ("imbalance", [], 2.0),
+        ("imbalance", [], 2.5),
         ("noisy_labels", ["--size", "small", "--noise", "0.3", "0.1", "0",
-                          "--out", "bench_out/noisy_labels_small.json"], 4.5),
+                          "--out", "bench_out/noisy_labels_small.json"], 6.0),
     ],
 }  # fmt: skip
 
