@@ -139,6 +139,7 @@ def gpu_section(out: Path) -> list[str]:
             "### Overhead on the GPU",
             "",
             *overhead_section(overhead, command(parts.get("overhead", {}).get("command", "make gpu-check"))),
+            *figure(out, "gpu_check/overhead", "overhead on the GPU"),
         ]
     long = load(folder / "long_training.json")
     if long is not None and long.get("protocol_version") == 2:
