@@ -95,6 +95,8 @@ def test_redundancy_gives_uniform_the_compute_prune_used(tmp_path):
         pruned["vs_matched_uniform"]["method"] == "uniform_at_prune_r0.7"
         and "prune_r0.7" in data["tables"]["2ep"]["goals"]
     )
+    section = "\n".join(redundancy.STUDY.section(data, out))
+    assert "| `uniform_at_prune_r0.7` |" in section and "Goal, `prune_r0.7`" in section
     headline = redundancy.STUDY.headlines(data)[0]
     assert headline.method == "prune_r0.7" and not headline.quotable and "of uniform's compute" in headline.figure
 
