@@ -45,9 +45,8 @@ from torch.utils.data import TensorDataset
 
 from benchmarks.common import bench_trainer, quiet, results_payload, save_figure, save_json, spread, torch_threads
 from benchmarks.common import parser as make_parser
-from benchmarks.protocol.data import flip_labels
+from benchmarks.protocol.data import consecutive_splits, flip_labels
 from benchmarks.protocol.schedules import lr_factor
-from benchmarks.time_to_quality import splits
 from lightning_per import LossTracker, PrioritizedBatch, PrioritizedDataModule, SamplingStrategy
 from lightning_per.examples.models import Classifier
 from lightning_per.strategy import StrategyName
@@ -272,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
 def benchmark(args: argparse.Namespace) -> None:
     """Select the learning rates, run every method and seed, report, write the JSON and the figure."""
     start = time.perf_counter()
-    data = splits(args.data_dir)
+    data = consecutive_splits({"train": 4000, "val": 1000, "test": 1000}, args.data_dir)
     x, y = data["train"].tensors
     data["train"] = TensorDataset(x[: args.train_size], y[: args.train_size])
     chosen: dict[str, float] = {}

@@ -30,107 +30,24 @@ if it never did in some seed), and that cost over the cost at which uniform itse
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, seed_everything
 from torch.utils.data import TensorDataset
 
 from benchmarks.common import bench_trainer, protocol, quiet, save_figure, save_json, spread
 from benchmarks.common import parser as make_parser
-from benchmarks.protocol.data import Augment, consecutive_splits
+from benchmarks.protocol.budget import ComputeBudget, epochs_budget
+from benchmarks.protocol.data import Augment, consecutive_splits, predict
 from benchmarks.protocol.plots import mean_curve
 from lightning_per import ImportanceSamplingCallback, LossTracker, PrioritizedDataModule, SamplingStrategy
 from lightning_per.examples.models import Classifier
 from lightning_per.scoring import ScoreName
 
 METHODS = ("uniform", "proportional", "rank", "prune", "importance", "importance_loss")
-
-
-class BudgetRun(Callback):
-    """Keeps the training clock, the cost, the learning-rate schedule and the evaluation curve of one run."""
-
-    def __init__(
-        self,
-        budget_cost: float,
-        max_epochs: int,
-        lr: float,
-        evals: int,
-        data: dict[str, TensorDataset],
-        charge_scoring: bool = True,
-    ) -> None:
-        self.budget_cost = budget_cost
-        self.charge_scoring = charge_scoring
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.eval_every = budget_cost / evals
-        self.data = data
-        self.train_seconds = 0.0
-        self.cost = 0.0
-        self.steps = self.importance_steps = 0
-        self.epoch_ends: list[float] = []
-        self.curve: list[dict[str, float]] = []
-        self._since: float | None = None
-        self._next_eval = 0.0
-        self._importance: ImportanceSamplingCallback | None = None
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        found = [c for c in trainer.callbacks if isinstance(c, ImportanceSamplingCallback)]  # type: ignore[attr-defined]
-        self._importance = found[0] if found else None
-        self._evaluate(pl_module)
-        self._since = time.perf_counter()
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        epochs = trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
-        progress = min(1.0, max(self.cost / self.budget_cost, epochs / self.max_epochs))
-        for group in trainer.optimizers[0].param_groups:
-            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        assert self._since is not None
-        self.train_seconds += time.perf_counter() - self._since
-        b = batch.batch_size
-        self.cost += 3 * b
-        self.steps += 1
-        if self._importance is not None and self._importance.last_step_was_importance:
-            self.cost += self._importance.presample * b if self.charge_scoring else 0
-            self.importance_steps += 1
-        if self.cost >= self._next_eval:
-            self._evaluate(pl_module)
-        if self.cost >= self.budget_cost:
-            trainer.should_stop = True
-        self._since = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.epoch_ends.append(self.train_seconds)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.curve or self.curve[-1]["cost"] < self.cost:
-            self._evaluate(pl_module)
-
-    @torch.no_grad()
-    def _evaluate(self, pl_module: LightningModule) -> None:
-        was_training = pl_module.training
-        pl_module.eval()
-        point = {"seconds": self.train_seconds, "cost": self.cost}
-        if self._importance is not None:
-            point["tau"] = self._importance.tau
-            point["importance_fraction"] = self.importance_steps / max(1, self.steps)
-        for name, dataset in self.data.items():
-            x, y = dataset.tensors
-            logits = torch.cat([pl_module(chunk.to(pl_module.device)).cpu() for chunk in x.split(2000)])
-            if name == "train":
-                point["train_loss"] = float(F.cross_entropy(logits, y))
-            point[f"{name}_acc"] = float((logits.argmax(1) == y).float().mean())
-        self.curve.append(point)
-        self._next_eval = self.cost + self.eval_every
-        pl_module.train(was_training)
 
 
 def splits(data_dir: str | None) -> dict[str, TensorDataset]:
@@ -147,7 +64,7 @@ def run(
     options: dict[str, Any] | None = None,
     extra_callbacks: list[Callback] | None = None,
 ) -> Any:
-    """One budgeted training run; returns its :class:`BudgetRun` (curve, cost, seconds).
+    """One budgeted training run; returns its ``ComputeBudget`` (curve, cost, seconds, selected steps).
 
     ``options`` (for the selection of defaults) go to ``SamplingStrategy`` or, for the importance methods, to
     ``ImportanceSamplingCallback``; by default every method runs with the library's defaults. ``extra_callbacks``
@@ -162,8 +79,25 @@ def run(
     datamodule = PrioritizedDataModule(
         data["train"], batch_size=args.batch_size, strategy=strategy, seed=seed, collate_fn=Augment()
     )
-    budget_cost = 3.0 * len(data["train"]) * max_epochs  # max_epochs uniform epochs
-    budget = BudgetRun(budget_cost, max_epochs, args.lr, args.evals, data, not getattr(args, "free_scoring", False))
+    meter: list[ComputeBudget] = []
+
+    def evaluate(module: LightningModule) -> dict[str, Any]:
+        point: dict[str, Any] = {}
+        taus = [c.tau for c in module.trainer.callbacks if hasattr(c, "tau")]  # type: ignore[attr-defined]
+        if taus:
+            point.update(tau=taus[0], importance_fraction=meter[0].selected_steps / max(1, meter[0].steps))
+        for name, dataset in data.items():
+            x, y = dataset.tensors
+            logits = predict(module, x)
+            if name == "train":
+                point["train_loss"] = float(F.cross_entropy(logits, y))
+            point[f"{name}_acc"] = float((logits.argmax(1) == y).float().mean())
+        return point
+
+    budget_cost = epochs_budget(len(data["train"]), max_epochs)  # max_epochs uniform epochs
+    charge = not getattr(args, "free_scoring", False)
+    budget = ComputeBudget(budget_cost, args.lr, "cosine", evaluate, args.evals, max_epochs, charge_scoring=charge)
+    meter.append(budget)
     callbacks: list[Callback] = [budget, *(extra_callbacks or [])]
     if method in ("proportional", "rank", "prune"):
         callbacks.append(LossTracker())
@@ -183,7 +117,7 @@ def calibrate(args: argparse.Namespace, data: dict[str, TensorDataset]) -> int:
     """
     epochs = 6
     start = time.perf_counter()
-    ends = run("uniform", 0, args, data, epochs).epoch_ends
+    ends = run("uniform", 0, args, data, epochs).epoch_seconds
     seconds_per_epoch = (ends[-1] - ends[0]) / (len(ends) - 1)
     print(f"calibration: {seconds_per_epoch:.2f} s per uniform epoch ({time.perf_counter() - start:.1f} s)")
     return max(1, round(args.budget_s / seconds_per_epoch))
@@ -220,7 +154,7 @@ def summarize(runs: dict[str, list[Any]], seeds: list[int]) -> dict[str, Any]:
             "cost_to_uniform_acc_ratio": spread(cost_ratio) if done and cost_ratio else None,
             "reached_uniform_acc": sum(p is not None for p in reached),
             "total_cost": spread([f["cost"] for f in finals]),
-            "importance_fraction": spread([r.importance_steps / max(1, r.steps) for r in results]),
+            "importance_fraction": spread([r.selected_steps / max(1, r.steps) for r in results]),
             "train_seconds": spread([f["seconds"] for f in finals]),
             "curves": {str(s): r.curve for s, r in zip(seeds, results, strict=True)},
         }

@@ -94,7 +94,7 @@ def test_free_scoring_charges_an_importance_step_like_a_uniform_one():
     for free in (False, True):
         args = argparse.Namespace(lr=0.1, batch_size=100, presample=3, accelerator="cpu", evals=1, free_scoring=free)
         budget = time_to_quality.run("importance", 0, args, data, 1, {"tau_th": 1e-9})  # one epoch's cost
-        assert budget.importance_steps > 0
+        assert budget.selected_steps > 0
         steps[free] = budget.steps
     assert steps[True] == 40  # the whole epoch: importance steps cost 300 like uniform ones
     assert steps[False] < 40  # charged 600 each, the budget runs out before the epoch ends
@@ -109,7 +109,7 @@ def test_the_summary_survives_a_uniform_run_that_ends_where_it_started():
             {"cost": 300.0 * i, "seconds": i, "test_acc": a, "val_acc": a, "train_loss": 1.0}
             for i, a in enumerate(accs)
         ]
-        return SimpleNamespace(curve=curve, importance_steps=0, steps=len(accs))
+        return SimpleNamespace(curve=curve, selected_steps=0, steps=len(accs))
 
     runs = {"uniform": [result([0.1, 0.5, 0.1])], "rank": [result([0.1, 0.6, 0.7])]}
     summary = time_to_quality.summarize(runs, [0])

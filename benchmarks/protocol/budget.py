@@ -55,6 +55,7 @@ class ComputeBudget(Callback):
         evaluate: Evaluate,
         evals: int = 20,
         max_epochs: int | None = None,
+        charge_scoring: bool = True,
     ) -> None:
         if budget <= 0 or evals < 1:
             raise ValueError(f"budget must be > 0 and evals >= 1, got {budget} and {evals}")
@@ -65,6 +66,7 @@ class ComputeBudget(Callback):
         self.evaluate = evaluate
         self.eval_every = budget / evals
         self.max_epochs = max_epochs
+        self.charge_scoring = charge_scoring  # False: a diagnostic that charges a selection step like a uniform one
         self.cost = 0.0
         self.aux_cost = 0.0
         self.aux_seconds = 0.0
@@ -72,6 +74,7 @@ class ComputeBudget(Callback):
         self.selected_steps = 0
         self.trained = 0
         self.epoch_sizes: list[int] = []
+        self.epoch_seconds: list[float] = []
         self.curve: list[dict[str, Any]] = []
         self._incoming = 0
         self._epoch_count = 0
@@ -116,7 +119,8 @@ class ComputeBudget(Callback):
     ) -> None:
         trained = int(batch.batch_size)  # after a selection step: the chosen points
         selected = self._selection is not None and bool(self._selection.last_step_was_selected)
-        self.cost += step_cost(trained, self._selection.presample * self._incoming if selected else 0)
+        scored = self._selection.presample * self._incoming if selected and self.charge_scoring else 0
+        self.cost += step_cost(trained, scored)
         self.steps += 1
         self.selected_steps += int(selected)
         self.trained += trained
@@ -128,6 +132,7 @@ class ComputeBudget(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.epoch_sizes.append(self._epoch_count)
+        self.epoch_seconds.append(self.seconds)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.curve[-1]["cost"] != self.cost:
