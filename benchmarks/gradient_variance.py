@@ -46,7 +46,9 @@ from torch.utils.data import TensorDataset
 
 from benchmarks.common import median, protocol, quiet, save_figure, save_json, spread
 from benchmarks.common import parser as make_parser
-from benchmarks.time_to_quality import Augment, BudgetRun, run, splits
+from benchmarks.protocol.budget import ComputeBudget
+from benchmarks.protocol.data import Augment
+from benchmarks.time_to_quality import run, splits
 from lightning_per import functional as PF
 
 SCORES = ("ce", "loss", "optimal")
@@ -129,17 +131,17 @@ class Probes(Callback):
         self.train = train
         self.generator = torch.Generator().manual_seed(10_000 + seed)
         self.points: list[dict[str, Any]] = []
-        self._budget: BudgetRun | None = None
+        self._budget: ComputeBudget | None = None
         self._next = 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._budget = next(c for c in trainer.callbacks if isinstance(c, BudgetRun))  # type: ignore[attr-defined]
+        self._budget = next(c for c in trainer.callbacks if isinstance(c, ComputeBudget))  # type: ignore[attr-defined]
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         assert self._budget is not None
-        fraction = self._budget.cost / self._budget.budget_cost
+        fraction = self._budget.cost / self._budget.budget
         first = 1.0 / self.args.epochs  # after one epoch: the network has left its random start
         due = first + self._next * (1.0 - first) / max(1, self.args.probes - 1)
         if self._next >= self.args.probes or fraction < due - 1e-9:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             method, options = parse_candidate(candidate)
             result = run(method, seed, args, data, max_epochs, options)
             end = dict(result.curve[-1])
-            end["importance_fraction"] = result.importance_steps / max(1, result.steps)
+            end["importance_fraction"] = result.selected_steps / max(1, result.steps)
             finals[candidate].append(end)
             print(
                 f"seed {seed} {candidate:<48s} train loss {end['train_loss']:.4f}  val acc {end['val_acc']:.4f}  "

@@ -30,142 +30,29 @@ if it never did in some seed), and that cost over the cost at which uniform itse
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
-from torch.utils.data import TensorDataset, default_collate
+from lightning.pytorch import Callback, LightningModule, seed_everything
+from torch.utils.data import TensorDataset
 
 from benchmarks.common import bench_trainer, protocol, quiet, save_figure, save_json, spread
 from benchmarks.common import parser as make_parser
-from lightning_per import (
-    ImportanceSamplingCallback,
-    LossTracker,
-    PrioritizedDataModule,
-    SamplingStrategy,
-)
-from lightning_per.examples.data import load_mnist1d, resolve_data_dir
+from benchmarks.protocol.budget import ComputeBudget, epochs_budget
+from benchmarks.protocol.data import Augment, consecutive_splits, predict
+from benchmarks.protocol.plots import mean_curve
+from lightning_per import ImportanceSamplingCallback, LossTracker, PrioritizedDataModule, SamplingStrategy
 from lightning_per.examples.models import Classifier
 from lightning_per.score import ScoreName
 
 METHODS = ("uniform", "proportional", "rank", "prune", "importance", "importance_loss")
 
 
-class Augment:
-    """Collate, then augment each signal with random shift, scale, shear and noise (the MNIST-1D kinds)."""
-
-    def __init__(self, max_shift: int = 3, scale: float = 0.4, shear: float = 0.75, noise: float = 0.05) -> None:
-        self.max_shift = max_shift
-        self.scale = scale
-        self.shear = shear
-        self.noise = noise
-
-    def __call__(self, samples: list[Any]) -> Any:
-        x, y = default_collate(samples)
-        n, length = x.shape
-        shift = torch.randint(-self.max_shift, self.max_shift + 1, (n, 1))
-        x = x.gather(1, (torch.arange(length) - shift) % length)
-        x = x * (1 + self.scale * (torch.rand(n, 1) - 0.5))
-        x = x - self.shear * (torch.rand(n, 1) - 0.5) * torch.linspace(-0.5, 0.5, length)
-        return x + self.noise * torch.randn_like(x), y
-
-
-class BudgetRun(Callback):
-    """Keeps the training clock, the cost, the learning-rate schedule and the evaluation curve of one run."""
-
-    def __init__(
-        self,
-        budget_cost: float,
-        max_epochs: int,
-        lr: float,
-        evals: int,
-        data: dict[str, TensorDataset],
-        charge_scoring: bool = True,
-    ) -> None:
-        self.budget_cost = budget_cost
-        self.charge_scoring = charge_scoring
-        self.max_epochs = max_epochs
-        self.lr = lr
-        self.eval_every = budget_cost / evals
-        self.data = data
-        self.train_seconds = 0.0
-        self.cost = 0.0
-        self.steps = 0
-        self.importance_steps = 0
-        self.epoch_ends: list[float] = []
-        self.curve: list[dict[str, float]] = []
-        self._since: float | None = None
-        self._next_eval = 0.0
-        self._importance: ImportanceSamplingCallback | None = None
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        found = [c for c in trainer.callbacks if isinstance(c, ImportanceSamplingCallback)]  # type: ignore[attr-defined]
-        self._importance = found[0] if found else None
-        self._evaluate(pl_module)
-        self._since = time.perf_counter()
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        epochs = trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
-        progress = min(1.0, max(self.cost / self.budget_cost, epochs / self.max_epochs))
-        for group in trainer.optimizers[0].param_groups:
-            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        assert self._since is not None
-        self.train_seconds += time.perf_counter() - self._since
-        b = batch.batch_size
-        self.cost += 3 * b
-        self.steps += 1
-        if self._importance is not None and self._importance.last_step_was_importance:
-            self.cost += self._importance.presample * b if self.charge_scoring else 0
-            self.importance_steps += 1
-        if self.cost >= self._next_eval:
-            self._evaluate(pl_module)
-        if self.cost >= self.budget_cost:
-            trainer.should_stop = True
-        self._since = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.epoch_ends.append(self.train_seconds)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.curve or self.curve[-1]["cost"] < self.cost:
-            self._evaluate(pl_module)
-
-    @torch.no_grad()
-    def _evaluate(self, pl_module: LightningModule) -> None:
-        was_training = pl_module.training
-        pl_module.eval()
-        point = {"seconds": self.train_seconds, "cost": self.cost}
-        if self._importance is not None:
-            point["tau"] = self._importance.tau
-            point["importance_fraction"] = self.importance_steps / max(1, self.steps)
-        for name, dataset in self.data.items():
-            x, y = dataset.tensors
-            logits = torch.cat([pl_module(chunk.to(pl_module.device)).cpu() for chunk in x.split(2000)])
-            if name == "train":
-                point["train_loss"] = float(F.cross_entropy(logits, y))
-            point[f"{name}_acc"] = float((logits.argmax(1) == y).float().mean())
-        self.curve.append(point)
-        self._next_eval = self.cost + self.eval_every
-        pl_module.train(was_training)
-
-
 def splits(data_dir: str | None) -> dict[str, TensorDataset]:
     """The examples' MNIST-1D splits: 4000 train, 1000 validation, 1000 test (generator seed 42)."""
-    x, y = load_mnist1d(6000, 42, resolve_data_dir(data_dir, "--data-dir"))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    return {
-        "train": TensorDataset(xt[:4000], yt[:4000]),
-        "val": TensorDataset(xt[4000:5000], yt[4000:5000]),
-        "test": TensorDataset(xt[5000:], yt[5000:]),
-    }
+    return consecutive_splits({"train": 4000, "val": 1000, "test": 1000}, data_dir)
 
 
 def run(
@@ -177,7 +64,7 @@ def run(
     options: dict[str, Any] | None = None,
     extra_callbacks: list[Callback] | None = None,
 ) -> Any:
-    """One budgeted training run; returns its :class:`BudgetRun` (curve, cost, seconds).
+    """One budgeted training run; returns its ``ComputeBudget`` (curve, cost, seconds, selected steps).
 
     ``options`` (for the selection of defaults) go to ``SamplingStrategy`` or, for the importance methods, to
     ``ImportanceSamplingCallback``; by default every method runs with the library's defaults. ``extra_callbacks``
@@ -192,8 +79,25 @@ def run(
     datamodule = PrioritizedDataModule(
         data["train"], batch_size=args.batch_size, strategy=strategy, seed=seed, collate_fn=Augment()
     )
-    budget_cost = 3.0 * len(data["train"]) * max_epochs  # max_epochs uniform epochs
-    budget = BudgetRun(budget_cost, max_epochs, args.lr, args.evals, data, not getattr(args, "free_scoring", False))
+    meter: list[ComputeBudget] = []
+
+    def evaluate(module: LightningModule) -> dict[str, Any]:
+        point: dict[str, Any] = {}
+        taus = [c.tau for c in module.trainer.callbacks if hasattr(c, "tau")]  # type: ignore[attr-defined]
+        if taus:
+            point.update(tau=taus[0], importance_fraction=meter[0].selected_steps / max(1, meter[0].steps))
+        for name, dataset in data.items():
+            x, y = dataset.tensors
+            logits = predict(module, x)
+            if name == "train":
+                point["train_loss"] = float(F.cross_entropy(logits, y))
+            point[f"{name}_acc"] = float((logits.argmax(1) == y).float().mean())
+        return point
+
+    budget_cost = epochs_budget(len(data["train"]), max_epochs)  # max_epochs uniform epochs
+    charge = not getattr(args, "free_scoring", False)
+    budget = ComputeBudget(budget_cost, args.lr, "cosine", evaluate, args.evals, max_epochs, charge_scoring=charge)
+    meter.append(budget)
     callbacks: list[Callback] = [budget, *(extra_callbacks or [])]
     if method in ("proportional", "rank", "prune"):
         callbacks.append(LossTracker())
@@ -213,7 +117,7 @@ def calibrate(args: argparse.Namespace, data: dict[str, TensorDataset]) -> int:
     """
     epochs = 6
     start = time.perf_counter()
-    ends = run("uniform", 0, args, data, epochs).epoch_ends
+    ends = run("uniform", 0, args, data, epochs).epoch_seconds
     seconds_per_epoch = (ends[-1] - ends[0]) / (len(ends) - 1)
     print(f"calibration: {seconds_per_epoch:.2f} s per uniform epoch ({time.perf_counter() - start:.1f} s)")
     return max(1, round(args.budget_s / seconds_per_epoch))
@@ -250,7 +154,7 @@ def summarize(runs: dict[str, list[Any]], seeds: list[int]) -> dict[str, Any]:
             "cost_to_uniform_acc_ratio": spread(cost_ratio) if done and cost_ratio else None,
             "reached_uniform_acc": sum(p is not None for p in reached),
             "total_cost": spread([f["cost"] for f in finals]),
-            "importance_fraction": spread([r.importance_steps / max(1, r.steps) for r in results]),
+            "importance_fraction": spread([r.selected_steps / max(1, r.steps) for r in results]),
             "train_seconds": spread([f["seconds"] for f in finals]),
             "curves": {str(s): r.curve for s, r in zip(seeds, results, strict=True)},
         }
@@ -258,31 +162,22 @@ def summarize(runs: dict[str, list[Any]], seeds: list[int]) -> dict[str, Any]:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """Training loss and test accuracy against time and against cost; mean line and min-max band over seeds."""
+    """Training loss and test accuracy against time and against cost; the mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for method, result in summary.items():
-        curves = list(result["curves"].values())
-        for col, xkey in enumerate(("seconds", "cost")):
-            grid = np.linspace(0, min(c[-1][xkey] for c in curves), 60)
-            for row, ykey in enumerate(("train_loss", "test_acc")):
-                ys = np.stack([np.interp(grid, [p[xkey] for p in c], [p[ykey] for p in c]) for c in curves])
-                ax = axes[row][col]
-                (line,) = ax.plot(grid, ys.mean(0), label=method)
-                ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
-                ax.set_xlabel("training seconds" if xkey == "seconds" else "cost (forward = 1, backward = 2)")
-                ax.set_ylabel("training loss" if ykey == "train_loss" else "test accuracy")
-                if ykey == "train_loss":
-                    ax.set_yscale("log")
-                else:
-                    ax.set_ylim(0.5, 1.0)
+        runs = {seed: {"curve": curve} for seed, curve in result["curves"].items()}
+        for col, x in enumerate(("seconds", "cost")):
+            for row, y in enumerate(("train_loss", "test_acc")):
+                axes[row][col].plot(*mean_curve(runs, x, y), label=method)
+                xlabel = "training seconds" if x == "seconds" else "cost (forward = 1, backward = 2)"
+                axes[row][col].set(xlabel=xlabel, ylabel=y, yscale="log" if y == "train_loss" else "linear")
     axes[0][0].legend()
-    fig.suptitle("MNIST-1D, equal training budgets (mean over seeds, min-max band)")
+    fig.suptitle("MNIST-1D, equal training budgets (mean over seeds)")
     save_figure(fig, path)
 
 
@@ -290,28 +185,21 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: see the module docstring."""
     parser = make_parser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("bench_out/time_to_quality.json"))
-    parser.add_argument(
-        "--budget-s", type=float, default=25.0, help="sets the compute budget: the uniform epochs of this many seconds"
-    )
+    # fmt: off
+    parser.add_argument("--budget-s", type=float, default=25.0, help="budget: the uniform epochs of this many seconds")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=0.1,
-        help="SGD peak learning rate. 0.1 was chosen on the validation split: uniform, seed 0, 25 s budget, "
-        "lr 0.02 / 0.05 / 0.1 / 0.2 gave validation accuracy 93.3 / 96.5 / 96.9 / 96.2 percent",
-    )
+    parser.add_argument("--lr", type=float, default=0.1, help="SGD peak learning rate. 0.1 was chosen on the "
+                        "validation split: uniform, seed 0, 25 s, lr 0.02 / 0.05 / 0.1 / 0.2 gave 93.3 / 96.5 / 96.9 / "
+                        "96.2% validation accuracy")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--presample", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu, ... (one device)")
     parser.add_argument("--evals", type=int, default=20, help="evaluation points per run")
-    parser.add_argument(
-        "--free-scoring",
-        action="store_true",
-        help="diagnostic: charge an importance step like a uniform one (equal steps instead of equal compute)",
-    )
+    parser.add_argument("--free-scoring", action="store_true", help="diagnostic: charge an importance step like a "
+                        "uniform one (equal steps instead of equal compute)")
+    # fmt: on
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
     if "uniform" not in args.methods:
@@ -328,20 +216,11 @@ def main(argv: list[str] | None = None) -> None:
             runs[method].append(result)
             end = result.curve[-1]
             print(
-                f"seed {seed} {method:<16s} {end['seconds']:5.1f} s  cost {end['cost'] / 1e6:6.2f}M  "
-                f"train loss {end['train_loss']:.4f}  test acc {end['test_acc']:.4f}  val acc {end['val_acc']:.4f}",
+                f"seed {seed} {method:<16s} {end['seconds']:5.1f} s  train loss {end['train_loss']:.4f}  "
+                f"test acc {end['test_acc']:.4f}  val acc {end['val_acc']:.4f}",
                 flush=True,
             )
     summary = summarize(runs, seeds)
-    print(f"{'method':<16s} {'train loss':>16s} {'test acc':>16s} {'loss/uniform':>13s} {'cost to unif. acc':>18s}")
-    for method, r in summary.items():
-        cost = r["cost_to_uniform_acc_ratio"]
-        print(
-            f"{method:<16s} {r['final_train_loss']['mean']:8.4f} ± {r['final_train_loss']['std']:.4f} "
-            f"{r['final_test_acc']['mean']:8.4f} ± {r['final_test_acc']['std']:.4f} "
-            f"{r['train_loss_ratio_to_uniform']['mean']:12.3f}  "
-            + (f"{cost['mean']:8.3f}" if cost else f"not reached ({r['reached_uniform_acc']}/{len(seeds)})")
-        )
     payload = {
         "methods": summary,
         "settings": {**vars(args), "out": str(args.out), "max_epochs": max_epochs},

@@ -5,6 +5,7 @@ The figures themselves are not checked here (speed goals live in the benchmarks,
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ from benchmarks import (
     select_defaults,
     time_to_quality,
 )
+from benchmarks.results_studies import planned, readme_block, which_method_block
 
 LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
@@ -46,9 +48,8 @@ def test_overhead_writes_the_four_ratios_and_a_plot(tmp_path):
     assert data["blocks"] == 4 and all(v > 0 for v in data["ratio"].values())
     assert "median over the timed steps" in data["protocol"] and "importance_active" in data["protocol"]
     assert data["env"]["torch"] and out.with_suffix(".png").exists()
-    for setup in overhead.SETUPS:  # a step is its body plus what runs between two bodies
-        body, between = data["step_body_ms"][setup], data["between_steps_ms"][setup]
-        assert body > 0 and between > 0 and body + between == pytest.approx(data["step_ms"][setup], rel=0.5)
+    for setup in overhead.SETUPS:  # a step is split into its body and what runs between two bodies (no timing check)
+        assert data["step_body_ms"][setup] > 0 and data["between_steps_ms"][setup] > 0 and data["step_ms"][setup] > 0
 
 
 def test_overhead_refuses_too_few_steps_for_one_timed_epoch(tmp_path, capsys):
@@ -92,7 +93,7 @@ def test_free_scoring_charges_an_importance_step_like_a_uniform_one():
     for free in (False, True):
         args = argparse.Namespace(lr=0.1, batch_size=100, presample=3, accelerator="cpu", evals=1, free_scoring=free)
         budget = time_to_quality.run("importance", 0, args, data, 1, {"tau_th": 1e-9})  # one epoch's cost
-        assert budget.importance_steps > 0
+        assert budget.selected_steps > 0
         steps[free] = budget.steps
     assert steps[True] == 40  # the whole epoch: importance steps cost 300 like uniform ones
     assert steps[False] < 40  # charged 600 each, the budget runs out before the epoch ends
@@ -107,7 +108,7 @@ def test_the_summary_survives_a_uniform_run_that_ends_where_it_started():
             {"cost": 300.0 * i, "seconds": i, "test_acc": a, "val_acc": a, "train_loss": 1.0}
             for i, a in enumerate(accs)
         ]
-        return SimpleNamespace(curve=curve, importance_steps=0, steps=len(accs))
+        return SimpleNamespace(curve=curve, selected_steps=0, steps=len(accs))
 
     runs = {"uniform": [result([0.1, 0.5, 0.1])], "rank": [result([0.1, 0.6, 0.7])]}
     summary = time_to_quality.summarize(runs, [0])
@@ -160,9 +161,17 @@ def test_render_only_writes_the_whole_results_page_and_runs_nothing(tmp_path, mo
     text = page.read_text()
     assert text.startswith("# Benchmark results") and "make bench" in text and "--render-only" in text
     assert "## Protocol in brief" in text and "## Long runs" in text
-    for _, command, _, _ in results_page.LONG_RUNS:
+    for _, command, _, _ in results_page.OTHER_RUNS:
         assert command in text  # every long run is listed with its command, its JSON or not
-    assert "### Overhead" not in text and "### Redundancy" not in text  # no JSON, no section
+    for _, _, command, _ in planned():
+        assert command in text  # and every study of the protocol, pending while its JSON is not there
+    assert "### Overhead" not in text and "**Pending**" in text  # no JSON, no section
+
+
+def test_the_readme_table_is_the_one_the_committed_json_renders():
+    root = Path(__file__).resolve().parents[1]
+    block = readme_block((root / "README.md").read_text())
+    assert block == which_method_block(root / "bench_out"), "run `python -m benchmarks.run_all --render-only`"
 
 
 class _Untouchable:
@@ -231,11 +240,13 @@ def test_label_noise_counts_the_draws_on_flipped_labels(tmp_path):
 
 
 def test_label_noise_flips_exactly_the_fraction_to_other_classes():
+    from benchmarks.protocol.data import flip_labels
+
     y = torch.arange(1000) % 10
-    noisy, flipped = label_noise.flip_labels(y, 0.3, 10, seed=0)
+    noisy, flipped = flip_labels(y, 0.3, 10, seed=0)
     assert int(flipped.sum()) == 300
     assert bool((noisy[flipped] != y[flipped]).all()) and bool((noisy[~flipped] == y[~flipped]).all())
-    assert torch.equal(noisy, label_noise.flip_labels(y, 0.3, 10, seed=0)[0])  # fixed per seed
+    assert torch.equal(noisy, flip_labels(y, 0.3, 10, seed=0)[0])  # fixed per seed
 
 
 def test_the_gpu_check_runs_its_cpu_smoke_version_and_writes_one_folder(tmp_path):
@@ -248,7 +259,7 @@ def test_the_gpu_check_runs_its_cpu_smoke_version_and_writes_one_folder(tmp_path
     ratio = json.loads((tmp_path / "cost_ratio.json").read_text())
     assert ratio["B"] == 3 * ratio["b"] and ratio["ratio_cost_model"] == 1.0 and ratio["ratio_measured"] > 0
     assert set(summary["parts"]["overhead"]["ratio"]) >= {"tracker", "importance_active"}
-    assert set(summary["parts"]["long_training"]["ratio"]) == {"uniform", "importance", "importance_clock"}
+    assert set(summary["parts"]["long_training"]["ratio"]) == {"uniform", "importance", "importance_p5"}
     assert (tmp_path / "tests.txt").exists() and (tmp_path / "long_training.png").exists()
     results = tmp_path / "page"  # what run_all reads: <out>/gpu_check/
     (results / "gpu_check").mkdir(parents=True)
@@ -257,7 +268,7 @@ def test_the_gpu_check_runs_its_cpu_smoke_version_and_writes_one_folder(tmp_path
     assert "## GPU check" not in run_all.render(results)  # a CPU smoke run is not shown as GPU results
     (results / "gpu_check" / "summary.json").write_text(json.dumps({**summary, "smoke": False}))
     page = run_all.render(results)
-    assert "## GPU check" in page and "### Overhead on the GPU" in page and "### Long training on the GPU" in page
+    assert "## GPU check" in page and "### Overhead on the GPU" in page and "### Long training (small, 1 epochs" in page
 
 
 def test_replay_buffers_reports_every_operation_and_its_ratio_to_randint(tmp_path):
@@ -308,138 +319,3 @@ def test_the_continual_section_counts_mer_replays_under_either_setting_name(tmp_
         page = run_all.render(tmp_path)
         assert "`replay_batch_size=9` (the paper's `k = 10`)" in page and "`reptile_beta=0.3`" in page
         assert "| split_digits/class_il | MER | 1 |" in page and "| split_digits/class_il | 0.500 ± 0.100 |" in page
-
-
-NOISY_TINY = ["--signals", "400", "--budget", "6000", "--seeds", "2", "--noise", "0.3", "--il-epochs", "1"]
-
-
-def test_noisy_labels_gives_every_method_the_same_compute_and_compares_it_to_uniform(tmp_path):
-    from benchmarks import noisy_labels
-
-    out = tmp_path / "noisy_labels.json"
-    methods = ["topk_reducible", "rank_reducible", "selective_backprop"]
-    noisy_labels.main([*NOISY_TINY, "--lrs", "0.05", "0.1", "--evals", "3", "--methods", *methods, "--out", str(out)])
-    data = json.loads(out.read_text())
-    table = data["noise"]["0.3"]
-    assert set(table["methods"]) == {"uniform", *methods}  # uniform always runs alongside
-    irreducible_cost = 3 * 1 * 75 + 225  # one epoch over the 75 held-out signals, one pass over the other 225
-    for name, method in table["methods"].items():
-        assert {"mean", "std"} <= set(method["final_test_acc"]) and {"mean", "std"} <= set(method["best_test_acc"])
-        chosen = method["lr_selection_val_acc"]  # validation accuracies only: the test split chooses nothing
-        assert set(chosen) == {"0.05", "0.1"} and chosen[str(method["lr"])] == max(chosen.values())
-        assert method["reached_target"] == sum(c is not None for c in method["cost_to_target_per_seed"])
-        for run in method["runs"].values():
-            curve = run["curve"]
-            assert run["irreducible_cost"] == (irreducible_cost if "reducible" in name else 0)
-            assert curve[0]["cost"] == run["irreducible_cost"] and curve[-1]["cost"] == run["cost"]
-            assert 6000 <= run["cost"] < 6000 + 10 * 32 + 3 * 32  # stops after the step that spends the budget
-            assert 0 <= run["noisy_trained_share"] <= 1 and run["best_test_acc"] >= run["final_test_acc"]
-            trained = 3 * run["trained_points"]
-            if name == "topk_reducible":  # B = 10 b scored without gradients, b trained, on every step
-                assert run["cost"] - irreducible_cost == 13 * run["trained_points"]
-                assert run["selected_step_fraction"] == 1.0
-                assert run["irreducible_model"]["holdout_noise_fraction"] == pytest.approx(0.3, abs=0.1)
-            elif name == "selective_backprop":
-                assert run["cost"] > trained  # the presample's forward besides the points kept
-            else:
-                assert run["cost"] - run["irreducible_cost"] == trained
-    assert table["methods"]["uniform"]["final_test_acc_diff_points"]["mean"] == 0.0
-    assert {"topk_reducible_5_points_above_uniform_final", "diagnostics"} <= set(table["goals"])
-    assert "forward-sample units" in data["protocol"] and out.with_suffix(".png").exists()
-    page = run_all.render(tmp_path)
-    assert "### Noisy labels" in page and "**30% of training labels flipped**" in page and "| topk_reducible |" in page
-
-
-def test_noisy_labels_auc_counts_ties_as_half():
-    from benchmarks import noisy_labels
-
-    assert noisy_labels.auc(torch.tensor([2.0, 3.0]), torch.tensor([1.0, 2.0])) == 0.875
-    assert noisy_labels.auc(torch.tensor([1.0]), torch.tensor([])) is None
-
-
-@pytest.mark.slow
-def test_noisy_labels_results_do_not_depend_on_the_number_of_workers(tmp_path):
-    from benchmarks import noisy_labels
-
-    runs = {}
-    for workers in (1, 2):
-        out = tmp_path / f"w{workers}.json"
-        args = [*NOISY_TINY, "--lrs", "0.05", "--evals", "2", "--methods", "topk_reducible"]
-        noisy_labels.main([*args, "--workers", str(workers), "--out", str(out)])
-        methods = json.loads(out.read_text())["noise"]["0.3"]["methods"]
-        runs[workers] = {m: [r["curve"] for r in methods[m]["runs"].values()] for m in methods}
-    assert runs[1] == runs[2]
-
-
-IMBALANCE_TINY = ["--signals", "4000", "--largest", "100", "--val-per-class", "20", "--test-per-class", "50"]
-
-
-def test_imbalance_sizes_fall_geometrically_and_the_evaluation_splits_are_balanced():
-    from benchmarks import imbalance
-
-    assert imbalance.class_sizes(2000, 100) == [2000, 1199, 719, 431, 258, 155, 93, 56, 33, 20]
-    assert imbalance.class_sizes(2000, 10)[-1] == 200
-    data = imbalance.splits(4000, 10.0, 100, 20, 50, None)
-    assert torch.bincount(data["train"].tensors[1]).tolist() == imbalance.class_sizes(100, 10)
-    assert torch.bincount(data["val"].tensors[1]).tolist() == [20] * 10
-    assert torch.bincount(data["test"].tensors[1]).tolist() == [50] * 10
-
-
-def test_imbalance_gives_every_method_the_same_compute_and_records_class_draws_and_weights(tmp_path):
-    from benchmarks import imbalance
-
-    out = tmp_path / "imbalance.json"
-    methods = ["proportional_cb_biased", "deferred_balanced", "topk_reducible"]
-    args = ["--ratios", "10", "--budget", "20000", "--seeds", "1", "--lrs", "0.1", "--il-epochs", "1"]
-    imbalance.main([*IMBALANCE_TINY, *args, "--evals", "2", "--methods", *methods, "--out", str(out)])
-    data = json.loads(out.read_text())
-    table = data["ratio"]["10"]
-    assert set(table["methods"]) == {"uniform", *methods}  # uniform always runs alongside
-    for name, method in table["methods"].items():
-        assert set(method["lr_selection_val_balanced_acc"]) == {"0.1"}  # validation accuracies only
-        for run in method["runs"].values():
-            assert 20000 <= run["cost"] < 20000 + 13 * 64  # stops after the step that spends the budget
-            trained = sum(run["class_sizes_trained"])  # topk_reducible holds a quarter out for its irreducible loss
-            held = sum(imbalance.class_sizes(100, 10)) - trained
-            assert held == (round(0.25 * (trained + held)) if name == "topk_reducible" else 0)
-            assert run["irreducible_cost"] == 3 * 1 * held + (trained if held else 0)  # 1 epoch, then one pass
-            assert 0 <= run["final_test_worst_acc"] <= run["final_test_balanced_acc"] <= 1
-    uniform, biased = table["methods"]["uniform"], table["methods"]["proportional_cb_biased"]
-    # shuffled passes, the last one cut short by the budget
-    assert uniform["draw_share"] == pytest.approx(uniform["frequency_share"], abs=0.01)
-    assert biased["weight_share"] == pytest.approx(biased["draw_share"])  # beta = 0: every weight is 1
-    assert biased["draw_share"][-1] > 2 * biased["frequency_share"][-1]  # the class factor favours the tail
-    deferred = table["methods"]["deferred_balanced"]["runs"]["0"]
-    switch = deferred["deferred_from_epoch"]
-    assert 0 < switch < deferred["scheduled_epochs"]
-    assert deferred["epochs"][switch - 1]["draws"] == imbalance.class_sizes(100, 10)  # uniform before the switch
-    assert deferred["epochs"][switch]["draws"][-1] > 3 * imbalance.class_sizes(100, 10)[-1]  # balanced after
-    assert uniform["balanced_acc_diff_points"]["mean"] == 0.0 and "met" in table["goals"]
-    assert "Reported per ratio" in data["protocol"] and out.with_suffix(".png").exists()
-    page = run_all.render(tmp_path)
-    assert "### Imbalance" in page and "**Imbalance ratio 10**" in page and "| deferred_balanced |" in page
-
-
-def test_redundancy_reports_the_compute_prune_saves_against_uniform(tmp_path):
-    from benchmarks import redundancy
-
-    out = tmp_path / "redundancy.json"
-    sizes = ["--train-size", "3000", "--val-size", "500", "--test-size", "500", "--train-eval", "500"]
-    args = ["--epochs", "2", "--seeds", "1", "--lrs", "0.1", "0.2", "--evals", "4", "--methods", "prune", "prune_r0.9"]
-    redundancy.main([*sizes, *args, "--out", str(out)])
-    data = json.loads(out.read_text())
-    methods = data["budgets"]["2"]["methods"]
-    assert set(methods) == {"uniform", "prune", "prune_r0.9"}
-    budget = 3 * 3000 * 2
-    for method in methods.values():
-        assert set(method["lr_selection_val_acc"]) == {"0.1", "0.2"}
-        assert method["epoch_sizes"][0] == 1.0  # epoch 0 is a full uniform pass
-        assert 0 < method["curves"]["0"][-1]["cost"] <= budget
-    assert methods["uniform"]["compute_used_ratio"]["mean"] == 1.0
-    assert methods["uniform"]["epoch_sizes"] == [1.0, 1.0]
-    saved = [methods[m]["compute_used_ratio"]["mean"] for m in ("prune", "prune_r0.9")]
-    assert saved[1] < saved[0] < 1.0  # a larger prune ratio trains fewer samples
-    assert set(data["budgets"]["2"]["goals"]["met"]) == {"prune", "prune_r0.9"}
-    assert "Reported per budget" in data["protocol"] and out.with_suffix(".png").exists()
-    page = run_all.render(tmp_path)
-    assert "### Redundancy" in page and "**Budget: 2 uniform epochs of compute**" in page and "| prune_r0.9 |" in page

@@ -1,0 +1,136 @@
+"""Smoke runs of the four studies under the protocol at tiny sizes (a fixed learning rate, seconds each): they write
+the JSON the issue specifies, charge the compute the protocol says, and render their sections and README cells."""
+
+import json
+import logging
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("mnist1d")
+
+import torch
+
+from benchmarks import imbalance, long_training, noisy_labels, redundancy, run_all
+from benchmarks.protocol.budget import step_cost
+from benchmarks.results_studies import which_method_block
+
+LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+FIXED = ["--lrs", "0.1", "--evals", "2"]  # one rate: not searched, flagged as at an edge, never quoted
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    levels = {name: logging.getLogger(name).level for name in LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def _protocol_records(method):
+    assert method["lr"]["chosen"] == 0.1 and method["lr"]["at_edge"] is True and method["lr"]["grid"] == [0.1]
+    assert not set(method["seeds"]["selection"]) & set(method["seeds"]["report"])
+    for target in method["time_to_target"].values():
+        assert {"mean", "std", "n_reached"} <= set(target["compute"]) and {"n_reached"} <= set(target["seconds"])
+
+
+def test_long_training_writes_time_to_target_and_the_gpu_checks_ratio(tmp_path):
+    out = tmp_path / "long_training.json"
+    data = long_training.main(["--epochs", "1", "--seeds", "2", "--extra-seeds", "0", "--width", "8", *FIXED,
+                               "--schedules", "cosine", "step", "--out", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["tables"].keys() == data["tables"].keys() == {"1ep/cosine", "1ep/step"}
+    methods = data["tables"]["1ep/step"]["methods"]
+    assert set(methods) == {"uniform", "importance", "importance_p5"} and set(data["ratio"]) == set(methods)
+    for name, method in methods.items():
+        _protocol_records(method)
+        assert set(method["time_to_target"]) == {"uniform_final", "train_loss<=0.1", "train_loss<=0.01",
+                                                 "train_loss<=0.001"}  # fmt: skip
+        for run in method["runs"].values():
+            assert 12000 <= run["cost"] < 12000 + step_cost(100, 500) and run["curve"][0]["cost"] == 0
+            lrs = [p for p in run["curve"] if "tau" in p]
+            assert lrs and (run["curve"][-1]["tau"] is None) == (name == "uniform")
+    assert methods["uniform"]["time_to_target"]["uniform_final"]["seconds"]["n_reached"] == 2
+    assert data["ratio"]["uniform"]["mean"] == 1.0 and out.with_suffix(".png").exists()
+    section = "\n".join(long_training.STUDY.section(data, out))
+    assert "### Long training (small, 1 epochs)" in section and "⚠ edge" in section and "speed-up" in section
+
+
+def test_noisy_labels_charges_the_irreducible_model_and_counts_mislabelled_points(tmp_path):
+    out = tmp_path / "noisy_labels.json"
+    methods = ["topk_reducible", "rank_reducible", "selective_backprop"]
+    args = ["--size", "small", "--signals", "400", "--epochs", "2", "--il-epochs", "1", "--seeds", "2"]
+    data = noisy_labels.main([*args, "--extra-seeds", "0", *FIXED, "--methods", *methods, "--out", str(out)])
+    table = data["tables"]["0.3"]
+    assert set(table["methods"]) == {"uniform", *methods}
+    aux = 3 * 1 * 100 + 300  # one epoch on the 100 held-out signals, one pass over the 300 trained
+    for name, method in table["methods"].items():
+        _protocol_records(method)
+        assert 0 <= method["noisy_trained_share"] <= 1
+        for run in method["runs"].values():
+            assert run["aux_cost"] == (aux if "reducible" in name else 0) and run["curve"][0]["cost"] == run["aux_cost"]
+            assert 1800 <= run["cost"] < 1800 + step_cost(32, 320)
+            if name == "topk_reducible":  # B = 10 b scored without gradients on every step
+                assert run["cost"] - aux == 13 * run["trained_points"] and run["selected_step_fraction"] == 1.0
+            elif name == "uniform":
+                assert run["cost"] == 3 * run["trained_points"]
+    assert table["methods"]["uniform"]["vs_uniform"]["test_acc"]["mean"] == 0.0 and "met" in table["goals"]
+    assert "early_stopped" in table["methods"]["uniform"] and "irreducible_model_val_acc" in table["methods"]["uniform"]
+    assert "**30% of training labels flipped**" in "\n".join(noisy_labels.STUDY.section(data, out))
+
+
+def test_redundancy_gives_uniform_the_compute_prune_used(tmp_path):
+    out = tmp_path / "redundancy.json"
+    sizes = ["--train-size", "2000", "--val-size", "500", "--test-size", "500", "--epochs", "2"]
+    data = redundancy.main([*sizes, "--seeds", "2", "--extra-seeds", "0", *FIXED, "--methods", "prune_r0.7",
+                            "--out", str(out)])  # fmt: skip
+    methods = data["tables"]["2ep"]["methods"]
+    assert set(methods) == {"uniform", "prune_r0.7", "uniform_at_prune_r0.7"}
+    pruned, matched = methods["prune_r0.7"], methods["uniform_at_prune_r0.7"]
+    assert pruned["compute_fraction"]["mean"] < 0.95 and matched["matches"] == "prune_r0.7"
+    assert matched["budget"] == round(sum(r["cost"] for r in pruned["runs"].values()) / 2)
+    for run in matched["runs"].values():  # uniform stops at that compute, not at its epochs
+        assert matched["budget"] <= run["cost"] < matched["budget"] + 3 * 256
+    assert pruned["runs"]["0"]["epoch_fractions"][0] == 1.0 and pruned["runs"]["0"]["epoch_fractions"][1] < 1.0
+    assert (
+        pruned["vs_matched_uniform"]["method"] == "uniform_at_prune_r0.7"
+        and "prune_r0.7" in data["tables"]["2ep"]["goals"]
+    )
+    section = "\n".join(redundancy.STUDY.section(data, out))
+    assert "| `uniform_at_prune_r0.7` |" in section and "Goal, `prune_r0.7`" in section
+    headline = redundancy.STUDY.headlines(data)[0]
+    assert headline.method == "prune_r0.7" and not headline.quotable and "of uniform's compute" in headline.figure
+
+
+def test_imbalance_records_per_class_accuracy_and_switches_deferred_balancing(tmp_path):
+    out = tmp_path / "imbalance.json"
+    sizes = ["--signals", "4000", "--largest", "100", "--val-per-class", "20", "--test-per-class", "50"]
+    methods = ["deferred_balanced", "proportional_cb_biased"]
+    data = imbalance.main([*sizes, "--ratios", "10", "--budget", "20000", "--seeds", "1", *FIXED, "--methods",
+                           *methods, "--out", str(out)])  # fmt: skip
+    table = data["tables"]["10"]
+    assert imbalance.class_sizes(2000, 100) == [2000, 1199, 719, 431, 258, 155, 93, 56, 33, 20]
+    sizes_10 = imbalance.class_sizes(100, 10)
+    for method in table["methods"].values():
+        _protocol_records(method)
+        assert len(method["test_acc_per_class"]) == 10 and 0 <= method["tail_half_draw_share"] <= 1
+    draws = table["methods"]["deferred_balanced"]["runs"]["0"]["class_draws"]
+    assert draws[0] == sizes_10 and draws[-1][-1] > 3 * sizes_10[-1] * len(draws[-1]) / sum(
+        sizes_10
+    )  # balanced at last
+    biased = table["methods"]["proportional_cb_biased"]["tail_half_draw_share"]
+    assert biased > sum(sizes_10[5:]) / sum(sizes_10)  # the class factor favours the tail
+    section = "\n".join(imbalance.STUDY.section(data, out))
+    assert "Per-class test accuracy" in section and "| `deferred_balanced` |" in section
+
+
+def test_the_page_renders_a_protocol_json_and_the_readme_block_marks_the_rest_pending(tmp_path):
+    out = tmp_path / "bench_out"
+    imbalance.main(["--signals", "4000", "--largest", "100", "--val-per-class", "20", "--test-per-class", "50",
+                    "--ratios", "10", "--budget", "6000", "--seeds", "1", *FIXED, "--methods", "balanced",
+                    "--out", str(out / "imbalance.json")])  # fmt: skip
+    page = run_all.render(out)
+    assert "### Imbalance" in page and "**Pending**" in page and "![balanced test accuracy" in page
+    block = which_method_block(out)
+    assert "Pending (running under the protocol): Long training" in block and "Imbalance;" not in block
+    assert "Not quoted" in block and "`balanced` (imbalance ratio 10)" in block  # a fixed rate is never quoted
+    assert torch.get_num_threads() >= 1
