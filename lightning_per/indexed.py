@@ -156,9 +156,9 @@ def check_map_style(dataset: Any) -> None:
     if isinstance(dataset, IterableDataset):
         raise TypeError(
             f"`train_dataset` is an IterableDataset ({type(dataset).__name__}): PrioritizedDataModule draws samples "
-            "by index, so it needs a map-style Dataset with `__len__` and `__getitem__`. For a stream, train from "
-            "your own DataLoader and use experience replay (`lightning_per.replay`), or wrap a finite stream in a "
-            "map-style dataset."
+            "by index, so it needs a map-style Dataset with `__len__` and `__getitem__`. A stream trains from your own "
+            "DataLoader with an online method (`TopKSelection`, `SelectiveBackprop`, `ImportanceSamplingCallback`), "
+            "which selects inside batches of `presample * b` points (mode='large_batch')."
         )
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError(

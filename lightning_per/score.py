@@ -156,7 +156,7 @@ class Score:
         if name in ("loss", "reducible"):
             losses = rows(outputs, self.loss_key, n, self.owner, scalar=True).detach()
             if name == "reducible":
-                return losses.reshape(-1).float() - self._irreducible(batch.index, losses.device)
+                return losses.reshape(-1).float() - self._irreducible(batch, losses.device)
             return losses
         if name == "novelty":
             return self._novelty(rows(outputs, self.embedding_key, n, self.owner))
@@ -204,9 +204,9 @@ class Score:
         return labels_of(rows(outputs, self.target_key, n, self.owner).detach())
 
     # ------------------------------------------------------------------------------------------------ state
-    def attach_irreducible(self, table: Tensor) -> None:
-        """Give ``reducible`` the irreducible loss of every training sample, by dataset index."""
-        self._table = table
+    def attach_irreducible(self, source: Tensor | Callable[[Any], Tensor]) -> None:
+        """Give ``reducible`` its irreducible losses: a table by dataset index, or ``fn(batch)`` for a stream."""
+        self._table = source  # type: ignore[assignment]
 
     def state_dict(self) -> dict[str, Any]:
         """The running state (the novelty mean): tensors and plain values only."""
@@ -217,8 +217,10 @@ class Score:
         self._novelty_mean = state.get("novelty_mean")
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _irreducible(self, index: Tensor, device: torch.device) -> Tensor:
-        table = self._table
+    def _irreducible(self, batch: Any, device: torch.device) -> Tensor:
+        table: Any = self._table
+        if callable(table):  # computed on the fly (a stream: no dataset index)
+            return table(batch).to(device)
         if table is None:
             raise ValueError(
                 f"{self.owner or 'Score'}(score='reducible') needs the irreducible loss of every training sample: add "
@@ -227,7 +229,7 @@ class Score:
             )
         if table.device != device:
             self._table = table = table.to(device)
-        return table[index.to(device)]
+        return table[batch.index.to(device)]
 
     def _autograd(self, logits: Tensor, targets: Tensor, n: int) -> Tensor:
         assert self.loss_fn is not None
@@ -303,7 +305,7 @@ class _FunctionScore:
             )
         return labels_of(rows(outputs, self.target_key, n, self.owner).detach())
 
-    def attach_irreducible(self, table: Tensor) -> None:
+    def attach_irreducible(self, source: Tensor | Callable[[Any], Tensor]) -> None:
         """A function reads what it needs itself."""
 
     def state_dict(self) -> dict[str, Any]:

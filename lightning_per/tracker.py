@@ -27,6 +27,11 @@ from lightning_per.strategy import SamplingPlan
 
 __all__ = ["LossTracker"]
 
+_STREAMS = (  # what the refusal of other data says
+    " (its sampler draws by index; a stream has none: train it with an online method, `TopKSelection`, "
+    "`SelectiveBackprop` or `ImportanceSamplingCallback`, which select inside large batches)"
+)
+
 
 class LossTracker(Callback):
     """Records a score for every trained sample and re-weights ``PrioritizedDataModule``'s sampler every epoch.
@@ -34,11 +39,9 @@ class LossTracker(Callback):
     Scores come from what ``training_step`` returns (free, possibly stale), or from a fresh scoring pass over the
     training set every ``refresh_every_n_epochs`` epochs (eval mode, no gradients). At each epoch end the records of
     all processes are merged into the DataModule's score table, the same on every process, and the next epoch's plan
-    is built; non-finite scores are dropped and counted. Under DDP the records are gathered at synchronisation points
-    (the first step, every ``flush_every_n_steps`` steps, validation starts, checkpoint steps, epoch ends), never in
-    ``state_dict``. Each epoch end logs that epoch's ``per/`` statistics (``per/ess``, ``per/max_weight``,
-    ``per/top10_mass``, ``per/seen_fraction``, ``per/nonfinite``, score quantiles, ...) to the loggers and
-    ``trainer.callback_metrics``; ``last_stats`` and ``last_plan`` hold the latest.
+    is built; non-finite scores are dropped and counted. Under DDP the records are gathered at synchronisation points,
+    never in ``state_dict``. Each epoch end logs that epoch's ``per/`` statistics (``per/ess``, ``per/max_weight``,
+    ``per/top10_mass``, ``per/seen_fraction``, ...); ``last_stats`` and ``last_plan`` hold the latest.
 
     Args:
         score: the score (a name, a ``Score`` or ``fn(outputs, batch)`` returning one value per sample): by default
@@ -109,7 +112,7 @@ class LossTracker(Callback):
         self._records.clear()
         self._steps_since_sync = 0
         self._synced_once = False
-        datamodule = require_datamodule(trainer, "LossTracker")
+        datamodule = require_datamodule(trainer, "LossTracker", why=_STREAMS)
         datamodule.recorded_by = "LossTracker"
         self._skipped_steps = 0
         strategy = datamodule.strategy
@@ -137,9 +140,8 @@ class LossTracker(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._scorer.name == "reducible":
-            table = find_irreducible(trainer, "LossTracker").table
-            assert table is not None  # computed at fit start
-            self._scorer.attach_irreducible(table)
+            irreducible = find_irreducible(trainer, "LossTracker")
+            self._scorer.attach_irreducible(irreducible.table if irreducible.table is not None else irreducible.losses)
 
     @override
     def on_train_batch_end(

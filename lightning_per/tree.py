@@ -121,8 +121,9 @@ def select(batch: PrioritizedBatch, index: Tensor, like: PrioritizedBatch | None
     n = batch.batch_size
     hint = (like.data, like.batch_size) if like is not None and like.batch_size != n else None
     leaves, treedef = flatten(batch.data, n, hint)
-    listed = positions.tolist()
-    picked = [_take(leaf, kind, positions, listed) for leaf, kind in zip(leaves, _kinds(treedef), strict=True)]
+    kinds = _kinds(treedef)
+    listed = positions.tolist() if "array" in kinds or "values" in kinds else []  # tensors only: no host sync
+    picked = [_take(leaf, kind, positions, listed) for leaf, kind in zip(leaves, kinds, strict=True)]
     return PrioritizedBatch(
         data=unflatten(picked, treedef),
         index=batch.index[positions.to(batch.index.device)],
@@ -254,8 +255,7 @@ def _is_fields(value: Sequence[Any], n: int) -> bool:
     return any(isinstance(v, (Tensor, np.ndarray, Mapping, list, tuple)) for v in value)
 
 
-def _child(like: tuple[Any, int] | None, key: Any) -> tuple[Any, int] | None:
-    """The ``key`` entry of ``like``'s node, with its size; ``None`` where the structures part."""
+def _child(like: tuple[Any, int] | None, key: Any) -> tuple[Any, int] | None:  # like's `key` entry, or None
     if like is None:
         return None
     node, size = like

@@ -565,9 +565,9 @@ def test_prioritized_strategy_is_refused_at_setup(tmp_path):
         _fit(tmp_path, lp.ImportanceSamplingCallback(), dm=_dm(strategy="proportional"))
 
 
-def test_a_plain_dataloader_is_refused_at_setup_naming_the_datamodule_to_use(tmp_path):
-    trainer = small_trainer(tmp_path, callbacks=[lp.ImportanceSamplingCallback()])
-    with pytest.raises(TypeError, match=r"PrioritizedDataModule\(train_dataset, .*strategy='uniform'\)"):
+def test_a_plain_dataloader_with_the_indexed_mode_is_refused_at_setup_naming_the_datamodule_to_use(tmp_path):
+    trainer = small_trainer(tmp_path, callbacks=[lp.ImportanceSamplingCallback(mode="indexed")])
+    with pytest.raises(TypeError, match=r"mode='indexed' draws extra points from it.*strategy='uniform'\)"):
         trainer.fit(TinyClassifier(), train_dataloaders=DataLoader(blobs(16), batch_size=8))
 
 

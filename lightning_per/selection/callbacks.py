@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lightning_per.score import ScoreArg
-from lightning_per.selection.engine import OnlineSelection
+from lightning_per.selection.engine import OnlineSelection, SelectionMode
 from lightning_per.selection.rules import PercentileKeep, TopK
 from lightning_per.selection.switches import AfterWarmup
 
@@ -17,7 +17,7 @@ class TopKSelection(OnlineSelection):
     this is Mindermann et al.'s reducible holdout loss selection (ICML 2022, ``presample=10``). Every step after
     ``warmup_steps`` scores the presample without gradients and trains on its top ``b`` points with weights 1, so
     the gradient is biased toward them by design; ties go to the earlier point, non-finite scores are never chosen.
-    The DataModule must serve uniform batches.
+    A ``PrioritizedDataModule`` must serve uniform batches; any other loader serves large batches.
 
     Args:
         presample: ``B / b``, an integer > 1: the share selected is ``1 / presample``.
@@ -25,6 +25,8 @@ class TopKSelection(OnlineSelection):
             (which chases noisy labels).
         warmup_steps: train on the incoming batches, without selection, before this global step.
         seed: seed of the extra presample points.
+        mode: where the presample comes from: ``auto``, ``indexed``, ``device`` or ``large_batch`` (see
+            ``OnlineSelection``; ``large_batch`` takes any loader, streams included, yielding ``B`` points a step).
 
     Raises:
         ValueError: a bad argument; at setup, a prioritized strategy, manual optimization, or ``score='reducible'``
@@ -40,9 +42,14 @@ class TopKSelection(OnlineSelection):
     """
 
     def __init__(
-        self, presample: int = 10, score: ScoreArg = "reducible", warmup_steps: int = 0, seed: int = 0
+        self,
+        presample: int = 10,
+        score: ScoreArg = "reducible",
+        warmup_steps: int = 0,
+        seed: int = 0,
+        mode: SelectionMode = "auto",
     ) -> None:
-        super().__init__(TopK(), AfterWarmup(warmup_steps), presample, score, seed)
+        super().__init__(TopK(), AfterWarmup(warmup_steps), presample, score, seed, mode=mode)
         self.warmup_steps = warmup_steps
 
 
@@ -54,7 +61,7 @@ class SelectiveBackprop(OnlineSelection):
     About ``B / (selectivity + 1)`` of a presample of ``B = presample * b`` points are kept (at least one), so
     ``presample = selectivity + 1`` trains about ``b`` points per step. Weights are 1: the gradient is biased toward
     high-loss points by design. Each step trains on its own kept points (the loader's epochs and step count stay as
-    they are). The DataModule must serve uniform batches.
+    they are). A ``PrioritizedDataModule`` must serve uniform batches; any other loader serves large batches.
 
     Args:
         selectivity: ``beta`` in Jiang et al., > 0: 1 keeps about half of the points, 3 a quarter.
@@ -63,6 +70,8 @@ class SelectiveBackprop(OnlineSelection):
         score: the score (a name, a ``Score`` or ``fn(outputs, batch)``).
         warmup_steps: train on the incoming batches, without selection, before this global step.
         seed: seed of the extra presample points and of the keep decisions.
+        mode: where the presample comes from: ``auto``, ``indexed``, ``device`` or ``large_batch`` (see
+            ``OnlineSelection``).
 
     Raises:
         ValueError: a bad argument; at setup, a prioritized strategy, manual optimization, or ``score='reducible'``
@@ -83,9 +92,11 @@ class SelectiveBackprop(OnlineSelection):
         score: ScoreArg = "loss",
         warmup_steps: int = 0,
         seed: int = 0,
+        mode: SelectionMode = "auto",
     ) -> None:
         rule = PercentileKeep(selectivity, history)
-        super().__init__(rule, AfterWarmup(warmup_steps), presample, score, seed, prog_bar=("per/kept_fraction",))
+        switch = AfterWarmup(warmup_steps)
+        super().__init__(rule, switch, presample, score, seed, prog_bar=("per/kept_fraction",), mode=mode)
         self.selectivity = selectivity
         self.history = history
         self.warmup_steps = warmup_steps

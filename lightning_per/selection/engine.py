@@ -1,17 +1,22 @@
 """The presample engine that runs every online selection method: a rule and a switch plugged into one callback.
 
-Each selecting step: the loader's ``b`` points and ``B - b`` extra points drawn uniformly with replacement from this
-process's shard form a presample of ``B = presample * b`` points; one call of ``training_step`` in eval mode without
-gradients (logging suppressed, training mode restored) scores it; the rule picks points and weights; the incoming
-batch is replaced in place by them, so only they go through forward and backward. The loader, its epochs and the
-number of steps are untouched. The switch decides which steps select.
+Each selecting step scores a presample of ``B = presample * b`` points with one call of ``training_step`` in eval
+mode without gradients (logging suppressed, training mode restored); the rule picks points and weights; the incoming
+batch is replaced in place by them, so only they go through forward and backward. The switch decides which steps
+select. Where the presample comes from is the mode:
+
+- ``indexed``: the loader's ``b`` points and ``B - b`` extra points drawn uniformly with replacement from this
+  process's shard of a ``PrioritizedDataModule``'s training set, through a second DataLoader;
+- ``device``: the same draws, gathered from the training set's tensors held on the module's device;
+- ``large_batch``: the loader yields ``B`` points (any loader, streams included) and the step keeps about ``b``;
+  a step that does not select trains on the batch's first ``b`` points.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -19,8 +24,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_per._checks import check_int
+from lightning_per._checks import check_choice, check_int
 from lightning_per.batch import PrioritizedBatch
+from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.indexed import IndexedCollate
 from lightning_per.plumbing.inference import scoring_step
 from lightning_per.plumbing.internals import logs_this_step
 from lightning_per.plumbing.publish import publish
@@ -31,10 +38,14 @@ from lightning_per.selection.cost import SelectionCost
 from lightning_per.selection.irreducible import find_irreducible, register_reader
 from lightning_per.selection.presample import ExtraPoints, derive_seed
 from lightning_per.selection.rules import SelectionRule
+from lightning_per.selection.sources import DeviceExtras, LargeBatch, StreamCollate, tensor_rows
 from lightning_per.selection.switches import AfterWarmup, Switch
 from lightning_per.tree import select
 
-__all__ = ["OnlineSelection"]
+__all__ = ["SELECTION_MODES", "OnlineSelection", "SelectionMode"]
+
+SelectionMode = Literal["auto", "indexed", "device", "large_batch"]
+SELECTION_MODES: tuple[str, ...] = get_args(SelectionMode)
 
 _NOISY_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
@@ -43,8 +54,8 @@ class OnlineSelection(Callback):
     """Trains each selecting step on the points ``rule`` picks from a scored presample of ``B = presample * b``.
 
     The named methods are this engine with a rule and a switch (``TopKSelection``, ``SelectiveBackprop``,
-    ``ImportanceSamplingCallback``); give it your own ``SelectionRule`` to try another. The DataModule must be a
-    ``PrioritizedDataModule`` serving uniform batches; one online-selection callback per Trainer.
+    ``ImportanceSamplingCallback``); give it your own ``SelectionRule`` to try another. One online-selection
+    callback per Trainer.
 
     Args:
         rule: picks the points and their weights (``lightning_per.selection.rules``).
@@ -53,11 +64,15 @@ class OnlineSelection(Callback):
         score: the score handed to the rule (a name, a ``Score`` or ``fn(outputs, batch)``).
         seed: seed of the extra presample points and of the rule's draws (derived per process and per step).
         prog_bar: the ``per/`` figures the progress bar shows.
+        mode: where the presample comes from (see the module): ``auto`` is ``device`` for a
+            ``PrioritizedDataModule`` over tensors (a ``TensorDataset`` or a ``Subset`` of one, default collate),
+            ``indexed`` for any other ``PrioritizedDataModule``, and ``large_batch`` for any other loader.
 
     Raises:
         ValueError: a bad argument; at setup, a prioritized strategy, manual optimization, another selection
-            callback, or ``score='reducible'`` without an ``IrreducibleLoss`` callback.
-        TypeError: at setup, training data that does not come from a ``PrioritizedDataModule``.
+            callback, ``mode='indexed'``/``'device'`` without a ``PrioritizedDataModule``, or ``score='reducible'``
+            without an ``IrreducibleLoss`` callback.
+        TypeError: at setup, ``mode='device'`` over a training set that is not tensors.
 
     Example:
         >>> from lightning_per.selection.rules import TopK
@@ -74,17 +89,21 @@ class OnlineSelection(Callback):
         score: ScoreArg = "loss",
         seed: int = 0,
         prog_bar: Sequence[str] = ("per/is_active",),
+        mode: SelectionMode = "auto",
     ) -> None:
         check_int("presample", presample, 2, hint="The presample has `presample * batch_size` points.")
         check_int("seed", seed, 0)
+        check_choice("mode", mode, SELECTION_MODES)
         self.rule = rule
         self.switch: Switch = switch if switch is not None else AfterWarmup(0)
         self.presample = presample
         self.score = score
         self.seed = seed
         self.prog_bar = tuple(prog_bar)
+        self.mode = mode
         self._scorer = as_score(score, type(self).__name__)
-        self._extras = ExtraPoints(presample, seed)
+        self._extras: ExtraPoints | DeviceExtras | LargeBatch = ExtraPoints(presample, seed)
+        self._mode = "indexed"  # the mode in use (resolved from `mode` at setup)
         self._cost = SelectionCost()
         self._selection_steps = 0  # seeds each step's draw
         self._step_selected = False
@@ -115,7 +134,7 @@ class OnlineSelection(Callback):
         self._run_steps = self._run_selected = 0  # a resumed run's counts are restored after this
         self._cost = SelectionCost()
         name = type(self).__name__
-        require_datamodule(trainer, name, uniform=True)
+        self._resolve_mode(trainer, name)
         callbacks = trainer.callbacks  # type: ignore[attr-defined]
         others = [type(c).__name__ for c in callbacks if isinstance(c, OnlineSelection) and c is not self]
         if others:
@@ -146,23 +165,40 @@ class OnlineSelection(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._extras.close()
         if self._scorer.name == "reducible":
-            table = find_irreducible(trainer, type(self).__name__).table
-            if table is not None:  # computed at fit start
-                self._scorer.attach_irreducible(table)
+            irreducible = find_irreducible(trainer, type(self).__name__)
+            self._scorer.attach_irreducible(irreducible.table if irreducible.table is not None else irreducible.losses)
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._mode == "large_batch":  # a plain loader's batches become PrioritizedBatch, to carry their weights
+            loader: Any = trainer.train_dataloader
+            collate = getattr(loader, "collate_fn", None)
+            if collate is not None and not isinstance(collate, (StreamCollate, IndexedCollate)):
+                loader.collate_fn = StreamCollate(collate, batched=getattr(loader, "batch_size", 1) is None)
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not isinstance(batch, PrioritizedBatch) and self._mode == "large_batch":
+            raise TypeError(
+                f"{type(self).__name__} got a training batch of type {type(batch).__name__}: it could not install its "
+                "collate function on your training loader (several loaders, or a loader without `collate_fn`). "
+                "Build the loader with `collate_fn=lightning_per.StreamCollate(your_collate_fn)`."
+            )
         require_batch(batch, type(self).__name__, uniform=True)
+        self.switch.starts_step(pl_module.device)
         self._step_selected = False
         self._step_scores = None
         self._step_stats = {}
         if self.switch.selects(trainer):
             self._selection_step(trainer, pl_module, batch, batch_idx)
+        elif self._mode == "large_batch":  # a step that does not select trains on b of the B points, as it would
+            self._keep(batch, torch.arange(self._b(batch), device=batch.index.device), None)
 
     @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.switch.ends_step(pl_module.device, self._step_selected)
         self.switch.observe(outputs, batch, self._step_scores, self._scorer)
         self._step_scores = None
         self._count(outputs, batch)
@@ -207,7 +243,7 @@ class OnlineSelection(Callback):
         self._step_scores = scores
         generator = torch.Generator().manual_seed(derive_seed(self.seed, trainer.global_rank, self._selection_steps))
         self._selection_steps += 1
-        choice = self.rule.choose(scores, batch.batch_size, generator)
+        choice = self.rule.choose(scores, self._b(batch), generator)
         if choice is None:
             if not bool(torch.isfinite(scores).any()) and not self._warned_nonfinite:
                 self._warned_nonfinite = True
@@ -215,14 +251,54 @@ class OnlineSelection(Callback):
                     f"{type(self).__name__}: no finite score in a presample of {scores.numel()} points (NaN/inf from "
                     "the model or the score); this step trained on the incoming batch. Warned once."
                 )
+            if self._mode == "large_batch":
+                self._keep(batch, torch.arange(self._b(batch), device=batch.index.device), None)
             return
-        picked = select(presample, choice.positions, like=batch)  # the incoming batch (b points) tells fields apart
-        batch.data = picked.data
-        batch.index = picked.index
-        batch.weight = choice.weights.to(device=batch.weight.device, dtype=batch.weight.dtype)
+        like = batch if self._mode != "large_batch" else None  # the incoming batch (b points) tells fields apart
+        self._keep(presample, choice.positions, choice.weights, like=like, into=batch)
         self._step_selected = True
         unique = float(torch.unique(choice.positions).numel()) / choice.positions.numel()
         self._step_stats = {"unique_fraction": unique, **choice.stats}
+
+    def _b(self, batch: PrioritizedBatch) -> int:
+        """The points a step trains on: the batch's size, or a ``presample``-th of a large batch (at least 1)."""
+        return max(1, batch.batch_size // self.presample) if self._mode == "large_batch" else batch.batch_size
+
+    @staticmethod
+    def _keep(
+        source: PrioritizedBatch,
+        positions: Tensor,
+        weights: Tensor | None,
+        like: PrioritizedBatch | None = None,
+        into: PrioritizedBatch | None = None,
+    ) -> None:
+        """Replace ``into`` (default ``source``) in place by ``source``'s points at ``positions``, weighted."""
+        target = into if into is not None else source
+        picked = select(source, positions, like=like)
+        target.data, target.index = picked.data, picked.index
+        weight = picked.weight if weights is None else weights
+        target.weight = weight.to(device=target.weight.device, dtype=target.weight.dtype)
+
+    def _resolve_mode(self, trainer: Trainer, name: str) -> None:
+        """The presample's source for this fit, from ``mode`` and the Trainer's data; refuses what cannot work."""
+        datamodule = getattr(trainer, "datamodule", None)
+        indexed = isinstance(datamodule, PrioritizedDataModule)
+        mode = self.mode
+        if mode == "auto":
+            tensors = isinstance(datamodule, PrioritizedDataModule) and datamodule.collate_fn is None
+            tensors = tensors and tensor_rows(datamodule.train_dataset) is not None  # type: ignore[union-attr]
+            mode = ("device" if tensors else "indexed") if indexed else "large_batch"
+        if mode in ("indexed", "device"):
+            require_datamodule(trainer, name, uniform=True, why=f" (mode={mode!r} draws extra points from it)")
+        elif isinstance(datamodule, PrioritizedDataModule) and datamodule.strategy.name != "uniform":
+            require_datamodule(trainer, name, uniform=True)  # refuses the prioritized strategy, with its message
+        self._mode = mode
+        if mode == "device":
+            self._extras = DeviceExtras(self.presample, self.seed)
+        elif mode == "large_batch":
+            self._extras = LargeBatch(self.presample)
+        else:
+            self._extras = ExtraPoints(self.presample, self.seed)
 
     def _count(self, outputs: Any, batch: Any) -> None:
         """The step's counts and statistics, for the logged means and the summary."""

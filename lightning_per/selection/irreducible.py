@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -14,7 +14,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lightning_per._checks import check_int
+from lightning_per._checks import check_choice, check_int
+from lightning_per.batch import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.indexed import IndexedCollate, IndexedDataset
 from lightning_per.plumbing.distributed import all_gather_variable
@@ -22,7 +23,9 @@ from lightning_per.plumbing.inference import quiet_inner_fit, scoring_mode
 from lightning_per.plumbing.loaders import shard_loader
 from lightning_per.plumbing.requirements import require_datamodule
 
-__all__ = ["IrreducibleLoss", "find_irreducible", "register_reader"]
+__all__ = ["IrreducibleLoss", "IrreducibleMode", "find_irreducible", "register_reader"]
+
+IrreducibleMode = Literal["auto", "table", "on_the_fly"]
 
 
 class IrreducibleLoss(Callback):
@@ -69,12 +72,15 @@ class IrreducibleLoss(Callback):
         train: bool = True,
         loss_key: str = "per_sample_loss",
         seed: int = 0,
+        mode: IrreducibleMode = "auto",
     ) -> None:
         if model is not None and not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a LightningModule, got {type(model).__name__}.")
         check_int("max_epochs", max_epochs, 1)
         check_int("batch_size", batch_size, 1, optional=True)
         check_int("seed", seed)
+        check_choice("mode", mode, get_args(IrreducibleMode))
+        self.mode = mode
         self.model = model
         self.holdout_dataset = holdout_dataset
         self.max_epochs = max_epochs
@@ -87,12 +93,19 @@ class IrreducibleLoss(Callback):
         self.seconds = 0.0
         self._sizes: tuple[int, int] | None = None  # (training set, holdout) the table was computed for
         self._readers = 0  # callbacks that read the table (`score='reducible'`), counted at their setup
+        self._on_the_fly = False  # this fit computes the losses of each presample instead of a table
+        self._trainer: Trainer | None = None
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        datamodule = require_datamodule(trainer, "IrreducibleLoss", why=" (the table is indexed like its samples)")
+        indexed = isinstance(getattr(trainer, "datamodule", None), PrioritizedDataModule)
+        self._on_the_fly = self.mode == "on_the_fly" or (self.mode == "auto" and not indexed)
+        self._trainer = trainer
+        datamodule = None
+        if not self._on_the_fly:
+            datamodule = require_datamodule(trainer, "IrreducibleLoss", why=" (the table is indexed like its samples)")
         if self.model is None:
             raise ValueError("IrreducibleLoss needs `model`: the small model to train on the holdout set.")
         if self._holdout(datamodule) is None and self.train:
@@ -104,6 +117,9 @@ class IrreducibleLoss(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._on_the_fly:
+            self._start_on_the_fly(trainer, pl_module)
+            return
         datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
         sizes = (len(datamodule.train_dataset), len(self._holdout(datamodule) or []))  # type: ignore[arg-type]
         if self.table is not None:  # restored from a checkpoint
@@ -139,22 +155,62 @@ class IrreducibleLoss(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._readers = 0  # the readers' setups count themselves in again at the next fit
 
-    def _holdout(self, datamodule: PrioritizedDataModule) -> Dataset | None:
-        return self.holdout_dataset if self.holdout_dataset is not None else datamodule.holdout_dataset
+    def losses(self, batch: PrioritizedBatch) -> Tensor:
+        """The model's per-sample losses on ``batch`` (eval mode, no gradients), charged to ``cost_units``.
 
-    def _fit_model(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> None:
+        What the ``reducible`` score subtracts when there is no table: the samples of a stream have no index.
+        """
+        assert self.model is not None and self._trainer is not None
+        with scoring_mode(self.model, self._trainer), _from_the_holdout_model(self.model, "scoring a presample"):
+            outputs = self.model.training_step(batch, 0)
+        self.cost_units += batch.batch_size
+        return self._per_sample(outputs, batch.batch_size)
+
+    def _start_on_the_fly(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Train the model on the holdout (unless trained already) and keep it on the device for ``losses``."""
+        assert self.model is not None
+        start = time.perf_counter()
+        holdout = self._holdout(getattr(trainer, "datamodule", None))
+        if self.train and self.cost_units == 0:  # not restored from a checkpoint
+            with _from_the_holdout_model(self.model, "training it on the holdout set"):
+                self._fit_model(trainer, pl_module, getattr(trainer, "datamodule", None))
+            self.cost_units = 3.0 * self.max_epochs * len(holdout)  # type: ignore[arg-type]
+        self.model.to(pl_module.device)
+        self.seconds = time.perf_counter() - start
+        rank_zero_info(
+            f"IrreducibleLoss: {'trained on ' + str(len(holdout)) + ' holdout samples; ' if holdout else ''}the "  # type: ignore[arg-type]
+            "irreducible losses are computed on the fly for each presample (the training data has no index)."
+        )
+
+    def _holdout(self, datamodule: Any) -> Dataset | None:
+        if self.holdout_dataset is not None:
+            return self.holdout_dataset
+        return datamodule.holdout_dataset if isinstance(datamodule, PrioritizedDataModule) else None
+
+    def _per_sample(self, outputs: Any, n: int) -> Tensor:
+        losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
+        if not isinstance(losses, Tensor) or losses.numel() != n:
+            got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
+            raise ValueError(
+                f"IrreducibleLoss: the model's `training_step` must return one loss per sample under "
+                f"{self.loss_key!r} (e.g. `F.cross_entropy(logits, y, reduction='none')`); got {got}."
+            )
+        return losses.detach().reshape(-1).float()
+
+    def _fit_model(self, trainer: Trainer, pl_module: LightningModule, datamodule: Any) -> None:
         """Train the model on the holdout: a fit of its own on this process's device, the main RNG left untouched."""
         assert self.model is not None
         holdout = self._holdout(datamodule)
         device = pl_module.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
+            indexed = isinstance(datamodule, PrioritizedDataModule)
             loader = DataLoader(
                 IndexedDataset(holdout),  # type: ignore[arg-type]
-                batch_size=self.batch_size or datamodule.batch_size,
+                batch_size=self.batch_size or (datamodule.batch_size if indexed else 32),
                 shuffle=True,
-                collate_fn=IndexedCollate(datamodule.collate_fn),
-                num_workers=datamodule.num_workers,
+                collate_fn=IndexedCollate(datamodule.collate_fn if indexed else None),
+                num_workers=datamodule.num_workers if indexed else 0,
                 generator=torch.Generator().manual_seed(self.seed),
             )
             with quiet_inner_fit():  # the user's run prints its own banner; this fit is a step of it
@@ -184,15 +240,8 @@ class IrreducibleLoss(Callback):
             for i, batch in enumerate(loader):
                 batch = batch.to(pl_module.device)
                 outputs = model.training_step(batch, i)
-                losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
-                if not isinstance(losses, Tensor) or losses.numel() != batch.batch_size:
-                    got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
-                    raise ValueError(
-                        f"IrreducibleLoss: the model's `training_step` must return one loss per sample under "
-                        f"{self.loss_key!r} (e.g. `F.cross_entropy(logits, y, reduction='none')`); got {got}."
-                    )
                 index_parts.append(batch.index)
-                loss_parts.append(losses.detach().reshape(-1).float())
+                loss_parts.append(self._per_sample(outputs, batch.batch_size))
         device = pl_module.device
         index = torch.cat(index_parts) if index_parts else torch.empty(0, dtype=torch.int64, device=device)
         values = torch.cat(loss_parts) if loss_parts else torch.empty(0, device=device)

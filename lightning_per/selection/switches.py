@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lightning_per._checks import check_int
 from lightning_per.score import Scorer
+from lightning_per.selection.calibration import CostCalibration
 from lightning_per.selection.tau import TauEstimate
 
 __all__ = ["AfterWarmup", "Switch", "TauSwitch"]
@@ -34,6 +36,14 @@ class Switch(Protocol):
 
     def due(self) -> bool:
         """Whether the engine should synchronise after this step (besides its own synchronisation points)."""
+        ...
+
+    def starts_step(self, device: torch.device) -> None:
+        """Called before every step (a switch that times steps starts its clock)."""
+        ...
+
+    def ends_step(self, device: torch.device, selected: bool) -> None:
+        """Called after every step, with whether it selected."""
         ...
 
     def synchronise(self, trainer: Trainer, pl_module: LightningModule, scorer: Scorer) -> None:
@@ -81,6 +91,12 @@ class AfterWarmup:
         """Never by itself."""
         return False
 
+    def starts_step(self, device: torch.device) -> None:
+        """No clock."""
+
+    def ends_step(self, device: torch.device, selected: bool) -> None:
+        """No clock."""
+
     def synchronise(self, trainer: Trainer, pl_module: LightningModule, scorer: Scorer) -> None:
         """Nothing is shared."""
 
@@ -105,58 +121,89 @@ class TauSwitch:
 
     A selecting step adds its presample's ``tau_step``; a uniform step adds the one of its own training batch,
     scored at the next update (no extra pass). ``tau`` is brought up to date every ``every_n_steps`` steps and at the
-    engine's synchronisation points, averaged over the processes, so all of them switch on the same step.
+    engine's synchronisation points, averaged over the processes, so all of them switch on the same step. With a
+    ``calibration``, the first steps of a fit measure what an importance step costs in uniform steps on this device,
+    and that ratio becomes ``tau_th``.
 
     Args:
-        tau_th: the threshold (> 0).
+        tau_th: the threshold (> 0), until a calibration replaces it.
         a_tau: weight of the old value in the moving average, in [0, 1).
         rooted: the rooted ``tau_step`` (the reference code's) or the unrooted one (the paper's, ``n * sum(g^2)``).
         every_n_steps: steps between updates (>= 1).
         warmup_steps: no selection before this global step.
         owner: the callback, named in error messages.
+        calibration: measures the cost ratio at the start of a fit that has none yet (``tau_th="auto"``).
     """
 
     def __init__(
-        self, tau_th: float, a_tau: float, rooted: bool, every_n_steps: int, warmup_steps: int, owner: str
+        self,
+        tau_th: float,
+        a_tau: float,
+        rooted: bool,
+        every_n_steps: int,
+        warmup_steps: int,
+        owner: str,
+        calibration: CostCalibration | None = None,
     ) -> None:
         self.tau_th = tau_th
         self.a_tau = a_tau
         self.every_n_steps = every_n_steps
         self.warmup_steps = warmup_steps
         self.estimate = TauEstimate(a_tau, rooted, owner)
+        self.calibration = calibration
         self.active = False
 
     def start(self) -> None:
-        """A new fit: the peaks count from here (a resumed run restores them afterwards)."""
+        """A new fit: the peaks count from here (a resumed run restores them afterwards); calibrate if never done."""
         self.estimate.peak, self.estimate.step_peak = self.estimate.value, 0.0
+        if self.calibration is not None and self.calibration.ratio is None and not self.calibration.running:
+            self.calibration.begin()
 
     def selects(self, trainer: Trainer) -> bool:
-        """Whether importance sampling is on for the coming step."""
+        """Whether importance sampling is on for the coming step (forced in a calibration's importance phase)."""
+        if self.calibration is not None and self.calibration.running:
+            return self.calibration.forces_selection()
         return self.active
+
+    def starts_step(self, device: torch.device) -> None:
+        """Start a calibration step's clock."""
+        if self.calibration is not None:
+            self.calibration.starts_step(device)
+
+    def ends_step(self, device: torch.device, selected: bool) -> None:
+        """Stop a calibration step's clock."""
+        if self.calibration is not None:
+            self.calibration.ends_step(device, selected)
 
     def observe(self, outputs: Any, batch: Any, presample_scores: Tensor | None, scorer: Scorer) -> None:
         """Add the step's ``tau_step`` (a selecting step's, now; a uniform step's, at the next update)."""
         pending = self.estimate.pending
-        if presample_scores is not None:  # an importance step: the presample's estimate
-            (tau_step,), _ = self.estimate.step_taus([presample_scores], scorer)
-            pending.append(tau_step)
+        if presample_scores is not None:  # an importance step: the presample's scores, folded in at the update
+            pending.append(presample_scores.detach())
         elif outputs is None or (isinstance(outputs, Mapping) and not outputs):
             pending.append(None)  # a skipped step leaves tau as it is
         else:  # a uniform step: checked now, scored at the next update
             pending.append(scorer.capture(outputs, batch))
 
     def due(self) -> bool:
-        """After ``every_n_steps`` steps since the last update."""
-        return len(self.estimate.pending) >= self.every_n_steps
+        """After ``every_n_steps`` steps since the last update, or when a calibration has measured both phases."""
+        return len(self.estimate.pending) >= self.every_n_steps or (
+            self.calibration is not None and self.calibration.due()
+        )
 
     def synchronise(self, trainer: Trainer, pl_module: LightningModule, scorer: Scorer) -> None:
-        """Fold the pending steps into ``tau`` (all processes alike) and decide the phase."""
+        """Fold the pending steps into ``tau`` (all processes alike), finish a calibration, and decide the phase."""
         self.estimate.update(trainer, pl_module, scorer)
+        if self.calibration is not None and self.calibration.due():
+            self.tau_th = self.calibration.finish(trainer, pl_module)
         self.active = self.estimate.value > self.tau_th and trainer.global_step >= self.warmup_steps
 
     def metrics(self) -> dict[str, float]:
-        """``per/tau`` and ``per/tau_th``."""
-        return {"per/tau": self.estimate.value, "per/tau_th": self.tau_th}
+        """``per/tau``, ``per/tau_th`` and, once measured, ``per/cost_ratio``."""
+        metrics = {"per/tau": self.estimate.value, "per/tau_th": self.tau_th}
+        if self.calibration is not None and self.calibration.ratio is not None:
+            metrics["per/cost_ratio"] = self.calibration.ratio
+        return metrics
 
     def summary(self, steps: int, selected: int) -> str | None:
         """How high ``tau`` got against ``tau_th`` and, when no step selected, why."""
@@ -165,6 +212,8 @@ class TauSwitch:
             f"tau peaked at {tau.peak:.3g} (one step's estimate at {tau.step_peak:.3g}) against "
             f"`tau_th={self.tau_th:.3g}`"
         )
+        if self.calibration is not None and self.calibration.ratio is not None:
+            against += f" (measured: an importance step cost {self.calibration.ratio:.3g} uniform steps here)"
         if selected:
             return against
         settle = round(3 / (1 - self.a_tau))  # steps for the average to reach 95% of a constant estimate
@@ -194,10 +243,14 @@ class TauSwitch:
         )
 
     def state_dict(self, scorer: Scorer) -> dict[str, Any]:
-        """``tau``, its peaks, the pending steps' own ``tau_step`` values and the phase."""
-        return {**self.estimate.state_dict(scorer), "active": self.active}
+        """``tau``, its peaks, the pending steps' own ``tau_step`` values, the phase, the threshold, the calibration."""
+        calibration = {} if self.calibration is None else self.calibration.state_dict()
+        return {**self.estimate.state_dict(scorer), "active": self.active, "tau_th": self.tau_th, **calibration}
 
     def load_state_dict(self, state: dict[str, Any], rank: int) -> None:
         """Restore; process 0 alone brings the saved steps to the next update."""
         self.estimate.load_state_dict(state, rank)
         self.active = bool(state.get("active", False))
+        if self.calibration is not None:
+            self.calibration.load_state_dict(state)
+            self.tau_th = float(state.get("tau_th", self.tau_th))
