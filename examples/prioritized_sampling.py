@@ -8,7 +8,7 @@ and CPU seconds for both.
 
 Run from the repository root (needs the ``examples`` extra: ``pip install -e ".[examples]"``)::
 
-    python examples/prioritized_sampling.py           # 4000 signals, 30 epochs: about a minute on a laptop CPU
+    python examples/prioritized_sampling.py           # 4000 signals, 30 epochs: well under a minute on a laptop
     python examples/prioritized_sampling.py --fast    # a few seconds (what CI runs)
 """
 
