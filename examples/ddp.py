@@ -11,7 +11,7 @@ abort a process while gloo shuts down.
 
 Run from the repository root (needs the ``examples`` extra)::
 
-    python examples/ddp.py            # 4000 signals, 20 epochs on 2 processes: about a minute on a laptop CPU
+    python examples/ddp.py            # 4000 signals, 20 epochs on 2 processes: under a minute on a laptop CPU
     python examples/ddp.py --fast     # seconds of training, plus starting the second process (what CI runs)
 """
 
