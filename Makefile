@@ -20,8 +20,8 @@ demo: setup
 	$(PY) -m lightning_per.examples.demo
 
 lint: setup
-	$(PY) -m ruff check lightning_per tests benchmarks
-	$(PY) -m ruff format --check lightning_per tests benchmarks
+	$(PY) -m ruff check lightning_per tests benchmarks examples docs/figures
+	$(PY) -m ruff format --check lightning_per tests benchmarks examples docs/figures
 	$(PY) -m mypy
 
 test: lint

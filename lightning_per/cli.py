@@ -8,6 +8,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import warnings
@@ -190,7 +191,13 @@ class _NoTips(logging.Filter):
 
 
 def entry() -> None:
-    """Console-script entry point of ``lightning-per``; ends a DDP run by releasing its process group."""
+    """Console-script entry point of ``lightning-per``; ends a DDP run by releasing its process group.
+
+    The working directory comes first on the import path, as with ``python -m``, so that a config can name a module
+    of the user's project (``class_path: my_project.models.MyModule``).
+    """
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     quiet_lightning_notices()
     main()
     release_process_group()

@@ -94,7 +94,7 @@ class PrioritizedDataModule(LightningDataModule):
         self.val_dataset = val_dataset
         self.test_dataset = test_dataset
         self.batch_size = batch_size
-        self.strategy: SamplingStrategy = strategy
+        self._strategy = strategy
         self.num_workers = num_workers
         self.eval_batch_size = eval_batch_size or batch_size
         self.seed = seed
@@ -110,6 +110,17 @@ class PrioritizedDataModule(LightningDataModule):
         self.recorded_by: str | None = None  # the callback that records scores into the table (set at its setup)
 
     # ----------------------------------------------------------------------------------------------- data
+    @property
+    def strategy(self) -> SamplingStrategy:
+        """The sampling strategy; setting it (a strategy, a name or a dict) takes effect from the next plan on."""
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, strategy: SamplingStrategy | StrategyName | None) -> None:
+        self._strategy = as_strategy(strategy)
+        if self._sampler is not None:
+            self._sampler.strategy = self._strategy
+
     @property
     def train_dataset(self) -> Dataset | None:
         """The training set: what was given or set, less the ``holdout_fraction`` held out (its indices number it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sized
 from typing import Any
@@ -76,7 +77,7 @@ class PrioritizedSampler(DistributedSampler):
         self.strategy = strategy or SamplingStrategy("uniform")
         self.max_epochs = max_epochs
         self.chunk_size = chunk_size
-        self._plan_key: tuple[int, int, int | None] | None = None
+        self._plan_key: tuple[Any, ...] | None = None
         self._plan: SamplingPlan | None = None
 
     @property
@@ -107,7 +108,8 @@ class PrioritizedSampler(DistributedSampler):
 
     def plan(self) -> SamplingPlan:
         """The current epoch's plan, cached until the epoch or the score table changes."""
-        key = (self.epoch, self.scores.version if self.scores is not None else 0, self.max_epochs)
+        version = self.scores.version if self.scores is not None else 0
+        key = (self.epoch, version, self.max_epochs, dataclasses.astuple(self.strategy))  # a changed strategy re-plans
         if self._plan is None or key != self._plan_key:
             self._plan = build_plan(
                 self.scores.scores if self.scores is not None else None,

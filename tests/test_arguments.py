@@ -119,3 +119,13 @@ def test_a_tracker_that_recorded_only_nan_says_so_instead_of_asking_for_a_tracke
     messages = [str(w.message) for w in record]
     assert any("LossTracker recorded no finite score during fit" in m and "NaN or inf" in m for m in messages)
     assert not any("add `LossTracker()`" in m for m in messages)
+
+
+def test_a_strategy_set_after_the_sampler_exists_is_the_one_drawn_from():
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8, strategy="uniform", seed=0)
+    assert dm.sampler.strategy.name == "uniform"
+    dm.strategy = "rank"  # as a name, a dict or a SamplingStrategy, as the constructor takes it
+    assert dm.sampler.strategy.name == "rank" and dm.sampler.plan().weighted is False  # epoch 0: nothing scored yet
+    dm.scores.update(torch.arange(16), torch.arange(16.0))
+    dm.prepare_epoch(1)
+    assert dm.sampler.plan().weighted

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import lightning_per
 import lightning_per.replay
@@ -81,3 +82,79 @@ def test_every_class_path_in_the_docs_yaml_examples_imports():
     assert len(paths) >= 10  # the guides' YAML examples were found
     for path in paths:
         assert callable(_resolve(path)), path
+
+
+# ------------------------------------------------------------------ tutorials, how-to pages and their code
+SNIPPET = re.compile(r'^\s*--8<--\s+"([^"]+)"\s*$', flags=re.MULTILINE)
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.MULTILINE | re.DOTALL)
+TUTORIALS = {  # example script -> its tutorial page, which includes the whole script
+    "prioritized_sampling": "tutorials/own-model.md",
+    "noisy_labels": "tutorials/noisy-labels.md",
+    "long_tail": "tutorials/long-tail.md",
+    "continual": "tutorials/continual.md",
+    "ddp": "tutorials/ddp.md",
+    "own_model": "tutorials/yaml.md",
+}
+HOW_TO = ["choose-a-method.md", "diagnostics.md", "troubleshooting.md", "migrating.md", "performance.md"]
+
+
+def test_every_example_is_the_code_of_a_tutorial_page_in_the_nav():
+    examples = sorted(p.stem for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("_"))
+    assert examples == sorted(TUTORIALS)
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for name, page in TUTORIALS.items():
+        assert page in nav, page
+        assert f'--8<-- "examples/{name}.py"' in (DOCS / page).read_text(), f"{page} must include examples/{name}.py"
+    assert '--8<-- "examples/own_model.yaml"' in (DOCS / TUTORIALS["own_model"]).read_text()
+    for page in HOW_TO:
+        assert page in nav, page
+
+
+def test_every_snippet_include_names_a_file_and_section_that_exist():
+    for page in _pages():
+        for target in SNIPPET.findall(page.read_text()):
+            path, _, section = target.partition(":")
+            assert (ROOT / path).is_file(), f"{page.name} includes {path}, which does not exist"
+            if section:
+                text = (ROOT / path).read_text()
+                for mark in ("start", "end"):
+                    assert f"--8<-- [{mark}:{section}]" in text, f"{page.name}: {path} has no [{mark}:{section}]"
+
+
+def test_every_figure_and_benchmark_json_the_docs_cite_exists():
+    cited_json, images = set(), set()
+    for page in _pages():
+        text = page.read_text()
+        cited_json |= set(re.findall(r"`(bench_out/[\w./-]+\.json)`", text))
+        images |= {(page.parent / src).resolve() for src in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)}
+    assert len(cited_json) >= 8 and len(images) >= 3
+    assert not [p for p in cited_json if not (ROOT / p).is_file()]
+    assert not [p for p in images if not p.is_file()]
+
+
+@pytest.fixture
+def tutorial_names(tmp_path, monkeypatch):
+    """What the how-to pages say they use: the end-to-end tutorial's modules and (tiny) datasets."""
+    pytest.importorskip("mnist1d")
+    tutorial = importlib.import_module("examples.prioritized_sampling")
+    train_ds, val_ds = tutorial.make_data(200)
+    monkeypatch.chdir(tmp_path)  # the Trainers' default logs land here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield {
+        "MyLightningModule": tutorial.MyLightningModule,
+        "MyModel": tutorial.MyModel,
+        "train_ds": train_ds,
+        "val_ds": val_ds,
+    }
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("page", HOW_TO)
+def test_every_python_block_of_the_how_to_pages_runs(page, tutorial_names):
+    blocks = PYTHON_BLOCK.findall((DOCS / page).read_text())
+    namespace = dict(tutorial_names)
+    for i, block in enumerate(blocks):
+        if SNIPPET.search(block) or block.startswith("# not run"):
+            continue  # included from an example (run by tests/test_examples.py), or a trap shown on purpose
+        exec(compile(block, f"{page}, python block {i + 1}", "exec"), namespace)

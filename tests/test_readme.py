@@ -61,3 +61,45 @@ def test_the_demo_lines_run(capsys):
         if line.startswith("python -m lightning_per.examples.demo --config-dir"):
             demo.main(shlex.split(line)[3:])
             assert Path(capsys.readouterr().out.strip()).is_dir()
+
+
+# ------------------------------------------------------------------ the quick start, shared with the docs' index
+QUICK_START = re.compile(r"--8<-- \[start:quickstart\].*?```python\n(.*?)```.*?--8<-- \[end:quickstart\]", re.S)
+
+
+def quick_start() -> str:
+    found = QUICK_START.search(README.read_text())
+    assert found, "README.md has no python block between its `--8<-- [start:quickstart]` and `[end:quickstart]` marks"
+    return found.group(1)
+
+
+def test_the_docs_index_shows_the_readme_quick_start_itself():
+    assert '--8<-- "README.md:quickstart"' in (ROOT / "docs" / "index.md").read_text()
+
+
+def test_the_quick_start_is_the_two_line_change_of_the_tutorial_example():
+    def lines(text: str) -> list[str]:  # the code of `training_step`, spacing before comments ignored
+        body = text[text.index("def training_step") :].split("\n\n")[0]
+        return [re.sub(r"\s+#", "  #", line.strip()) for line in body.splitlines()]
+
+    example = (ROOT / "examples" / "prioritized_sampling.py").read_text()
+    assert lines(quick_start()) == lines(example[example.index("class MyModel(MyLightningModule)") :])
+
+
+def test_the_quick_start_runs_with_the_tutorial_module_and_data(tmp_path, monkeypatch):
+    pytest.importorskip("mnist1d")
+    import importlib
+
+    import torch
+
+    tutorial = importlib.import_module("examples.prioritized_sampling")
+    train_ds, val_ds = tutorial.make_data(200)
+    names = {"MyLightningModule": tutorial.MyLightningModule, "train_ds": train_ds, "val_ds": val_ds}
+    monkeypatch.chdir(tmp_path)  # the quick start's Trainer logs and checkpoints to the working directory
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(quick_start(), "README.md quick start", "exec"), names)
+    finally:
+        torch.set_num_threads(threads)
+    assert names["dm"].scores.seen > 0  # LossTracker recorded the module's per-sample losses

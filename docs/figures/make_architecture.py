@@ -1,6 +1,6 @@
 """Draw docs/figures/architecture.png, the layers of docs/architecture.md (read from its table).
 
-    python docs/figures/make_architecture.py
+Run ``python docs/figures/make_architecture.py``.
 """
 
 from __future__ import annotations
@@ -11,17 +11,19 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
 
 
 def layers() -> list[list[str]]:
+    """The units of each layer, bottom first."""
     rows = re.findall(r"^\| (\d+) \| (.+?) \|", (HERE.parent / "architecture.md").read_text(), re.M)
     return [[u.strip("` ").removeprefix("lightning_per.") for u in units.split(",")] for _, units in rows]
 
 
 def main() -> None:
+    """Draw the picture."""
     table = layers()
     fig, ax = plt.subplots(figsize=(9, 0.55 * len(table) + 0.6))
     for level, units in enumerate(table):
