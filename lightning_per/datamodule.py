@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_per._checks import check_int, check_number
 from lightning_per.indexed import IndexedCollate, IndexedDataset, check_map_style, holdout_split
-from lightning_per.sampler import PrioritizedSampler
+from lightning_per.sampler import PrioritizedSampler, schedule_notices
 from lightning_per.score_table import ScoreTable
 from lightning_per.strategy import SamplingPlan, SamplingStrategy, StrategyName, as_strategy
 
@@ -322,32 +322,13 @@ class PrioritizedDataModule(LightningDataModule):
 
     def _check_schedule(self, max_epochs: int | None) -> None:
         """Warn once when the schedule needs ``max_epochs`` the Trainer lacks, or a resumed run changed it."""
-        strategy = self.strategy
-        annealed = strategy.annealed()
-        unknown = max_epochs is None or max_epochs < 0
-        if annealed and unknown and not self._warned_schedule:
-            self._warned_schedule = True
-            rank_zero_warn(
-                f"The sampling strategy anneals {', '.join(annealed)} over the Trainer's `max_epochs`, but "
-                f"`max_epochs={max_epochs}` (training stops by `max_steps` or `max_time`), so they stay at their "
-                "start values. Set `Trainer(max_epochs=...)`, or set the `*_final` values to None for constant ones."
-            )
         saved, self._saved_max_epochs = self._saved_max_epochs, None
-        if saved is None or saved == max_epochs or unknown:
-            return
-        length = [*annealed]
-        if strategy.uniform_epochs_at_end(saved) or strategy.uniform_epochs_at_end(max_epochs):
-            length.append(
-                f"the final uniform epochs ({strategy.uniform_epochs_at_end(saved)} of {saved}, now "
-                f"{strategy.uniform_epochs_at_end(max_epochs)} of {max_epochs})"
-            )
-        if length and strategy.name != "uniform":
-            rank_zero_warn(
-                f"Resumed from a run with `max_epochs={saved}`, now `max_epochs={max_epochs}`: the sampling schedule "
-                f"({'; '.join(length)}) is rescaled to {max_epochs} epochs from epoch {self.sampler.epoch} on, so "
-                f"the rest of the run draws differently from a run started with `max_epochs={max_epochs}`. Resume "
-                f"with `max_epochs={saved}` to continue the saved schedule."
-            )
+        unknown, rescaled = schedule_notices(self.strategy, max_epochs, saved, self.sampler.epoch)
+        if unknown and not self._warned_schedule:
+            self._warned_schedule = True
+            rank_zero_warn(unknown)
+        if rescaled:
+            rank_zero_warn(rescaled)
 
     def teardown(self, stage: str) -> None:
         """Keep the score table across ``fit`` calls; nothing to release."""

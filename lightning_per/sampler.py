@@ -14,7 +14,7 @@ from lightning_per import functional as PF
 from lightning_per.score_table import ScoreTable
 from lightning_per.strategy import SamplingPlan, SamplingStrategy, build_plan
 
-__all__ = ["PrioritizedSampler"]
+__all__ = ["PrioritizedSampler", "schedule_notices"]
 
 
 class PrioritizedSampler(DistributedSampler):
@@ -162,3 +162,45 @@ class PrioritizedSampler(DistributedSampler):
         """Restore the epoch and seed (``max_epochs`` stays the current Trainer's)."""
         self.epoch = int(state.get("epoch", self.epoch))
         self.seed = int(state.get("seed", self.seed))
+
+
+def schedule_notices(
+    strategy: SamplingStrategy, max_epochs: int | None, saved: int | None, epoch: int
+) -> tuple[str | None, str | None]:
+    """What to tell the user about the schedule: it cannot anneal without ``max_epochs``; a resume rescaled it.
+
+    Args:
+        strategy: the sampling strategy.
+        max_epochs: the Trainer's ``max_epochs`` (``None`` or negative: training stops by steps or time).
+        saved: the ``max_epochs`` of the run a checkpoint came from (``None``: not resumed).
+        epoch: the epoch the run goes on from.
+
+    Example:
+        >>> schedule_notices(SamplingStrategy("rank"), None, None, 0)[0] is not None  # beta anneals to 1.0
+        True
+    """
+    annealed = strategy.annealed()
+    unknown = max_epochs is None or max_epochs < 0
+    missing = None
+    if annealed and unknown:
+        missing = (
+            f"The sampling strategy anneals {', '.join(annealed)} over the Trainer's `max_epochs`, but "
+            f"`max_epochs={max_epochs}` (training stops by `max_steps` or `max_time`), so they stay at their "
+            "start values. Set `Trainer(max_epochs=...)`, or set the `*_final` values to None for constant ones."
+        )
+    if saved is None or saved == max_epochs or unknown or strategy.name == "uniform":
+        return missing, None
+    changes = [*annealed]
+    if strategy.uniform_epochs_at_end(saved) or strategy.uniform_epochs_at_end(max_epochs):
+        changes.append(
+            f"the final uniform epochs ({strategy.uniform_epochs_at_end(saved)} of {saved}, now "
+            f"{strategy.uniform_epochs_at_end(max_epochs)} of {max_epochs})"
+        )
+    if not changes:
+        return missing, None
+    return missing, (
+        f"Resumed from a run with `max_epochs={saved}`, now `max_epochs={max_epochs}`: the sampling schedule "
+        f"({'; '.join(changes)}) is rescaled to {max_epochs} epochs from epoch {epoch} on, so the rest of the run "
+        f"draws differently from a run started with `max_epochs={max_epochs}`. Resume with `max_epochs={saved}` to "
+        "continue the saved schedule."
+    )

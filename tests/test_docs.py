@@ -94,6 +94,7 @@ TUTORIALS = {  # example script -> its tutorial page, which includes the whole s
     "continual": "tutorials/continual.md",
     "ddp": "tutorials/ddp.md",
     "own_model": "tutorials/yaml.md",
+    "streaming": "guide/streaming.md",
 }
 HOW_TO = ["choose-a-method.md", "diagnostics.md", "troubleshooting.md", "migrating.md", "performance.md"]
 

@@ -105,9 +105,9 @@ def draw_importance_sample(
     per-sample values ``v``, ``E[mean_j w_j v_{i_j}] = mean over the finite-score points of v``.
 
     Args:
-        scores: 1-D non-negative scores (any device; the draw runs on the CPU in float64).
+        scores: 1-D non-negative scores (any device; the draw runs there, in float64, with one read to the host).
         num: the number of draws.
-        generator: a CPU generator, for reproducible draws.
+        generator: a generator on the scores' device, for reproducible draws.
 
     Returns:
         ``(positions, weights, p)``: int64 positions ``(num,)``, float32 weights ``(num,)`` and the float64
@@ -124,21 +124,20 @@ def draw_importance_sample(
         >>> positions.tolist(), [round(w, 4) for w in weights.tolist()]
         ([1, 0, 1, 1], [0.6667, 2.0, 0.6667, 0.6667])
     """
-    values = scores.detach().reshape(-1).to("cpu", torch.float64)
+    values = scores.detach().reshape(-1).to(torch.float64)
     finite = torch.isfinite(values)
-    if bool(finite.any()) and float(values[finite].min()) < 0:
+    values = torch.where(finite, values, 0.0)
+    low, total, n = torch.stack([torch.where(finite, values, math.inf).min(), values.sum(), finite.sum()]).tolist()
+    if low < 0:
         raise ValueError(
-            f"Importance scores must be non-negative; got a minimum of {float(values[finite].min()):.4g}. "
+            f"Importance scores must be non-negative; got a minimum of {low:.4g}. "
             "A score function must return non-negative values (e.g. a gradient norm or a loss)."
         )
-    values = torch.where(finite, values, torch.zeros_like(values))
-    total = float(values.sum())
     if not total > 0 or not math.isfinite(total):
         return None
     p = values / total
-    uniforms = torch.rand(num, generator=generator, dtype=torch.float64)
+    uniforms = torch.rand(num, generator=generator, dtype=torch.float64, device=values.device)
     positions = inverse_cdf_sample(torch.cumsum(p, 0), uniforms)
-    n = int(finite.sum())
     weights = (1.0 / (n * p[positions])).float()
     return positions, weights, p
 
@@ -152,7 +151,7 @@ def top_k_positions(scores: Tensor, k: int) -> Tensor:
         >>> top_k_positions(torch.tensor([0.5, 2.0, float("nan"), 2.0, 1.0]), 3).tolist()
         [1, 3, 4]
     """
-    values = scores.detach().reshape(-1).to("cpu", torch.float64)
+    values = scores.detach().reshape(-1).to(torch.float64)  # on its own device
     finite = torch.isfinite(values)
     ordered = torch.sort(torch.where(finite, values, -math.inf), descending=True, stable=True).indices
     return ordered[: min(k, int(finite.sum()))]

@@ -29,7 +29,7 @@ def scoring_mode(pl_module: LightningModule, trainer: Trainer | None = None) -> 
         with scoring_mode(model):
             outputs = model.training_step(batch, 0)
     """
-    modes = [(module, module.training) for module in pl_module.modules()]
+    modes = [module.training for module in pl_module.modules()]
     pl_module.eval()
     try:
         with silenced_logging(pl_module), torch.no_grad():
@@ -39,8 +39,11 @@ def scoring_mode(pl_module: LightningModule, trainer: Trainer | None = None) -> 
                 with trainer.precision_plugin.train_step_context():
                     yield
     finally:
-        for module, training in modes:
-            module.training = training
+        if all(modes):  # the usual case in one call (this runs on every selection step)
+            pl_module.train()
+        else:
+            for module, training in zip(pl_module.modules(), modes, strict=True):
+                module.training = training
 
 
 @contextmanager
@@ -52,12 +55,14 @@ def silenced_logging(pl_module: LightningModule) -> Iterator[None]:
         with silenced_logging(model):
             model.training_step(batch, 0)  # its self.log calls are dropped
     """
-    pl_module.log = _no_log  # type: ignore[method-assign]
-    pl_module.log_dict = _no_log  # type: ignore[method-assign]
+    # plain instance attributes (not through nn.Module.__setattr__, which is slow and meant for submodules)
+    object.__setattr__(pl_module, "log", _no_log)
+    object.__setattr__(pl_module, "log_dict", _no_log)
     try:
         yield
     finally:
-        del pl_module.log, pl_module.log_dict
+        object.__delattr__(pl_module, "log")
+        object.__delattr__(pl_module, "log_dict")
 
 
 def scoring_step(pl_module: LightningModule, batch: Any, batch_idx: int, trainer: Trainer | None = None) -> Any:

@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 
-__all__ = ["before_batch_transfer", "every_n_train_steps", "logger_step", "logs_this_step", "set_current_hook"]
+__all__ = [
+    "before_batch_transfer",
+    "every_n_train_steps",
+    "logger_step",
+    "logs_this_step",
+    "set_current_hook",
+    "train_loader_given",
+]
 
 
 def logs_this_step(trainer: Trainer) -> bool:
@@ -37,6 +44,16 @@ def before_batch_transfer(pl_module: LightningModule, batch: Any) -> Any:
     if hook is None:
         return pl_module.on_before_batch_transfer(batch, dataloader_idx=0)
     return hook(batch, dataloader_idx=0)
+
+
+def train_loader_given(trainer: Trainer) -> Any:
+    """What ``trainer.fit(model, train_dataloaders=...)`` was given, before Lightning iterates it; fallback: ``None``.
+
+    ``None`` too when the loaders come from a DataModule's or the module's ``train_dataloader`` (made on request).
+    """
+    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+    instance = getattr(source, "instance", None)
+    return None if isinstance(instance, (LightningModule, LightningDataModule)) else instance
 
 
 def set_current_hook(pl_module: LightningModule, name: str | None) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SelectionCost"]
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+__all__ = ["SelectionCost", "summarise"]
 
 
 @dataclass
@@ -48,3 +50,23 @@ class SelectionCost:
         self.scored = int(state.get("scored", 0))
         self.trained = int(state.get("trained", 0))
         self.seconds = float(state.get("seconds", 0.0))
+
+
+def summarise(name: str, steps: int, selected: int, said: str | None, wording: tuple[str, str], cost: str) -> None:
+    """Say once, at the end of training, how many steps selected (a warning when none did), why, and the cost.
+
+    Args:
+        name: the callback.
+        steps: the run's training steps.
+        selected: how many of them selected.
+        said: what the switch adds (why none selected, how high ``tau`` got), or ``None``.
+        wording: how to say that some steps selected, and that none did.
+        cost: ``SelectionCost.describe``'s words.
+    """
+    some, none = wording
+    if not selected:
+        why = f": {said}" if said else ""
+        rank_zero_warn(f"{name}: none of the {steps} training steps {none}{why}. This run was plain uniform training.")
+        return
+    told = f"{said}; " if said else ""
+    rank_zero_info(f"{name}: {selected} of {steps} training steps ({selected / steps:.0%}) {some}; {told}{cost}.")

@@ -1,9 +1,8 @@
 """The presample engine that runs every online selection method: a rule and a switch plugged into one callback.
 
 Each selecting step scores a presample of ``B = presample * b`` points with one call of ``training_step`` in eval
-mode without gradients (logging suppressed, training mode restored); the rule picks points and weights; the incoming
-batch is replaced in place by them, so only they go through forward and backward. The switch decides which steps
-select. Where the presample comes from is the mode:
+mode without gradients; the rule picks points and weights; the incoming batch is replaced in place by them, so only
+they go through forward and backward. The switch decides which steps select. The presample comes from (the mode):
 
 - ``indexed``: the loader's ``b`` points and ``B - b`` extra points drawn uniformly with replacement from this
   process's shard of a ``PrioritizedDataModule``'s training set, through a second DataLoader;
@@ -26,21 +25,18 @@ from typing_extensions import override
 
 from lightning_per._checks import check_choice, check_int
 from lightning_per.batch import PrioritizedBatch
-from lightning_per.datamodule import PrioritizedDataModule
-from lightning_per.indexed import IndexedCollate
 from lightning_per.plumbing.inference import scoring_step
 from lightning_per.plumbing.internals import logs_this_step
 from lightning_per.plumbing.publish import publish
-from lightning_per.plumbing.requirements import require_batch, require_datamodule
+from lightning_per.plumbing.requirements import require_batch
 from lightning_per.plumbing.sync import checkpoint_due
 from lightning_per.score import ScoreArg, as_score
-from lightning_per.selection.cost import SelectionCost
+from lightning_per.selection.cost import SelectionCost, summarise
 from lightning_per.selection.irreducible import find_irreducible, register_reader
 from lightning_per.selection.presample import ExtraPoints, derive_seed
 from lightning_per.selection.rules import SelectionRule
-from lightning_per.selection.sources import DeviceExtras, LargeBatch, StreamCollate, tensor_rows
+from lightning_per.selection.sources import DeviceExtras, LargeBatch, keep_points, resolve_source
 from lightning_per.selection.switches import AfterWarmup, Switch
-from lightning_per.tree import select
 
 __all__ = ["SELECTION_MODES", "OnlineSelection", "SelectionMode"]
 
@@ -116,9 +112,20 @@ class OnlineSelection(Callback):
         self._noted_eval = False
         self._warned_nonfinite = False
         self._trainer: Trainer | None = None
+        self._generator: torch.Generator | None = None  # re-seeded for every step's draw
 
     _wording = ("selected from a presample", "selected from a presample")
     """How the summary says that some steps selected, and that none did."""
+
+    @property
+    def cost(self) -> SelectionCost:
+        """What selection has cost this run: points scored without gradients, points trained on, host seconds."""
+        return self._cost
+
+    @property
+    def resolved_mode(self) -> str:
+        """Where this fit's presamples come from: ``indexed``, ``device`` or ``large_batch`` (``mode`` resolved)."""
+        return self._mode
 
     @property
     def last_step_was_selected(self) -> bool:
@@ -134,7 +141,7 @@ class OnlineSelection(Callback):
         self._run_steps = self._run_selected = 0  # a resumed run's counts are restored after this
         self._cost = SelectionCost()
         name = type(self).__name__
-        self._resolve_mode(trainer, name)
+        self._mode, self._extras = resolve_source(self.mode, trainer, self.presample, self.seed, name)
         callbacks = trainer.callbacks  # type: ignore[attr-defined]
         others = [type(c).__name__ for c in callbacks if isinstance(c, OnlineSelection) and c is not self]
         if others:
@@ -169,20 +176,13 @@ class OnlineSelection(Callback):
             self._scorer.attach_irreducible(irreducible.table if irreducible.table is not None else irreducible.losses)
 
     @override
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._mode == "large_batch":  # a plain loader's batches become PrioritizedBatch, to carry their weights
-            loader: Any = trainer.train_dataloader
-            collate = getattr(loader, "collate_fn", None)
-            if collate is not None and not isinstance(collate, (StreamCollate, IndexedCollate)):
-                loader.collate_fn = StreamCollate(collate, batched=getattr(loader, "batch_size", 1) is None)
-
-    @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not isinstance(batch, PrioritizedBatch) and self._mode == "large_batch":
             raise TypeError(
-                f"{type(self).__name__} got a training batch of type {type(batch).__name__}: it could not install its "
-                "collate function on your training loader (several loaders, or a loader without `collate_fn`). "
-                "Build the loader with `collate_fn=lightning_per.StreamCollate(your_collate_fn)`."
+                f"{type(self).__name__} got a training batch of type {type(batch).__name__}: it installs its collate "
+                "function on a loader given to `trainer.fit(model, train_dataloaders=loader)`, but this one came from "
+                "a `train_dataloader()` hook (or was rebuilt by Lightning). Build the loader with "
+                "`collate_fn=lightning_per.StreamCollate(your_collate_fn)`."
             )
         require_batch(batch, type(self).__name__, uniform=True)
         self.switch.starts_step(pl_module.device)
@@ -192,7 +192,7 @@ class OnlineSelection(Callback):
         if self.switch.selects(trainer):
             self._selection_step(trainer, pl_module, batch, batch_idx)
         elif self._mode == "large_batch":  # a step that does not select trains on b of the B points, as it would
-            self._keep(batch, torch.arange(self._b(batch), device=batch.index.device), None)
+            keep_points(batch, torch.arange(self._b(batch), device=batch.index.device), None)
 
     @override
     def on_train_batch_end(
@@ -241,7 +241,10 @@ class OnlineSelection(Callback):
             return  # `training_step` skips this presample (returned None): the incoming batch trains as it is
         scores = self._scorer(outputs, presample)
         self._step_scores = scores
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, trainer.global_rank, self._selection_steps))
+        device = scores.device  # the rule draws where the scores are
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        generator = self._generator.manual_seed(derive_seed(self.seed, trainer.global_rank, self._selection_steps))
         self._selection_steps += 1
         choice = self.rule.choose(scores, self._b(batch), generator)
         if choice is None:
@@ -252,53 +255,16 @@ class OnlineSelection(Callback):
                     "the model or the score); this step trained on the incoming batch. Warned once."
                 )
             if self._mode == "large_batch":
-                self._keep(batch, torch.arange(self._b(batch), device=batch.index.device), None)
+                keep_points(batch, torch.arange(self._b(batch), device=batch.index.device), None)
             return
         like = batch if self._mode != "large_batch" else None  # the incoming batch (b points) tells fields apart
-        self._keep(presample, choice.positions, choice.weights, like=like, into=batch)
+        keep_points(presample, choice.positions, choice.weights, like=like, into=batch)
         self._step_selected = True
-        unique = float(torch.unique(choice.positions).numel()) / choice.positions.numel()
-        self._step_stats = {"unique_fraction": unique, **choice.stats}
+        self._step_stats = choice.stats
 
     def _b(self, batch: PrioritizedBatch) -> int:
         """The points a step trains on: the batch's size, or a ``presample``-th of a large batch (at least 1)."""
         return max(1, batch.batch_size // self.presample) if self._mode == "large_batch" else batch.batch_size
-
-    @staticmethod
-    def _keep(
-        source: PrioritizedBatch,
-        positions: Tensor,
-        weights: Tensor | None,
-        like: PrioritizedBatch | None = None,
-        into: PrioritizedBatch | None = None,
-    ) -> None:
-        """Replace ``into`` (default ``source``) in place by ``source``'s points at ``positions``, weighted."""
-        target = into if into is not None else source
-        picked = select(source, positions, like=like)
-        target.data, target.index = picked.data, picked.index
-        weight = picked.weight if weights is None else weights
-        target.weight = weight.to(device=target.weight.device, dtype=target.weight.dtype)
-
-    def _resolve_mode(self, trainer: Trainer, name: str) -> None:
-        """The presample's source for this fit, from ``mode`` and the Trainer's data; refuses what cannot work."""
-        datamodule = getattr(trainer, "datamodule", None)
-        indexed = isinstance(datamodule, PrioritizedDataModule)
-        mode = self.mode
-        if mode == "auto":
-            tensors = isinstance(datamodule, PrioritizedDataModule) and datamodule.collate_fn is None
-            tensors = tensors and tensor_rows(datamodule.train_dataset) is not None  # type: ignore[union-attr]
-            mode = ("device" if tensors else "indexed") if indexed else "large_batch"
-        if mode in ("indexed", "device"):
-            require_datamodule(trainer, name, uniform=True, why=f" (mode={mode!r} draws extra points from it)")
-        elif isinstance(datamodule, PrioritizedDataModule) and datamodule.strategy.name != "uniform":
-            require_datamodule(trainer, name, uniform=True)  # refuses the prioritized strategy, with its message
-        self._mode = mode
-        if mode == "device":
-            self._extras = DeviceExtras(self.presample, self.seed)
-        elif mode == "large_batch":
-            self._extras = LargeBatch(self.presample)
-        else:
-            self._extras = ExtraPoints(self.presample, self.seed)
 
     def _count(self, outputs: Any, batch: Any) -> None:
         """The step's counts and statistics, for the logged means and the summary."""
@@ -345,21 +311,10 @@ class OnlineSelection(Callback):
         if not steps:
             return
         name = type(self).__name__
+        reducible = self._scorer.name == "reducible" and self._trainer is not None
+        auxiliary = find_irreducible(self._trainer, name).cost_units if reducible else 0.0  # type: ignore[arg-type]
         said = self.switch.summary(steps, selected)
-        some, none = self._wording
-        if not selected:
-            why = f": {said}" if said else ""
-            rank_zero_warn(
-                f"{name}: none of the {steps} training steps {none}{why}. This run was plain uniform training."
-            )
-            return
-        auxiliary = 0.0
-        if self._scorer.name == "reducible" and self._trainer is not None:
-            auxiliary = find_irreducible(self._trainer, name).cost_units
-        rank_zero_info(
-            f"{name}: {selected} of {steps} training steps ({selected / steps:.0%}) {some}; "
-            f"{f'{said}; ' if said else ''}{self._cost.describe(auxiliary)}."
-        )
+        summarise(name, steps, selected, said, self._wording, self._cost.describe(auxiliary))
 
     # ------------------------------------------------------------------------------------------------ state
     @override

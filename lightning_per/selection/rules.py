@@ -117,7 +117,7 @@ class PercentileKeep:
         if finite.numel() == 0:
             return None
         self._history = torch.cat([self._history, finite])[-self.history :]
-        draws = torch.rand(values.numel(), generator=generator)
+        draws = torch.rand(values.numel(), generator=generator, device=generator.device).cpu()
         positions = PF.percentile_keep(values, self._history, self.selectivity, draws).nonzero().squeeze(1)
         if positions.numel() == 0:  # keep at least the point of highest score
             positions = PF.top_k_positions(values, 1)
@@ -165,7 +165,9 @@ class ImportanceDraw:
         if drawn is None:
             return None
         positions, weights, p = drawn
-        return Choice(positions, weights, {"max_p": float(p.max())})
+        hit = torch.zeros(p.numel(), device=positions.device).index_fill_(0, positions, 1.0)
+        unique = float(hit.sum()) / positions.numel()  # how many distinct points the b draws hit
+        return Choice(positions, weights, {"max_p": float(p.max()), "unique_fraction": unique})
 
     def synchronise(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Nothing is shared."""

@@ -20,10 +20,14 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset, default_collate
 
 from lightning_per.batch import PrioritizedBatch
-from lightning_per.selection.presample import derive_seed
-from lightning_per.tree import concat_batches
+from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.indexed import IndexedCollate
+from lightning_per.plumbing.internals import train_loader_given
+from lightning_per.plumbing.requirements import require_datamodule
+from lightning_per.selection.presample import ExtraPoints, derive_seed
+from lightning_per.tree import concat_batches, select
 
-__all__ = ["NO_INDEX", "DeviceExtras", "LargeBatch", "StreamCollate", "tensor_rows"]
+__all__ = ["NO_INDEX", "DeviceExtras", "LargeBatch", "StreamCollate", "keep_points", "resolve_source", "tensor_rows"]
 
 NO_INDEX = -1
 """The ``batch.index`` of a sample from a stream, which has no dataset index."""
@@ -68,6 +72,7 @@ class DeviceExtras:
         self._tensors: tuple[Tensor, ...] = ()
         self._rows: Tensor | None = None  # the tensor row of each shard position
         self._positions: Tensor | None = None  # this process's shard of training-set positions
+        self._generator: torch.Generator | None = None  # re-seeded for every draw
 
     def presample(self, trainer: Trainer, pl_module: LightningModule, batch: PrioritizedBatch) -> PrioritizedBatch:
         """``batch`` followed by ``(factor - 1) * batch.batch_size`` extra points, all on the module's device."""
@@ -75,22 +80,25 @@ class DeviceExtras:
             self._load(trainer, pl_module)
         assert self._positions is not None and self._rows is not None
         device = self._positions.device
-        generator = torch.Generator(device=device).manual_seed(
-            derive_seed(self.seed, trainer.global_rank, self.batches_drawn, 2)
-        )
+        if self._generator is None:
+            self._generator = torch.Generator(device=device)
+        generator = self._generator.manual_seed(derive_seed(self.seed, trainer.global_rank, self.batches_drawn, 2))
         self.batches_drawn += 1
         count = (self.factor - 1) * batch.batch_size
         draws = torch.randint(self._positions.numel(), (count,), generator=generator, device=device)
         positions = self._positions[draws]
         rows = self._rows[positions]
         fields = [t.index_select(0, rows) for t in self._tensors]
-        data = type(batch.data)(fields) if isinstance(batch.data, (list, tuple)) else fields
-        extras = PrioritizedBatch(data, positions, torch.ones(count, device=batch.weight.device))
-        return concat_batches(PrioritizedBatch(batch.data, batch.index, batch.weight), extras)
+        data, ones = batch.data, torch.ones(count, device=batch.weight.device)
+        if type(data) in (list, tuple) and len(data) == len(fields):  # default_collate's list: one cat per field
+            joined = type(data)(torch.cat([a, b]) for a, b in zip(data, fields, strict=True))
+            return PrioritizedBatch(joined, torch.cat([batch.index, positions]), torch.cat([batch.weight, ones]))
+        extras = PrioritizedBatch(type(data)(fields) if isinstance(data, (list, tuple)) else fields, positions, ones)
+        return concat_batches(PrioritizedBatch(data, batch.index, batch.weight), extras)
 
     def close(self) -> None:
         """Drop the device copy (a new fit, or its end); the next presample makes it again."""
-        self._tensors, self._rows, self._positions = (), None, None
+        self._tensors, self._rows, self._positions, self._generator = (), None, None, None
 
     def _load(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dataset = trainer.datamodule.train_dataset  # type: ignore[attr-defined]
@@ -169,3 +177,62 @@ def _first_dim(data: Any) -> int:
         elif isinstance(node, (list, tuple)):
             todo.extend(node)
     raise TypeError(f"A batch of the stream holds no tensor to read its size from: {type(data).__name__}.")
+
+
+def resolve_source(
+    mode: str, trainer: Trainer, presample: int, seed: int, owner: str
+) -> tuple[str, ExtraPoints | DeviceExtras | LargeBatch]:
+    """The mode a fit runs in (``auto`` resolved) and its presample source; refuses what cannot work.
+
+    ``auto``: ``device`` for a ``PrioritizedDataModule`` over tensors with the default collate, ``indexed`` for any
+    other ``PrioritizedDataModule``, ``large_batch`` for any other loader. In ``large_batch`` mode a loader given to
+    ``trainer.fit`` gets ``StreamCollate`` around its collate function, before Lightning first iterates it.
+
+    Raises:
+        TypeError: ``indexed`` or ``device`` without a ``PrioritizedDataModule``.
+        ValueError: a ``PrioritizedDataModule`` with a prioritized strategy.
+    """
+    datamodule = getattr(trainer, "datamodule", None)
+    indexed = isinstance(datamodule, PrioritizedDataModule)
+    if mode == "auto":
+        tensors = isinstance(datamodule, PrioritizedDataModule) and datamodule.collate_fn is None
+        tensors = tensors and tensor_rows(datamodule.train_dataset) is not None  # type: ignore[union-attr]
+        mode = ("device" if tensors else "indexed") if indexed else "large_batch"
+    if mode in ("indexed", "device"):
+        require_datamodule(trainer, owner, uniform=True, why=f" (mode={mode!r} draws extra points from it)")
+    elif isinstance(datamodule, PrioritizedDataModule) and datamodule.strategy.name != "uniform":
+        require_datamodule(trainer, owner, uniform=True)  # refuses the prioritized strategy, with its message
+    loader = train_loader_given(trainer)
+    collate = getattr(loader, "collate_fn", None)
+    if mode == "large_batch" and collate is not None and not isinstance(collate, (StreamCollate, IndexedCollate)):
+        loader.collate_fn = StreamCollate(collate, batched=getattr(loader, "batch_size", 1) is None)
+    if mode == "device":
+        return mode, DeviceExtras(presample, seed)
+    if mode == "large_batch":
+        return mode, LargeBatch(presample)
+    return mode, ExtraPoints(presample, seed)
+
+
+def keep_points(
+    source: PrioritizedBatch,
+    positions: Tensor,
+    weights: Tensor | None,
+    like: PrioritizedBatch | None = None,
+    into: PrioritizedBatch | None = None,
+) -> None:
+    """Replace ``into`` (default ``source``) in place by ``source``'s points at ``positions``, with ``weights``.
+
+    A batch of tensors batched along dim 0 (what ``default_collate`` makes of tensor samples) is indexed directly;
+    any other structure goes through ``tree.select``.
+    """
+    target = into if into is not None else source
+    data, n = source.data, source.batch_size
+    if type(data) in (list, tuple) and all(isinstance(t, Tensor) and t.ndim and t.shape[0] == n for t in data):
+        target.data = type(data)(t[positions] for t in data)
+        target.index = source.index[positions]
+        weight = source.weight[positions] if weights is None else weights
+    else:
+        picked = select(source, positions, like=like)
+        target.data, target.index = picked.data, picked.index
+        weight = picked.weight if weights is None else weights
+    target.weight = weight.to(device=target.weight.device, dtype=target.weight.dtype)
