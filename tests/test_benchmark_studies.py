@@ -57,7 +57,7 @@ def test_long_training_writes_time_to_target_and_the_gpu_checks_ratio(tmp_path):
 
 def test_noisy_labels_charges_the_irreducible_model_and_counts_mislabelled_points(tmp_path):
     out = tmp_path / "noisy_labels.json"
-    methods = ["topk_reducible", "rank_reducible", "selective_backprop"]
+    methods = ["topk_reducible", "topk_reducible_stream", "rank_reducible", "selective_backprop"]
     args = ["--size", "small", "--signals", "400", "--epochs", "2", "--il-epochs", "1", "--seeds", "2"]
     data = noisy_labels.main([*args, "--extra-seeds", "0", *FIXED, "--methods", *methods, "--out", str(out)])
     table = data["tables"]["0.3"]
@@ -67,6 +67,11 @@ def test_noisy_labels_charges_the_irreducible_model_and_counts_mislabelled_point
         _protocol_records(method)
         assert 0 <= method["noisy_trained_share"] <= 1
         for run in method["runs"].values():
+            if name == "topk_reducible_stream":  # on the fly: the holdout model's training only, before the first step
+                assert run["aux_cost"] == 3 * 1 * 100 and run["selected_step_fraction"] == 1.0
+                # each step: 320 points scored, 32 trained, and the holdout model's forward over the 320
+                assert 1800 <= run["cost"] < 1800 + step_cost(32, 640)
+                continue
             assert run["aux_cost"] == (aux if "reducible" in name else 0) and run["curve"][0]["cost"] == run["aux_cost"]
             assert 1800 <= run["cost"] < 1800 + step_cost(32, 320)
             if name == "topk_reducible":  # B = 10 b scored without gradients on every step

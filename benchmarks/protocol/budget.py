@@ -81,6 +81,9 @@ class ComputeBudget(Callback):
         self._start = 0.0
         self._paused = 0.0
         self._selection: Any = None
+        self._aux: list[Any] = []
+        self._scored = 0  # the selection's points scored so far, as it counts them (``cost.scored``)
+        self._aux_total = 0.0  # the auxiliary models' cost so far
 
     @property
     def seconds(self) -> float:
@@ -98,9 +101,12 @@ class ComputeBudget(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         callbacks: list[Any] = list(trainer.callbacks)  # type: ignore[attr-defined]
         self._selection = next((c for c in callbacks if hasattr(c, "last_step_was_selected")), None)
-        for aux in (c for c in callbacks if hasattr(c, "cost_units") and hasattr(c, "seconds")):
+        self._scored = self._selection.cost.scored if hasattr(self._selection, "cost") else 0
+        self._aux = [c for c in callbacks if hasattr(c, "cost_units") and hasattr(c, "seconds")]
+        for aux in self._aux:
             self.aux_cost += float(aux.cost_units)
             self.aux_seconds += float(aux.seconds)
+        self._aux_total = self.aux_cost
         self.cost = self.aux_cost
         self._start = time.perf_counter()
         self._evaluate(trainer, pl_module)
@@ -119,8 +125,13 @@ class ComputeBudget(Callback):
     ) -> None:
         trained = int(batch.batch_size)  # after a selection step: the chosen points
         selected = self._selection is not None and bool(self._selection.last_step_was_selected)
-        scored = self._selection.presample * self._incoming if selected and self.charge_scoring else 0
-        self.cost += step_cost(trained, scored)
+        if hasattr(self._selection, "cost"):  # what the engine scored: B points, whatever its mode
+            scored, self._scored = self._selection.cost.scored - self._scored, self._selection.cost.scored
+        else:
+            scored = self._selection.presample * self._incoming if selected else 0
+        aux = sum(float(a.cost_units) for a in self._aux)  # an auxiliary model working on the fly (a stream's
+        extra, self._aux_total = aux - self._aux_total, aux  # irreducible losses) is charged as it works
+        self.cost += step_cost(trained, scored if self.charge_scoring else 0) + extra
         self.steps += 1
         self.selected_steps += int(selected)
         self.trained += trained

@@ -4,8 +4,11 @@ Method names: ``uniform``; ``proportional``, ``rank``, ``prune`` (``SamplingStra
 the per-sample loss of the training pass, free); ``rank_reducible`` (``LossTracker(score="reducible")`` with
 ``rank``); ``importance`` and ``importance_p5`` (``ImportanceSamplingCallback(presample=3 / 5)``: the
 ``grad_norm`` bound and the tau switch); ``topk_reducible`` (RHO-LOSS: ``TopKSelection`` on the loss minus the
-irreducible loss); ``topk_loss`` (``TopKSelection(score="loss")``); ``selective_backprop`` (``SelectiveBackprop()``).
-The reducible-loss methods add ``IrreducibleLoss``: the same CNN trained on the DataModule's holdout.
+irreducible loss); ``topk_reducible_stream`` (the same rule in large-batch mode, as on a stream: the loader yields
+``B = presample * b`` points, no extra draws, and the irreducible losses come from the holdout model's forward on each
+large batch, charged as it runs); ``topk_loss`` (``TopKSelection(score="loss")``); ``selective_backprop``
+(``SelectiveBackprop()``). The reducible-loss methods add ``IrreducibleLoss``: the same CNN trained on the
+DataModule's holdout.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ LIBRARY_METHODS = (
     "importance",
     "importance_p5",
     "topk_reducible",
+    "topk_reducible_stream",
     "topk_loss",
     "selective_backprop",
 )
@@ -89,7 +93,8 @@ def method_parts(
     callbacks: list[Callback] = []
     if "reducible" in base:
         model = Classifier(width=spec.width, optimizer="sgd", lr=spec.il_lr, momentum=spec.momentum, schedule="cosine")
-        callbacks.append(IrreducibleLoss(model=model, max_epochs=spec.il_epochs, seed=seed))
+        mode: Any = "on_the_fly" if base.endswith("_stream") else "auto"
+        callbacks.append(IrreducibleLoss(model=model, max_epochs=spec.il_epochs, seed=seed, mode=mode))
     if base in ("proportional", "rank", "prune", "rank_reducible"):
         name = "rank" if base == "rank_reducible" else base
         score = "reducible" if base == "rank_reducible" else "loss"
@@ -98,6 +103,8 @@ def method_parts(
         callbacks.append(ImportanceSamplingCallback(presample=5 if base == "importance_p5" else 3, seed=seed))
     elif base == "topk_reducible":
         callbacks.append(TopKSelection(presample=spec.topk_presample, seed=seed))
+    elif base == "topk_reducible_stream":
+        callbacks.append(TopKSelection(presample=spec.topk_presample, seed=seed, mode="large_batch"))
     elif base == "topk_loss":
         callbacks.append(TopKSelection(presample=spec.topk_presample, score="loss", seed=seed))
     elif base == "selective_backprop":
@@ -127,9 +134,10 @@ def train_method(
     seed_everything(seed, workers=True, verbose=False)
     model = Classifier(width=spec.width, optimizer="sgd", lr=lr, momentum=spec.momentum, schedule="none")
     strategy, callbacks = parts or method_parts(method, seed, spec)
+    large = method.endswith("_stream")  # the loader yields the presample: B = presample * b points a step
     datamodule = ScheduledDataModule(
         spec.train,
-        batch_size=spec.batch_size,
+        batch_size=spec.batch_size * (spec.topk_presample if large else 1),
         strategy=strategy,
         seed=seed,
         collate_fn=spec.collate_fn,

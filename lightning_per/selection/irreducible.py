@@ -103,7 +103,7 @@ class IrreducibleLoss(Callback):
         indexed = isinstance(getattr(trainer, "datamodule", None), PrioritizedDataModule)
         self._on_the_fly = self.mode == "on_the_fly" or (self.mode == "auto" and not indexed)
         self._trainer = trainer
-        datamodule = None
+        datamodule = getattr(trainer, "datamodule", None)
         if not self._on_the_fly:
             datamodule = require_datamodule(trainer, "IrreducibleLoss", why=" (the table is indexed like its samples)")
         if self.model is None:
