@@ -2,7 +2,7 @@
 
 - ``DeviceExtras`` (``mode="device"``): the training set is a ``TensorDataset`` (or a ``Subset`` of one, as
   ``holdout_fraction`` makes): its tensors are moved to the module's device once, and each step's extra points are
-  drawn and gathered there, with no second DataLoader, no collate and no host synchronisation.
+  drawn and gathered there, with no second DataLoader and no collate (the gather reads nothing back to the host).
 - ``LargeBatch`` (``mode="large_batch"``): the loader yields batches of ``B = presample * b`` points (any loader: map
   style or an ``IterableDataset``, a stream) and the presample is the batch itself; no sample index is needed.
   ``StreamCollate`` turns a plain loader's batches into ``PrioritizedBatch`` so that ``weighted_mean`` finds their
