@@ -159,8 +159,8 @@ def _quick_sections(out: Path) -> list[str]:
         lines += [
             "### Sampler scale",
             "",
-            "Reproduce: `python -m benchmarks.sampler_scale --n 1000000 10000000 100000000`. One epoch's weighted draw "
-            "of N indices: build + draw + iterate, each method in a fresh process.",
+            "Reproduce: `python -m benchmarks.sampler_scale --n 1000000 10000000 33554432 100000000`. One epoch's "
+            "weighted draw of N indices: build + draw + iterate, each method in a fresh process, one torch thread.",
             "",
             "| N | lightning_per | `RandomSampler` (randperm) | `WeightedRandomSampler` (multinomial) "
             "| ratio to randperm | lightning_per extra bytes/sample |",
@@ -169,8 +169,9 @@ def _quick_sections(out: Path) -> list[str]:
         for row in data.get("by_n", [data]):
             sec = row["seconds"]
             multi = f"{sec['multinomial']:.2f} s" if sec["multinomial"] is not None else "fails (> 2^24 categories)"
+            n = f"2^{row['n'].bit_length() - 1}" if row["n"] & (row["n"] - 1) == 0 else f"{row['n']:.0e}"
             lines.append(
-                f"| {row['n']:.0e} | {_fmt(sec['lightning_per'])} s | {_fmt(sec['randperm'])} s | {multi} "
+                f"| {n} | {_fmt(sec['lightning_per'])} s | {_fmt(sec['randperm'])} s | {multi} "
                 f"| {_fmt(row['ratio_to_randperm'])} | {_fmt(row['bytes_per_sample'], 1)} |"
             )
         lines += ["", "Targets: <= 2x randperm at N = 10^7; N = 10^8 works with <= 16 bytes per sample.", ""]
@@ -505,6 +506,7 @@ CONTINUAL_ROWS = {
     "finetune": "fine-tune",
     "er": "ER",
     "per": "prioritized ER",
+    "per_beta0": "prioritized ER, beta=0",
     "mer": "MER",
     "finetune_equal_steps": "fine-tune, equal steps",
     "er_equal_steps": "ER, equal steps",

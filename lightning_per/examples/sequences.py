@@ -115,11 +115,12 @@ class PermutedDigits(TaskSequence):
     The MER paper's MNIST Permutations on the embedded digits: same 10 classes in every task, task 0 unpermuted. A
     fixed 80/20 split gives the pools; each task draws ``train_per_task`` training images from the training pool and
     is evaluated on the whole (permuted) test pool. A permutation hides the image's geometry but not its content: an
-    MLP, blind to pixel order, learns every task as well as the first (about 0.9 after 100 steps of 10 images).
+    MLP, blind to pixel order, learns every task as well as the first (a 2x400 MLP: 0.80-0.92 after 100 steps of 10
+    images, in ``benchmarks/continual.py``).
 
     Args:
         num_tasks: number of permutations.
-        train_per_task: training images per task (at most the 1437 of the training pool).
+        train_per_task: training images per task (at most the 1438 of the training pool).
         data_seed: seed of the split, of the per-task draws and of the permutations.
         mode: ``"stream"`` or ``"task"``.
         repeats: training steps per incoming batch.
@@ -148,7 +149,8 @@ class PermutedDigits(TaskSequence):
     ) -> None:
         if not 1 <= train_per_task <= _DIGITS_TRAIN_POOL:
             raise ValueError(
-                f"`train_per_task` must be in [1, {_DIGITS_TRAIN_POOL}] (the digits' training pool), got {train_per_task}."
+                f"`train_per_task` must be in [1, {_DIGITS_TRAIN_POOL}] (the digits' training pool), "
+                f"got {train_per_task}."
             )
         super().__init__(
             num_tasks=num_tasks,
