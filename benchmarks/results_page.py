@@ -160,7 +160,9 @@ def _quick_sections(out: Path) -> list[str]:
             "### Sampler scale",
             "",
             "Reproduce: `python -m benchmarks.sampler_scale --n 1000000 10000000 33554432 100000000`. One epoch's "
-            "weighted draw of N indices: build + draw + iterate, each method in a fresh process, one torch thread.",
+            "weighted draw of N indices: build + draw + iterate, each method in a fresh process, one torch thread. "
+            f"Load average before and after: {data.get('load_average_before_after', 'not recorded')} (other processes "
+            "on the same cores inflate every time).",
             "",
             "| N | lightning_per | `RandomSampler` (randperm) | `WeightedRandomSampler` (multinomial) "
             "| ratio to randperm | lightning_per extra bytes/sample |",

@@ -15,7 +15,8 @@ The methods take turns: each of ``--repeats`` rounds (3; 1 at N >= 10^8) runs ev
 time is its median over the rounds. One torch thread (``--threads``). Peak extra memory is the process's peak
 resident set during the draw less its resident set before it (the score table included there), divided by N; on
 Linux the peak is reset to the current size just before the draw (``/proc/self/clear_refs``), so nothing that
-happened earlier (imports, filling the table) hides in it.
+happened earlier (imports, filling the table) hides in it. The load average before and after is recorded (other
+processes on the same cores inflate every time).
 
     python -m benchmarks.sampler_scale --n 10000000 --out bench_out/sampler_scale.json
     python -m benchmarks.sampler_scale --n 1000000 10000000 33554432 100000000 --out bench_out/sampler_scale.json
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -190,8 +192,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.worker:
             print(json.dumps(worker(args.worker, args.n[0])))
             return
+        load_before = os.getloadavg()[0]
         results = [run(n, args.repeats if n < 10**8 else 1, args.in_process, args.threads) for n in args.n]
         payload: dict[str, Any] = results[-1] if len(results) == 1 else {**results[-1], "by_n": results}
+        payload["load_average_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         payload["protocol"] = protocol(__doc__)
         save_json(args.out, payload)  # its environment records the thread count
     plot(results, args.out.with_suffix(".png"))
