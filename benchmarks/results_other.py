@@ -13,6 +13,7 @@ CONTINUAL_ROWS = {
     "finetune": "fine-tune",
     "er": "ER",
     "per": "prioritized ER",
+    "per_beta0": "prioritized ER, beta=0",
     "mer": "MER",
     "finetune_equal_steps": "fine-tune, equal steps",
     "er_equal_steps": "ER, equal steps",

@@ -163,8 +163,10 @@ def _sampler_scale(data: dict[str, Any]) -> list[str]:
     lines = [
         "### Sampler scale",
         "",
-        "Reproduce: `python -m benchmarks.sampler_scale --n 1000000 10000000 100000000`. One epoch's weighted draw "
-        "of N indices: build + draw + iterate, each method in a fresh process.",
+        "Reproduce: `python -m benchmarks.sampler_scale --n 1000000 10000000 33554432 100000000`. One epoch's "
+        "weighted draw of N indices: build + draw + iterate, each method in a fresh process, one torch thread. "
+        f"Load average before and after: {data.get('load_average_before_after', 'not recorded')} (other processes "
+        "on the same cores inflate every time).",
         "",
         "| N | lightning_per | `RandomSampler` (randperm) | `WeightedRandomSampler` (multinomial) "
         "| ratio to randperm | lightning_per extra bytes/sample |",
@@ -173,8 +175,9 @@ def _sampler_scale(data: dict[str, Any]) -> list[str]:
     for row in data.get("by_n", [data]):
         sec = row["seconds"]
         multi = f"{sec['multinomial']:.2f} s" if sec["multinomial"] is not None else "fails (> 2^24 categories)"
+        n = f"2^{row['n'].bit_length() - 1}" if row["n"] & (row["n"] - 1) == 0 else f"{row['n']:.0e}"
         lines.append(
-            f"| {row['n']:.0e} | {fmt(sec['lightning_per'])} s | {fmt(sec['randperm'])} s | {multi} "
+            f"| {n} | {fmt(sec['lightning_per'])} s | {fmt(sec['randperm'])} s | {multi} "
             f"| {fmt(row['ratio_to_randperm'])} | {fmt(row['bytes_per_sample'], 1)} |"
         )
     return [*lines, "", "Targets: <= 2x randperm at N = 10^7; N = 10^8 works with <= 16 bytes per sample.", ""]

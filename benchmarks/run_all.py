@@ -22,7 +22,7 @@ from benchmarks.results_studies import replace_block, which_method_block
 
 JOBS: dict[str, list[str]] = {
     "overhead": ["-m", "benchmarks.overhead"],
-    "sampler_scale": ["-m", "benchmarks.sampler_scale", "--n", "1000000", "10000000", "100000000"],
+    "sampler_scale": ["-m", "benchmarks.sampler_scale", "--n", "1000000", "10000000", "33554432", "100000000"],
     "time_to_quality": ["-m", "benchmarks.time_to_quality", "--budget-s", "25", "--seeds", "3"],
     "gradient_variance": ["-m", "benchmarks.gradient_variance"],
     "label_noise": ["-m", "benchmarks.label_noise", "--seeds", "3"],

@@ -12,17 +12,21 @@ a DataLoader does with a sampler):
   (it accepts at most 2^24 categories).
 
 The methods take turns: each of ``--repeats`` rounds (3; 1 at N >= 10^8) runs every method once, and a method's
-time is its median over the rounds. Peak extra memory is the growth of the process's peak resident set over the
-state before the draw (the score table included there), divided by N.
+time is its median over the rounds. One torch thread (``--threads``). Peak extra memory is the process's peak
+resident set during the draw less its resident set before it (the score table included there), divided by N; on
+Linux the peak is reset to the current size just before the draw (``/proc/self/clear_refs``), so nothing that
+happened earlier (imports, filling the table) hides in it. The load average before and after is recorded (other
+processes on the same cores inflate every time).
 
     python -m benchmarks.sampler_scale --n 10000000 --out bench_out/sampler_scale.json
-    python -m benchmarks.sampler_scale --n 1000000 10000000 100000000 --out bench_out/sampler_scale.json
+    python -m benchmarks.sampler_scale --n 1000000 10000000 33554432 100000000 --out bench_out/sampler_scale.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from benchmarks.common import parser as make_parser
-from benchmarks.common import protocol, save_figure, save_json
+from benchmarks.common import protocol, save_figure, save_json, torch_threads
 
 if TYPE_CHECKING:
     from lightning_per.score_table import ScoreTable
@@ -41,7 +45,7 @@ if TYPE_CHECKING:
 METHODS = ("lightning_per", "randperm", "multinomial")
 
 
-def _fill_scores(n: int, seed: int = 0) -> ScoreTable:
+def fill_scores(n: int, seed: int = 0) -> ScoreTable:
     """N log-normal scores, generated in chunks so that no temporary raises the peak memory."""
     from lightning_per.score_table import ScoreTable
 
@@ -54,8 +58,27 @@ def _fill_scores(n: int, seed: int = 0) -> ScoreTable:
     return table
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def _status_bytes(field: str) -> int | None:
+    """``VmRSS`` (resident set) or ``VmHWM`` (its peak) from ``/proc/self/status``, in bytes; ``None`` off Linux."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) * 1024 for line in lines if line.startswith(f"{field}:")), None)
+
+
+def start_peak() -> int:
+    """Reset the peak resident set to the current one where Linux allows it; returns the baseline in bytes."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size
+    except OSError:
+        return peak_rss_bytes()  # no reset: the growth of the lifetime peak (may hide an earlier high point)
+    return _status_bytes("VmRSS") or peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident set size (since the last reset) in bytes."""
+    return _status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def worker(method: str, n: int) -> dict[str, Any]:
@@ -65,8 +88,8 @@ def worker(method: str, n: int) -> dict[str, Any]:
     from lightning_per import SamplingStrategy
     from lightning_per.sampler import PrioritizedSampler
 
-    table = _fill_scores(n)
-    before = _peak_rss_bytes()
+    table = fill_scores(n)
+    before = start_peak()
     count = 0
     start = time.perf_counter()
     try:
@@ -83,15 +106,16 @@ def worker(method: str, n: int) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     if count != n:
         raise AssertionError(f"{method} yielded {count} indices, expected {n}")
-    extra = max(0, _peak_rss_bytes() - before)
+    extra = max(0, peak_rss_bytes() - before)
     return {"seconds": seconds, "bytes_per_sample": extra / n, "error": None}
 
 
-def run(n: int, repeats: int, in_process: bool = False) -> dict[str, Any]:
+def run(n: int, repeats: int, in_process: bool = False, threads: int = 1) -> dict[str, Any]:
     """All methods at size ``n``, each in fresh processes; the median of ``repeats`` rounds.
 
     A round runs every method once, in turn, so a slow spell of the machine falls on all of them alike.
-    ``in_process`` runs them in this process instead (the tests' smoke run: the memory figures then mean nothing).
+    ``in_process`` runs them in this process instead (the tests' smoke run: memory the process freed earlier may be
+    reused, so its memory figures are only a lower bound).
     """
     seconds: dict[str, float | None] = {}
     memory: dict[str, float | None] = {}
@@ -104,8 +128,9 @@ def run(n: int, repeats: int, in_process: bool = False) -> dict[str, Any]:
             if in_process:
                 runs[method].append(worker(method, n))
                 continue
+            command = ["-m", "benchmarks.sampler_scale", "--worker", method, "--n", str(n), "--threads", str(threads)]
             out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.sampler_scale", "--worker", method, "--n", str(n)],
+                [sys.executable, *command],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -156,17 +181,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = make_parser(__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[10**6, 10**7])
     parser.add_argument("--repeats", type=int, default=3, help="fresh-process runs per method (median reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("bench_out/sampler_scale.json"))
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--in-process", action="store_true", help="no fresh processes (a smoke run: no memory figures)")
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.n[0])))
-        return
-    results = [run(n, args.repeats if n < 10**8 else 1, args.in_process) for n in args.n]
-    payload: dict[str, Any] = results[-1] if len(results) == 1 else {**results[-1], "by_n": results}
-    payload["protocol"] = protocol(__doc__)
-    save_json(args.out, payload)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    with torch_threads(args.threads):
+        if args.worker:
+            print(json.dumps(worker(args.worker, args.n[0])))
+            return
+        load_before = os.getloadavg()[0]
+        results = [run(n, args.repeats if n < 10**8 else 1, args.in_process, args.threads) for n in args.n]
+        payload: dict[str, Any] = results[-1] if len(results) == 1 else {**results[-1], "by_n": results}
+        payload["load_average_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        payload["protocol"] = protocol(__doc__)
+        save_json(args.out, payload)  # its environment records the thread count
     plot(results, args.out.with_suffix(".png"))
 
 

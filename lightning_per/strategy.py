@@ -232,22 +232,21 @@ def build_plan(
     alpha, beta, lam = strategy.scheduled(epoch, max_epochs)
     filled = PF.fill_unseen(scores)
     # the highest-scored tenth (more with ties), for `top10_mass`; its own generator leaves the plan's draws as they are
-    top = filled >= _quantile(filled, 0.9, torch.Generator().manual_seed(0))
+    top_threshold = _quantile(filled, 0.9, torch.Generator().manual_seed(0))
     if strategy.name == "prune":
-        return _prune_plan(filled, top, strategy, generator)
+        return _prune_plan(filled, filled >= top_threshold, strategy, generator)
     if strategy.name == "proportional":
         priorities = PF.proportional_priorities(filled, alpha, strategy.eps)
     else:
         priorities = PF.rank_priorities(filled, alpha)
     del filled
-    # in place from here on: the plan holds one float64 per sample at its peak (8 bytes, then the CDF)
+    # in place from here on: the plan holds one float64 per sample at its peak (8 bytes, then the CDF); no other
+    # sample-sized tensor is alive with it (`_plan_stats` reads in chunks), so the peak stays near 8 bytes per sample
     p = PF.mix_uniform(PF.to_probabilities(priorities, inplace=True), lam, inplace=True)
     del priorities
     n = p.numel()
-    min_p = float(p[p > 0].min())  # of the drawable samples (a zero-probability one is never drawn)
+    min_p, top_mass = _plan_stats(p, scores, top_threshold)
     ess = PF.effective_sample_size(p)
-    top_mass = float(p[top].sum())
-    del top
     largest = float(torch.tensor(n * min_p, dtype=torch.float64).pow(-beta))  # inf, not OverflowError, if huge
     max_weight = largest if strategy.normalize_weights and math.isfinite(largest) else None
     cdf = p.cumsum_(0)
@@ -265,6 +264,28 @@ def build_plan(
             "beta": beta,
         },
     )
+
+
+def _plan_stats(p: Tensor, scores: Tensor, top_threshold: float, chunk: int = 1 << 20) -> tuple[float, float]:
+    """The smallest positive probability and the mass on the top-scored samples, read a chunk at a time.
+
+    A sample is top-scored when its filled score is at or above ``top_threshold``: a scored sample by its score, an
+    unseen (NaN) one always, since it is filled with the largest seen score, which no quantile exceeds. Whole-tensor
+    forms (``p[p > 0].min()``, ``p[filled >= t].sum()``) allocate a mask, an int64 index and a float64 copy, up to 18
+    bytes per sample on top of the plan's 8; here every temporary is at most ``chunk`` entries long.
+
+    Example:
+        >>> p = torch.tensor([0.0, 0.25, 0.75], dtype=torch.float64)
+        >>> _plan_stats(p, torch.tensor([0.0, 1.0, float("nan")]), top_threshold=2.0, chunk=2)
+        (0.25, 0.75)
+    """
+    smallest, mass = math.inf, 0.0
+    for start in range(0, p.numel(), chunk):
+        part = p[start : start + chunk]
+        smallest = min(smallest, float(torch.where(part > 0, part, math.inf).min()))
+        top = ~(scores[start : start + chunk] < top_threshold)  # NaN (unseen) compares False: top
+        mass += float(torch.where(top, part, 0.0).sum())
+    return smallest, mass
 
 
 def _prune_plan(scores: Tensor, top: Tensor, strategy: SamplingStrategy, generator: torch.Generator) -> SamplingPlan:

@@ -20,7 +20,6 @@ from benchmarks import (
     overhead,
     results_page,
     run_all,
-    sampler_scale,
     select_defaults,
     time_to_quality,
 )
@@ -56,15 +55,6 @@ def test_overhead_refuses_too_few_steps_for_one_timed_epoch(tmp_path, capsys):
     with pytest.raises(SystemExit):
         overhead.main(["--steps", "60", "--train-size", "4000", "--out", str(tmp_path / "o.json")])
     assert "use --steps >= 80" in capsys.readouterr().err
-
-
-def test_sampler_scale_reports_seconds_and_bytes_per_sample(tmp_path):
-    out = tmp_path / "sampler_scale.json"
-    sampler_scale.main(["--n", "2000", "--repeats", "1", "--in-process", "--out", str(out)])
-    data = json.loads(out.read_text())
-    assert data["n"] == 2000
-    assert set(data["seconds"]) >= {"lightning_per", "randperm", "multinomial"}
-    assert data["seconds"]["lightning_per"] > 0 and data["bytes_per_sample"] is not None
 
 
 def test_time_to_quality_and_its_results_section(tmp_path):

@@ -97,3 +97,20 @@ def test_prune_plan_is_shorter_and_weights_the_kept_below_samples():
     w = plan.weights(plan.order)
     assert set(w.tolist()) == {1.0, 2.0}
     assert torch.all(w[plan.order >= 500] == 1.0)
+
+
+def test_plan_statistics_read_in_chunks_equal_the_whole_tensor_forms():
+    from lightning_per import functional as PF
+    from lightning_per.strategy import _plan_stats, _quantile
+
+    g = torch.Generator().manual_seed(3)
+    p = torch.rand(1000, generator=g, dtype=torch.float64)
+    p[::5] = 0.0  # never drawn: not the smallest probability
+    p /= p.sum()
+    scores = torch.rand(1000, generator=g) ** 3
+    scores[::7] = float("nan")  # unseen: filled with the largest score, so top-scored
+    filled = PF.fill_unseen(scores)
+    threshold = _quantile(filled, 0.9, torch.Generator().manual_seed(0))
+    smallest, mass = _plan_stats(p, scores, threshold, chunk=64)
+    assert smallest == float(p[p > 0].min())
+    assert mass == pytest.approx(float(p[filled >= threshold].sum()), rel=1e-12, abs=0)

@@ -2,7 +2,7 @@
 
 from lightning_per.examples.data import DigitsDataModule, MNIST1DDataModule
 from lightning_per.examples.models import MLP, Classifier, ContinualClassifier, ConvNet1D
-from lightning_per.examples.sequences import PermutedMNIST1D, RotatedDigits, SplitDigits, SplitMNIST1D
+from lightning_per.examples.sequences import PermutedDigits, PermutedMNIST1D, RotatedDigits, SplitDigits, SplitMNIST1D
 
 __all__ = [
     "MLP",
@@ -11,6 +11,7 @@ __all__ = [
     "ConvNet1D",
     "DigitsDataModule",
     "MNIST1DDataModule",
+    "PermutedDigits",
     "PermutedMNIST1D",
     "RotatedDigits",
     "SplitDigits",

@@ -35,8 +35,8 @@ def fill_unseen(scores: Tensor, default: float | None = None) -> Tensor:
     unseen = torch.isnan(scores)
     if not bool(unseen.any()):
         return scores
-    if default is None:
-        default = float(scores[~unseen].max()) if bool((~unseen).any()) else 0.0
+    if default is None:  # -inf in the unseen slots rather than `scores[~unseen]`: no int64 index, no gathered copy
+        default = float(scores.masked_fill(unseen, -math.inf).max()) if not bool(unseen.all()) else 0.0
     return scores.masked_fill(unseen, default)
 
 
