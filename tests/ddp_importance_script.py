@@ -1,4 +1,4 @@
-"""Run by tests/test_importance.py: a 2-process fit with ImportanceSamplingCallback; each rank dumps its tau trace.
+"""Run by tests/test_ddp.py: a 2-process fit with ImportanceSamplingCallback; each rank dumps its tau trace.
 
 python tests/ddp_importance_script.py OUT_DIR     # Trainer(devices=2, strategy="ddp"), Lightning spawns rank 1
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_replay.py: 2-process continual fits (prioritized ER, then MER) that dump each rank's buffer.
+"""Run by tests/test_ddp.py: 2-process continual fits (prioritized ER, then MER) that dump each rank's buffer.
 
 python tests/ddp_replay_script.py OUT_DIR
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_selection.py: 2-process fits with each selection rule; each rank dumps what it trained on.
+"""Run by tests/test_ddp.py: 2-process fits with each selection rule; each rank dumps what it trained on.
 
 python tests/ddp_selection_script.py OUT_DIR     # Trainer(devices=2, strategy="ddp"), Lightning spawns rank 1
 
@@ -42,7 +42,7 @@ def fit(out: Path, rule: OnlineSelection, irreducible: lp.IrreducibleLoss) -> di
     return {
         "rank": trainer.global_rank,
         "steps": rule._run_steps,
-        "selected": rule._run_selected,
+        "selected": rule.state_dict()["run_selected"],
         "incoming": first.incoming,
         "trained": last.trained,
         "checksum": float(sum(p.detach().double().sum() for p in model.parameters())),

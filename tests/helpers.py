@@ -1,4 +1,4 @@
-"""Test helpers: tiny data, a tiny classifier that records what it was fed, small Trainers."""
+"""Test helpers: tiny data, a tiny classifier that records what it was fed, small Trainers and the one small fit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +114,159 @@ def small_trainer(tmp_path: Any, **kwargs: Any) -> Trainer:
     )
     defaults.update(kwargs)
     return Trainer(**defaults)
+
+
+def blob_datamodule(
+    n: int = 64, batch_size: int = 8, *, features: int = 4, classes: int = 3, **kwargs: Any
+) -> lp.PrioritizedDataModule:
+    """A ``PrioritizedDataModule`` over ``blobs(n)``, with ``strategy='uniform'`` and ``seed=0`` unless given."""
+    kwargs.setdefault("strategy", "uniform")
+    kwargs.setdefault("seed", 0)
+    return lp.PrioritizedDataModule(blobs(n, features=features, classes=classes), batch_size=batch_size, **kwargs)
+
+
+class Fitted(NamedTuple):
+    trainer: Trainer
+    model: Any
+    datamodule: Any
+
+
+def fit(
+    tmp_path: Any,
+    callbacks: Any = (),
+    *,
+    model: Any = None,
+    datamodule: Any = None,
+    ckpt_path: Any = None,
+    **trainer_kwargs: Any,
+) -> Fitted:
+    """The small fit: ``model`` (a fresh ``TinyClassifier``) on ``datamodule`` (``blob_datamodule()``) with
+    ``callbacks``, in a ``small_trainer(tmp_path, **trainer_kwargs)``.
+
+    What each step trained on is in ``model.seen_index`` / ``model.seen_weight`` (a ``TinyClassifier`` records it).
+    """
+    model = model if model is not None else TinyClassifier()
+    datamodule = datamodule if datamodule is not None else blob_datamodule()
+    trainer = small_trainer(tmp_path, callbacks=list(callbacks), **trainer_kwargs)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return Fitted(trainer, model, datamodule)
+
+
+class StopAfterEpochs(Callback):
+    """Stops the run at the end of epoch ``epochs - 1``: a kill, with the Trainer configured as the full run."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+class CheckedClassifier(TinyClassifier):
+    """Checks in every call (training and scoring) that each row is the dataset sample its index says."""
+
+    def __init__(self, reference: tuple[Tensor, Tensor]) -> None:
+        super().__init__()
+        self.reference = reference
+        self.checked = 0
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        if isinstance(batch.data, dict):
+            x, y = batch["x"], batch["y"]
+        else:
+            x, y = batch.data[0], batch.data[1]
+        ref_x, ref_y = self.reference
+        assert torch.equal(x, ref_x[batch.index]) and torch.equal(y, ref_y[batch.index])
+        self.checked += 1
+        return x, y
+
+
+# ------------------------------------------------------------------------------ online selection
+NEVER = 1e9  # a tau_th that tau never exceeds: every step uniform
+ALWAYS = 1e-9  # a tau_th that any positive tau exceeds: every step after the first is an importance step
+
+
+def heavy_scores(n: int, seed: int = 0) -> Tensor:
+    """Log-normal scores with sigma 3: a few points carry most of the mass."""
+    g = torch.Generator().manual_seed(seed)
+    return (3.0 * torch.randn(n, generator=g, dtype=torch.float64)).exp().float()
+
+
+def table_score(table: Tensor) -> Any:
+    """A custom score function that looks every point's score up by its dataset index."""
+
+    def score_fn(outputs: Any, batch: Any) -> Tensor:
+        return table[batch.index.cpu()]
+
+    return score_fn
+
+
+class Steps(Callback):
+    """Put after the importance callback: per training step, its phase, tau and what was trained."""
+
+    def __init__(self, cb: lp.ImportanceSamplingCallback) -> None:
+        self.cb = cb
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.rows.append(
+            dict(
+                step=trainer.global_step,
+                tau=self.cb.tau,
+                importance=self.cb.last_step_was_importance,
+                index=batch.index.tolist(),
+                weight=batch.weight.tolist(),
+            )
+        )
+
+
+# ------------------------------------------------------------------------------ continual learning and replay
+def numbered(n: int, dim: int = 3, start: int = 0) -> tuple[Tensor, Tensor]:
+    """``n`` samples ``(x, id)`` numbered from ``start``; every feature of ``x`` is the sample's id."""
+    ids = torch.arange(start, start + n)
+    return ids.float().unsqueeze(1).expand(n, dim).contiguous(), ids
+
+
+def held_ids(buffer: Any) -> list[int]:
+    """The ids of the ``numbered`` samples a replay buffer holds, sorted."""
+    return sorted(int(i) for i in buffer.contents()[1].tolist())
+
+
+def toy_tasks(num_tasks: int = 3, per_task: int = 12, dim: int = 4, classes: int = 2) -> list[TensorDataset]:
+    """``num_tasks`` small classification tasks, ``classes`` labels each (task t has labels t * classes + ...)."""
+    g = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(num_tasks):
+        y = torch.arange(per_task) % classes + t * classes
+        x = torch.randn(per_task, dim, generator=g) + y.unsqueeze(1).float()
+        tasks.append(TensorDataset(x, y))
+    return tasks
+
+
+class DictModule(LightningModule):
+    """A user's module: dict samples, Adam, the two-line contract; records every batch it trains on."""
+
+    def __init__(self, features: int = 4, classes: int = 6, lr: float = 0.01) -> None:
+        super().__init__()
+        self.net = nn.Linear(features, classes)
+        self.lr = lr
+        self.batches: list[dict[str, Tensor]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        losses = F.cross_entropy(self.net(batch["x"]), batch["y"], reduction="none")
+        record = {k: v.detach().clone() for k, v in batch.items()}
+        record.update(index=batch.index.clone(), weight=batch.weight.clone(), losses=losses.detach().clone())
+        self.batches.append(record)
+        return {"loss": lp.weighted_mean(losses, batch), "per_sample_loss": losses}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
 class RecordingLogger(Logger):

@@ -1,4 +1,5 @@
-"""Every public class builds from LightningCLI YAML / flags; bad input gets LightningCLI's own message."""
+"""lightning_per.cli: every public class builds from LightningCLI YAML / flags, every shipped config trains, bad
+input gets LightningCLI's own message; the examples' data and demo that the configs use."""
 
 import math
 import os
@@ -6,11 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 import lightning_per as lp
+from lightning_per import cli as cli_module
 from lightning_per.cli import main
-from lightning_per.examples import Classifier, DigitsDataModule, MNIST1DDataModule
+from lightning_per.examples import Classifier, ContinualClassifier, DigitsDataModule, MNIST1DDataModule, SplitDigits
 from lightning_per.examples.data import resolve_data_dir
+from lightning_per.replay import MER, ExperienceReplay, PrioritizedReplayBuffer
 
 CONFIGS = sorted(Path("lightning_per/examples/configs").glob("mnist1d*.yaml"))
 
@@ -256,3 +260,83 @@ def test_the_shipped_configs_are_package_data():
 
     data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert "examples/configs/*.yaml" in data["tool"]["setuptools"]["package-data"]["lightning_per"]
+
+
+def test_the_importance_config_trains_with_the_callback_and_logs_tau(tmp_path):
+    from lightning_per.cli import main
+
+    args = [
+        "fit",
+        "--config=lightning_per/examples/configs/mnist1d_importance.yaml",
+        f"--data.data_dir={tmp_path}",
+        "--data.train_size=300",
+        "--data.val_size=100",
+        "--data.test_size=0",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=3",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    cli = main(args)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, lp.ImportanceSamplingCallback)]
+    assert cb.presample == 3 and cb.score == "grad_norm" and cb.tau_th == 2.0
+    assert cli.datamodule.strategy.name == "uniform"
+    assert cli.trainer.global_step == 6 and cb.tau > 0
+    assert float(cli.trainer.callback_metrics["per/tau"]) == pytest.approx(cb.tau)
+    assert "per/is_active" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("config", ["mnist1d_rho", "mnist1d_selective_backprop"])
+def test_the_selection_configs_train_through_the_console_script(tmp_path, config):
+    from lightning_per.cli import main
+
+    args = [
+        "fit",
+        f"--config=lightning_per/examples/configs/{config}.yaml",
+        f"--data.data_dir={tmp_path}",
+        "--data.train_size=400",
+        "--data.val_size=100",
+        "--data.test_size=0",
+        "--data.batch_size=20",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    cli = main(args)
+    rule = [c for c in cli.trainer.callbacks if isinstance(c, (lp.TopKSelection, lp.SelectiveBackprop))][-1]
+    assert cli.trainer.global_step == 3 and rule.state_dict()["run_selected"] == 3
+    assert float(cli.trainer.callback_metrics["per/is_active"]) == 1.0
+    if config == "mnist1d_rho":
+        (irreducible,) = [c for c in cli.trainer.callbacks if isinstance(c, lp.IrreducibleLoss)]
+        assert irreducible.table.shape == (300,) and len(cli.datamodule.holdout_dataset) == 100
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_continual_configs_train_through_the_console_script(tmp_path: Path) -> None:
+    common = [
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=0",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    configs = sorted((REPO / "lightning_per" / "examples" / "configs").glob("continual_*.yaml"))
+    assert [p.stem for p in configs] == ["continual_er", "continual_mer", "continual_per"]
+    er = main(["fit", "--config", str(configs[0]), *common, f"--trainer.default_root_dir={tmp_path / 'er'}"], run=True)
+    assert isinstance(er.model, ContinualClassifier) and isinstance(er.datamodule, SplitDigits)
+    (replay,) = [c for c in er.trainer.callbacks if isinstance(c, ExperienceReplay)]  # type: ignore[attr-defined]
+    assert replay.buffer.seen == 50
+    mer = main(
+        ["fit", "--config", str(configs[1]), *common, f"--trainer.default_root_dir={tmp_path / 'mer'}"], run=True
+    )
+    assert isinstance(mer.model, MER) and isinstance(mer.model.module, ContinualClassifier)
+    assert mer.model.buffer.seen == 50
+    per = main(["--config", str(configs[2])], run=False)
+    replays = [c for c in per.trainer.callbacks if isinstance(c, ExperienceReplay)]  # type: ignore[attr-defined]
+    assert len(replays) == 1 and isinstance(replays[0].buffer, PrioritizedReplayBuffer)
+
+
+def test_the_console_script_releases_the_group_its_run_left_alive(one_process_group, monkeypatch):
+    monkeypatch.setattr(cli_module, "main", lambda: None)  # stands for a `fit` that returns with the group alive
+    cli_module.entry()
+    assert not dist.is_initialized()

@@ -1,4 +1,5 @@
-"""Two processes on CPU (gloo): the same semantics as one process."""
+"""Two processes on CPU (gloo): every callback keeps the semantics of one process (each script writes what its
+ranks saw; the tests read it)."""
 
 import json
 import math
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_per.replay import ExperienceReplay, PrioritizedReplayBuffer
 from tests.helpers import ddp_env, free_port, run_two_processes
 
 SCRIPT = Path(__file__).with_name("ddp_core_script.py")
@@ -85,3 +87,86 @@ def test_a_checkpoint_built_on_rank_zero_alone_does_not_hang_and_step_checkpoint
     # the documented recipe, `trainer.save_checkpoint` on every process, neither hangs nor loses rank 0's records
     recipe = torch.load(tmp_path / "recipe.ckpt", weights_only=True)["callbacks"]
     assert recipe["LossTracker"]["unmerged_index"].numel() == 2 * 2 * 8 + 8
+
+
+IMPORTANCE_SCRIPT = Path(__file__).with_name("ddp_importance_script.py")
+
+
+@pytest.mark.slow
+def test_two_processes_share_tau_and_switch_on_the_same_step(tmp_path):
+    ranks = run_two_processes(IMPORTANCE_SCRIPT, tmp_path)
+    assert [r["world"] for r in ranks] == [2, 2]
+    # each rank alone would decide differently: rank 0's own scores are heavy-tailed, rank 1's are constant
+    # (tau_th = 1.5 in the script; the averaged tau_step is about (mean(local0) + 1) / 2)
+    local0, local1 = ranks[0]["local_tau"], ranks[1]["local_tau"]
+    assert sum(local0) / len(local0) > 2.5 and max(abs(t - 1.0) for t in local1) < 1e-6
+    assert ranks[0]["tau"] == ranks[1]["tau"]  # bitwise the same tau after every step
+    tau = 0.0  # every step's tau_step, averaged over the ranks, enters the moving average once, in order
+    for own0, own1 in zip(local0, local1, strict=True):
+        tau = 0.9 * tau + 0.1 * (own0 + own1) / 2
+    assert ranks[0]["tau"][-1] == pytest.approx(tau, rel=1e-9)  # saving state mid-way (below) changed nothing
+    # a state taken between updates runs no collective (a checkpoint may be built on one process alone): it holds
+    # this rank's own tau_step of the pending step
+    assert all(len(p) == 1 for r in ranks for p in r["pending"])
+    firsts = [i for i, s in enumerate(ranks[0]["steps"]) if i % 4 == 0]  # 4 steps per epoch
+    uniform = [i for i in firsts if not ranks[0]["importance"][i]]
+    assert uniform
+    for r, local in ((0, local0), (1, local1)):
+        assert all(ranks[r]["pending"][i // 4][0] == pytest.approx(local[i], rel=1e-12) for i in uniform)
+    assert ranks[0]["importance"] == ranks[1]["importance"]
+    first = ranks[0]["importance"].index(True)
+    assert first > 1 and all(ranks[0]["importance"][first:])
+    assert ranks[0]["steps"][first] == ranks[1]["steps"][first]
+    # the trained points differ by rank (each draws from its own shard)
+    assert ranks[0]["trained"] != ranks[1]["trained"]
+
+
+SELECTION_SCRIPT = Path(__file__).with_name("ddp_selection_script.py")
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_irreducible_table_and_each_rule_trains_from_its_own_presamples(tmp_path):
+    ranks = run_two_processes(SELECTION_SCRIPT, tmp_path, timeout=240)
+    assert ranks[0]["table"] == ranks[1]["table"]  # computed by shards, gathered: the same on both ranks
+    assert len(ranks[0]["table"]) == 48 and all(math.isfinite(v) for v in ranks[0]["table"])
+    for rule in ("topk", "selective_backprop", "importance"):
+        r0, r1 = ranks[0][rule], ranks[1][rule]
+        assert r0["steps"] == r1["steps"] == 6 and r0["selected"] >= 5 and r1["selected"] >= 5
+        assert r0["checksum"] == pytest.approx(r1["checksum"], rel=1e-12)  # one model, kept in sync by DDP
+        for rank, r in enumerate((r0, r1)):
+            shard = set(range(rank, 48, 2))  # the extra presample points come from the rank's own shard
+            for incoming, trained in zip(r["incoming"], r["trained"], strict=True):
+                assert set(trained) <= set(incoming) | shard
+
+
+REPLAY_SCRIPT = Path(__file__).with_name("ddp_replay_script.py")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_share_the_memory_budget(tmp_path: Path) -> None:
+    ranks = run_two_processes(REPLAY_SCRIPT, tmp_path)
+    for name in ("er", "mer"):
+        r0, r1 = ranks[0][name], ranks[1][name]
+        assert r0["world"] == r1["world"] == 2
+        assert r0["capacity"] + r1["capacity"] == 30  # the single-process budget, split: 15 slots per rank
+        assert r0["size"] == r1["size"] == 15 and r0["seen"] == r1["seen"] == 40  # each rank saw half the stream
+        assert not set(r0["ids"]) & set(r1["ids"])  # disjoint shards
+        assert r0["tasks"] == r1["tasks"] == [0, 1]
+        assert r0["weights"] == pytest.approx(r1["weights"], rel=1e-9)  # one model, kept in sync
+        assert r0["rows"] == r1["rows"] == 2
+    for name in ("er", "mer"):  # built on rank 0 alone before any synchronisation point: rank 0's buffer only
+        alone = torch.load(tmp_path / name / "rank0_only.ckpt", weights_only=True)
+        states = alone["callbacks"][ranks[0]["er"]["state_key"]]["buffers"] if name == "er" else alone["replay_buffers"]
+        assert states[0]["size"] > 0 and states[1] is None
+    saved = torch.load(tmp_path / "er" / "last.ckpt", weights_only=True)
+    states = saved["callbacks"][ranks[0]["er"]["state_key"]]["buffers"]
+    assert [s["size"] for s in states] == [15, 15]  # every rank's buffer, not only rank 0's
+    one = ExperienceReplay(PrioritizedReplayBuffer(30), replay_batch_size=4)
+    one.load_state_dict(saved["callbacks"][ranks[0]["er"]["state_key"]])
+    with pytest.warns(UserWarning, match="pooled and re-sharded"):  # one process gets the whole budget back
+        one._shards.setup(rank=0, world=1)  # private: the set-up a fit runs, without training on (no public way)
+    assert one.buffer.capacity == 30 and one.buffer.seen == 80
+    ids = sorted(int(i) for i in one.buffer.contents()[0][:, 0].tolist())
+    assert ids == sorted(ranks[0]["er"]["ids"] + ranks[1]["er"]["ids"])
+    mer_ckpt = torch.load(tmp_path / "mer" / "last.ckpt", weights_only=True)
+    assert [s["size"] for s in mer_ckpt["replay_buffers"]] == [15, 15]

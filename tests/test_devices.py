@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback
 
 import lightning_per as lp
-from tests.helpers import TinyClassifier, blobs, small_trainer
+from tests.helpers import TinyClassifier, blob_datamodule, fit
 
 CUDA = torch.cuda.is_available()
 ACCELERATOR = "cuda" if CUDA else "cpu"
@@ -72,16 +72,18 @@ class NoSyncBetween(Callback):
             self.guarded += 1
 
 
-def _fit(tmp_path, callbacks, precision, strategy="uniform", max_epochs=2):
-    model = OnDevice()
-    dm = lp.PrioritizedDataModule(blobs(96, features=8, classes=4), batch_size=8, strategy=strategy, seed=0)
-    trainer = small_trainer(
-        tmp_path, callbacks=callbacks, accelerator=ACCELERATOR, precision=precision, max_epochs=max_epochs
-    )
-    trainer.fit(model, datamodule=dm)
+SIZE = dict(n=96, features=8, classes=4)  # 12 steps of 8 per epoch, for OnDevice
+
+
+def _on(precision):
+    """The Trainer arguments of a run on the accelerator at hand in ``precision``."""
+    return dict(accelerator=ACCELERATOR, precision=precision)
+
+
+def _assert_trained_on_the_device(run):
+    model, trainer = run.model, run.trainer
     assert model.trained_on == {ACCELERATOR} and all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert model.checked == trainer.global_step > 0 and int(model.bad_weights) == 0
-    return trainer, model, dm
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -91,7 +93,15 @@ def test_loss_tracker_on_the_device_with_no_host_sync_between_its_synchronisatio
     # 16-mixed's GradScaler reads its inf check on the host every step by design: the guard covers bf16-mixed
     quiet = range(1, 7) if precision == "bf16-mixed" else range(0)
     first, last = NoSyncBetween(True, quiet), NoSyncBetween(False, quiet)
-    trainer, _, dm = _fit(tmp_path, [first, tracker, last], precision, strategy=strategy)
+    run = fit(
+        tmp_path,
+        [first, tracker, last],
+        model=OnDevice(),
+        datamodule=blob_datamodule(**SIZE, strategy=strategy),
+        **_on(precision),
+    )
+    _assert_trained_on_the_device(run)
+    trainer, dm = run.trainer, run.datamodule
     assert dm.scores.seen == 96 and bool(torch.isfinite(dm.scores.scores).all())
     guarded = CUDA and precision == "bf16-mixed"
     assert math.isfinite(trainer.callback_metrics["per/ess"]) and (last.guarded >= 6 if guarded else last.guarded == 0)
@@ -109,24 +119,20 @@ def test_loss_tracker_on_the_device_with_no_host_sync_between_its_synchronisatio
 )
 def test_each_selection_rule_on_the_device(tmp_path, precision, make):
     rule = make()
-    trainer, _, _ = _fit(tmp_path, [rule], precision)
-    assert rule._run_selected >= trainer.global_step - 1 > 0
+    run = fit(tmp_path, [rule], model=OnDevice(), datamodule=blob_datamodule(**SIZE), **_on(precision))
+    _assert_trained_on_the_device(run)
+    trainer = run.trainer
+    assert rule.state_dict()["run_selected"] >= trainer.global_step - 1 > 0
     assert math.isfinite(float(trainer.callback_metrics["per/loss_unweighted"]))
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_reducible_loss_selection_on_the_device(tmp_path, precision):
-    dm = lp.PrioritizedDataModule(blobs(96, features=8, classes=4), batch_size=8, seed=0, holdout_fraction=0.25)
+    dm = blob_datamodule(**SIZE, holdout_fraction=0.25)
     irreducible = lp.IrreducibleLoss(model=TinyClassifier(features=8, classes=4), max_epochs=2)
     model = OnDevice()
-    trainer = small_trainer(
-        tmp_path,
-        callbacks=[irreducible, lp.TopKSelection(presample=4)],
-        accelerator=ACCELERATOR,
-        precision=precision,
-        max_epochs=1,
-    )
-    trainer.fit(model, datamodule=dm)
+    callbacks = [irreducible, lp.TopKSelection(presample=4)]
+    trainer = fit(tmp_path, callbacks, model=model, datamodule=dm, **_on(precision), max_epochs=1).trainer
     assert irreducible.table is not None and irreducible.table.device.type == "cpu"
     assert bool(torch.isfinite(irreducible.table).all()) and model.checked == trainer.global_step == 9
     assert int(model.bad_weights) == 0
@@ -140,5 +146,7 @@ def test_experience_replay_on_the_device_with_the_buffer_in_device_memory(tmp_pa
     replay = ExperienceReplay(
         PrioritizedReplayBuffer(32) if prioritized else ReservoirBuffer(32), replay_batch_size=4, device="module"
     )
-    trainer, model, _ = _fit(tmp_path, [replay], precision)
+    run = fit(tmp_path, [replay], model=OnDevice(), datamodule=blob_datamodule(**SIZE), **_on(precision))
+    _assert_trained_on_the_device(run)
+    trainer, model = run.trainer, run.model
     assert model.checked == trainer.global_step == 24 and int(model.bad_weights) == 0

@@ -1,11 +1,15 @@
-"""The Lightning plumbing: the private attributes it reads still exist, the one data check, the shard loaders."""
+"""lightning_per.plumbing: the Lightning internals it reads, scoring mode, the data check, shards, collectives."""
 
 import pytest
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 
 import lightning_per as lp
 from lightning_per.plumbing import internals
+from lightning_per.plumbing.distributed import all_gather_variable
+from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.loaders import shard, shard_loader
 from lightning_per.plumbing.requirements import require_batch, require_datamodule
 from tests.helpers import TinyClassifier, blobs, small_trainer
@@ -36,3 +40,26 @@ def test_shards_cover_every_sample_once_and_the_loader_yields_indexed_batches():
     dm = lp.PrioritizedDataModule(blobs(10), batch_size=4, eval_batch_size=3)
     batches = list(shard_loader(dm, rank=1, world=2))
     assert [b.index.tolist() for b in batches] == [[1, 3, 5], [7, 9]]
+
+
+def test_scoring_mode_restores_every_submodule_flag():
+    model = TinyClassifier()
+    model.frozen = nn.Sequential(nn.BatchNorm1d(4), nn.Dropout(0.5))
+    model.train()
+    model.frozen.eval()  # a frozen backbone the user keeps in eval mode
+    with scoring_mode(model):
+        assert not model.training and not model.net.training
+    assert model.training and model.net.training
+    assert not model.frozen.training and not any(m.training for m in model.frozen.modules())
+
+
+def test_release_destroys_the_group_and_is_a_no_op_without_one(one_process_group):
+    assert dist.is_initialized()
+    lp.release_process_group()
+    assert not dist.is_initialized()
+    lp.release_process_group()  # nothing left to release: no error
+
+
+def test_all_gather_variable_with_one_process_returns_the_tensor(one_process_group):
+    t = torch.arange(3)
+    assert torch.equal(all_gather_variable(t, world_size=1), t)

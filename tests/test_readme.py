@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import lightning_per as lp
+
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 
@@ -45,22 +47,46 @@ def test_every_make_target_the_readme_names_exists():
             assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"Makefile has no target {target!r}"
 
 
+# what each flag of a README console-script line must change in the run it builds
+FLAG_EFFECTS = {
+    "--data.strategy.alpha=0.5": lambda cli: cli.datamodule.strategy.alpha == 0.5,
+    "--trainer.max_epochs=2": lambda cli: cli.trainer.max_epochs == 2,
+    "--trainer.devices=2": lambda cli: cli.trainer.num_devices == 2,
+    "--trainer.strategy=ddp": lambda cli: type(cli.trainer.strategy).__name__ == "DDPStrategy",
+}
+
+
 @pytest.mark.parametrize("line", [line for line in LINES if line.startswith("lightning-per fit ")])
-def test_every_console_script_line_parses_and_builds_its_run(line, tmp_path):
+def test_every_console_script_line_builds_the_main_job_the_readme_describes_with_its_flags(line, tmp_path):
     from lightning_per.cli import main
+    from lightning_per.examples import Classifier, MNIST1DDataModule
 
     args = shlex.split(line)[2:]  # drop `lightning-per fit`: run=False builds without a subcommand
     cli = main([*args, f"--data.data_dir={tmp_path}"], run=False)
-    assert cli.trainer is not None and cli.model is not None and cli.datamodule is not None
+    # the README's main job: a 1D CNN on 4000 MNIST-1D signals, Adam, `proportional` sampling with LossTracker
+    assert isinstance(cli.model, Classifier) and cli.model.hparams.arch == "cnn1d"
+    assert cli.model.hparams.optimizer == "adam"
+    assert isinstance(cli.datamodule, MNIST1DDataModule) and cli.datamodule.train_size == 4000
+    assert cli.datamodule.strategy.name == "proportional"
+    assert [type(c) for c in cli.trainer.callbacks if isinstance(c, lp.LossTracker)] == [lp.LossTracker]
+    flags = [a for a in args if a.startswith("--") and "=" in a]
+    unchecked = [flag for flag in flags if flag not in FLAG_EFFECTS]
+    assert not unchecked, f"say in FLAG_EFFECTS what the README's {unchecked} must change"
+    for flag in flags:
+        assert FLAG_EFFECTS[flag](cli), flag
+    if "--trainer.max_epochs=2" not in flags:
+        assert cli.trainer.max_epochs == 60  # the shipped 60 epochs
 
 
-def test_the_demo_lines_run(capsys):
+def test_the_demo_line_prints_the_directory_that_holds_the_shipped_configs(capsys):
     from lightning_per.examples import demo
 
-    for line in LINES:
-        if line.startswith("python -m lightning_per.examples.demo --config-dir"):
-            demo.main(shlex.split(line)[3:])
-            assert Path(capsys.readouterr().out.strip()).is_dir()
+    lines = [line for line in LINES if line.startswith("python -m lightning_per.examples.demo --config-dir")]
+    assert lines
+    for line in lines:
+        demo.main(shlex.split(line)[3:])
+        printed = Path(capsys.readouterr().out.strip())
+        assert (printed / "mnist1d.yaml").is_file() and printed == demo.CONFIG_DIR
 
 
 # ------------------------------------------------------------------ the quick start, shared with the docs' index

@@ -1,41 +1,27 @@
-"""Tests of task sequences (data side), the stream sampler, the accuracy matrix with any module, the example
-classifier's Task-IL / Class-IL heads, and that ``lightning_per.replay`` stands alone."""
+"""lightning_per.continual: task sequences, the stream sampler, the accuracy matrix with any module."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
+import lightning_per as lp
 from lightning_per import PrioritizedBatch
 from lightning_per.continual import TaskAccuracyMatrix, TaskSequence, evaluate_tasks
 from lightning_per.continual.stream import TaskStreamSampler
 from lightning_per.examples import ContinualClassifier
-from lightning_per.functional.continual import average_accuracy, backward_transfer, task_class_mask
-from tests.helpers import DictDataset
-
-REPO = Path(__file__).resolve().parents[1]
+from lightning_per.functional.continual import task_class_mask
+from tests.helpers import DictDataset, TinyClassifier, blobs, small_trainer, toy_tasks
 
 
-def _toy_tasks(num_tasks: int = 3, per_task: int = 12, dim: int = 4) -> list[TensorDataset]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for t in range(num_tasks):
-        y = torch.arange(per_task) % 2 + 2 * t
-        out.append(TensorDataset(torch.randn(per_task, dim, generator=g) + y.unsqueeze(1).float(), y))
-    return out
-
-
-# ------------------------------------------------------------------------------------------ sequences
 def test_batches_are_prioritized_batches_of_the_users_structure_with_task_ids() -> None:
-    dm = TaskSequence(tasks=[DictDataset(t) for t in _toy_tasks()], batch_size=5)
+    dm = TaskSequence(tasks=[DictDataset(t) for t in toy_tasks()], batch_size=5)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert all(isinstance(b, PrioritizedBatch) for b in batches)
@@ -44,7 +30,7 @@ def test_batches_are_prioritized_batches_of_the_users_structure_with_task_ids() 
     assert tasks.tolist() == [0] * 12 + [1] * 12 + [2] * 12  # task after task
     index = torch.cat([b.index for b in batches])
     assert sorted(index.tolist()) == list(range(36)) and ((index // 12) == tasks).all()  # indices of the stream
-    plain = TaskSequence(tasks=_toy_tasks(), batch_size=5, task_ids=False)
+    plain = TaskSequence(tasks=toy_tasks(), batch_size=5, task_ids=False)
     plain.setup("fit")
     assert len(next(iter(plain.train_dataloader()))) == 2  # (x, y): no task id
 
@@ -70,7 +56,7 @@ def test_tasks_with_samples_of_another_shape_are_refused() -> None:
 
 
 def test_task_mode_streams_the_current_task_and_repeats_batches() -> None:
-    dm = TaskSequence(tasks=_toy_tasks(), batch_size=5, mode="task", repeats=2)
+    dm = TaskSequence(tasks=toy_tasks(), batch_size=5, mode="task", repeats=2)
     dm.setup("fit")
     dm.set_task(1)
     loader = dm.train_dataloader()
@@ -101,7 +87,6 @@ def test_stream_sampler_shards_every_task_across_ranks_and_resumes() -> None:
         TaskStreamSampler(lengths, num_replicas=2, rank=2)
 
 
-# ------------------------------------------------------------------------------------------ the example's heads
 def test_task_il_masks_other_tasks_outputs_and_class_il_the_classes_not_seen() -> None:
     assert task_class_mask(torch.tensor([0, 2]), 2, 6).tolist() == [
         [True, True, False, False, False, False],
@@ -124,20 +109,6 @@ def test_task_il_masks_other_tasks_outputs_and_class_il_the_classes_not_seen() -
     assert torch.isfinite(out[0, :4]).all() and torch.isinf(out[0, 4:]).all()  # classes seen so far
 
 
-# ------------------------------------------------------------------------------------------ the accuracy matrix
-def test_acc_and_bwt() -> None:
-    r = torch.tensor([[0.9, 0.0, 0.0], [0.5, 0.8, 0.0], [0.4, 0.6, 0.7]])
-    assert average_accuracy(r) == pytest.approx((0.4 + 0.6 + 0.7) / 3)
-    assert backward_transfer(r) == pytest.approx(((0.4 - 0.9) + (0.6 - 0.8)) / 2)
-    matrix = TaskAccuracyMatrix()
-    matrix.matrix, matrix._next_task = r.clone(), 2  # after task 1 of 3: tasks 0 and 1 only
-    assert matrix.acc == pytest.approx((0.5 + 0.8) / 2) and matrix.bwt == pytest.approx(0.5 - 0.9)
-    matrix._next_task = 3
-    assert matrix.acc == pytest.approx((0.4 + 0.6 + 0.7) / 3) and matrix.diagonal.tolist() == pytest.approx(
-        [0.9, 0.8, 0.7]
-    )
-
-
 class _Threshold(LightningModule):
     """Not a classifier the matrix knows: predicts label ``2 t + (x_0 > 2 t + 0.5)`` from ``(x, task)``."""
 
@@ -150,7 +121,7 @@ def _predict(module: LightningModule, batch: Any) -> Tensor:
 
 
 def test_the_matrix_evaluates_any_module_by_argmax_or_a_user_function(tmp_path: Path) -> None:
-    tasks = _toy_tasks()
+    tasks = toy_tasks()
     by_function = evaluate_tasks(_Threshold(), [tasks[0]], predict=lambda m, b: m(b[0], torch.zeros_like(b[1])).long())
     assert 0.5 < float(by_function[0]) <= 1.0
     dm = TaskSequence(tasks=tasks, test_tasks=tasks, batch_size=4)
@@ -162,41 +133,30 @@ def test_the_matrix_evaluates_any_module_by_argmax_or_a_user_function(tmp_path: 
     ]
     assert by_argmax.tolist() == pytest.approx(expected)
     matrix = TaskAccuracyMatrix(predict=_predict)
-    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, callbacks=[matrix])  # fmt: skip
+    trainer = small_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[matrix])
     trainer.fit(model, datamodule=dm)
     assert matrix.completed == 3 and not torch.isnan(matrix.matrix).any()  # rows from the user function
 
 
 def test_the_matrix_without_evaluation_sets_is_refused_at_setup(tmp_path: Path) -> None:
-    dm = TaskSequence(tasks=_toy_tasks(), batch_size=4)  # no `test_tasks`
+    dm = TaskSequence(tasks=toy_tasks(), batch_size=4)  # no `test_tasks`
     matrix = TaskAccuracyMatrix()
-    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, callbacks=[matrix], default_root_dir=tmp_path)  # fmt: skip
+    trainer = small_trainer(tmp_path, max_epochs=1, callbacks=[matrix])
     with pytest.raises(ValueError, match="got TaskSequence without evaluation sets"):
         trainer.fit(ContinualClassifier(in_features=4, num_tasks=3), datamodule=dm)
     assert matrix.completed == 0 and trainer.global_step == 0
 
 
-# ------------------------------------------------------------------------------------------ standing alone
-def test_replay_imports_without_sklearn_mnist1d_or_the_examples() -> None:
-    code = (
-        "import sys\n"
-        "sys.modules['sklearn'] = None\n"  # `import sklearn` now raises ImportError
-        "sys.modules['mnist1d'] = None\n"
-        "import lightning_per.replay as replay\n"
-        "assert 'lightning_per.examples' not in sys.modules, sorted(m for m in sys.modules if 'examples' in m)\n"
-        "assert not {'sklearn', 'mnist1d'} & {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n"
-        "public = set(replay.__all__)\n"
-        "internals = {'flatten', 'unflatten', 'join', 'RankBuffers', 'pool_buffer_states', 'SampleSpec', 'SumTree',\n"
-        "             'reservoir_slots', 'last_write_per_slot', 'task_class_mask', 'reptile_interpolate_',\n"
-        "             'TaskStreamSampler', 'UniformReplaySampler', 'PrioritizedReplaySampler', 'ReservoirWriter'}\n"
-        "assert not public & internals, public & internals\n"
-        "from lightning_per.functional.continual import reptile_interpolate_  # still importable\n"
-        "from lightning_per.functional.reservoir import reservoir_slots\n"
-        "from lightning_per.continual.stream import TaskStreamSampler\n"
-        "from lightning_per.replay.sumtree import SumTree\n"
-        "print('ok')\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+def test_a_task_accuracy_matrix_without_a_task_sequence_is_refused_at_setup(tmp_path):
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8)
+    trainer = small_trainer(tmp_path, callbacks=[TaskAccuracyMatrix()], max_epochs=1)
+    with pytest.raises(ValueError, match=r"must be a `lightning_per.continual.TaskSequence`.*PrioritizedDataModule"):
+        trainer.fit(TinyClassifier(), datamodule=dm)
+
+
+def test_a_task_accuracy_matrix_key_the_samples_lack_is_refused_before_the_first_task(tmp_path):
+    dm = TaskSequence(tasks=[blobs(8)], test_tasks=[blobs(8)], batch_size=4)
+    trainer = small_trainer(tmp_path, callbacks=[TaskAccuracyMatrix(inputs="image")], max_epochs=1)
+    with pytest.raises(ValueError, match=r"`inputs`='image'\): the evaluation samples are tuples of 3 fields"):
+        trainer.fit(TinyClassifier(), datamodule=dm)
+    assert trainer.global_step == 0
