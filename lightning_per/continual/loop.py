@@ -46,7 +46,7 @@ def fit_tasks(
 
     Example::
 
-        replay, matrix = ExperienceReplay(capacity=200), TaskAccuracyMatrix()
+        replay, matrix = ExperienceReplay(ReservoirBuffer(capacity=200)), TaskAccuracyMatrix()
         fit_tasks(model, SplitDigits(mode="task"), lambda t: Trainer(max_epochs=1, callbacks=[replay, matrix]))
     """
     if datamodule.mode != "task":

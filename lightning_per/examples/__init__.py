@@ -2,7 +2,8 @@
 
 from lightning_per.examples.data import DigitsDataModule, MNIST1DDataModule
 from lightning_per.examples.models import MLP, Classifier, ContinualClassifier, ConvNet1D
-from lightning_per.examples.sequences import PermutedDigits, PermutedMNIST1D, RotatedDigits, SplitDigits, SplitMNIST1D
+from lightning_per.examples.split_tasks import SplitDigits, SplitMNIST1D
+from lightning_per.examples.transformed_tasks import PermutedDigits, PermutedMNIST1D, RotatedDigits
 
 __all__ = [
     "MLP",

@@ -17,7 +17,18 @@ from torch.utils.data import TensorDataset
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.strategy import SamplingStrategy, StrategyName
 
-__all__ = ["DigitsDataModule", "MNIST1DDataModule", "load_digits", "load_mnist1d", "resolve_data_dir"]
+__all__ = [
+    "DIGITS_TRAIN_POOL",
+    "DigitsDataModule",
+    "MNIST1DDataModule",
+    "load_digits",
+    "load_mnist1d",
+    "mnist1d_tensors",
+    "resolve_data_dir",
+]
+
+DIGITS_TRAIN_POOL = 1797 - 1797 // 5
+"""The digits left for training once a fifth is held out for testing."""
 
 
 def resolve_data_dir(data_dir: str | None, option: str) -> Path:
@@ -89,6 +100,16 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
     digits = sklearn_digits()
     return torch.tensor(digits.data, dtype=torch.float32) / 16.0, torch.tensor(digits.target, dtype=torch.int64)
+
+
+def mnist1d_tensors(num_samples: int, seed: int, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST-1D signals ``(n, 40)`` and labels as tensors, generated once and cached.
+
+    ``n`` is rounded up to a multiple of 10; ``data_dir`` is resolved as a sequence's ``data.data_dir`` option
+    (``None``: the default cache).
+    """
+    x, y = load_mnist1d(-(-num_samples // 10) * 10, seed, resolve_data_dir(data_dir, "data.data_dir"))
+    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
 
 
 class MNIST1DDataModule(PrioritizedDataModule):
