@@ -141,7 +141,7 @@ class LossTracker(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._scorer.name == "reducible":
             irreducible = find_irreducible(trainer, "LossTracker")
-            self._scorer.attach_irreducible(irreducible.table if irreducible.table is not None else irreducible.losses)
+            self._scorer.attach_irreducible(irreducible.source())
 
     @override
     def on_train_batch_end(

@@ -37,6 +37,23 @@ def test_a_saved_table_for_other_data_is_refused_naming_both_lengths(tmp_path):
         fit(tmp_path / "b", [restored], datamodule=blob_datamodule(80, holdout_fraction=0.1), max_epochs=1)
 
 
+def test_a_table_saved_by_one_run_is_read_back_by_table_path_with_no_model_trained(tmp_path):
+    dm = blob_datamodule(80, holdout_fraction=0.25)
+    first = lp.IrreducibleLoss(model=TinyClassifier(), max_epochs=1)
+    fit(tmp_path / "a", [first, lp.LossTracker(score="reducible")], datamodule=dm, max_epochs=1)
+    torch.save(first.table, tmp_path / "table.pt")
+    again = lp.IrreducibleLoss(table_path=str(tmp_path / "table.pt"))
+    fit(tmp_path / "b", [again, lp.LossTracker(score="reducible")], datamodule=dm, max_epochs=1)
+    assert torch.equal(again.table, first.table) and again.cost_units == 0
+    with pytest.raises(ValueError, match=r"holds 60 losses, but the training set has 72 samples"):
+        fit(
+            tmp_path / "c",
+            [lp.IrreducibleLoss(table_path=str(tmp_path / "table.pt"))],
+            datamodule=blob_datamodule(80, holdout_fraction=0.1),
+            max_epochs=1,
+        )
+
+
 def test_reducible_needs_an_irreducible_loss_callback_and_a_holdout(tmp_path):
     with pytest.raises(ValueError, match=r"TopKSelection\(score='reducible'\) needs .*IrreducibleLoss"):
         fit(tmp_path, [lp.TopKSelection()])

@@ -121,6 +121,51 @@ def test_rho_loss_on_a_stream_computes_the_irreducible_losses_on_the_fly_and_cha
     assert "computed on the fly" in caplog.text and "after IrreducibleLoss's 240 units" in caplog.text
 
 
+def test_rho_loss_on_a_stream_reads_precomputed_irreducible_losses_by_the_ids_its_samples_carry(tmp_path):
+    table = torch.zeros(96)
+    table[48:] = 100.0  # reducible loss of ids 48.. far below the rest's: never selected while others remain
+    torch.save(table, tmp_path / "irreducible.pt")
+    irreducible = lp.IrreducibleLoss(table_path=str(tmp_path / "irreducible.pt"))
+    selection, trained = lp.TopKSelection(presample=4), Trained()  # score="reducible"
+    loader = DataLoader(Stream(), batch_size=32, collate_fn=StreamCollate(index_key=2))  # ids are the 3rd field
+    small_trainer(tmp_path, callbacks=[irreducible, selection, trained], max_epochs=1).fit(
+        StreamClassifier(), train_dataloaders=loader
+    )
+    assert len(trained.ids) == 3 and all(len(ids) == 8 for ids in trained.ids)
+    # the three large batches hold ids 0-31, 32-63, 64-95: the second's top 8 are all among 32-47
+    assert max(trained.ids[0]) < 32 and all(32 <= i < 48 for i in trained.ids[1]) and min(trained.ids[2]) >= 64
+    assert irreducible.cost_units == 0
+    assert torch.equal(irreducible.table, table)
+
+
+def test_precomputed_irreducible_losses_refuse_a_stream_without_ids_and_ids_beyond_the_table(tmp_path):
+    torch.save(torch.zeros(40), tmp_path / "short.pt")
+    cases = [
+        (DataLoader(Stream(), batch_size=32), r"samples have none \(index -1\).*StreamCollate\(index_key=...\)"),
+        (DataLoader(Stream(), batch_size=32, collate_fn=StreamCollate(index_key=2)), r"id \(63\) is beyond.*40"),
+    ]
+    for loader, message in cases:
+        irreducible = lp.IrreducibleLoss(table_path=str(tmp_path / "short.pt"))
+        trainer = small_trainer(tmp_path, callbacks=[irreducible, lp.TopKSelection(presample=4)], max_epochs=1)
+        with pytest.raises(ValueError, match=message):
+            trainer.fit(StreamClassifier(), train_dataloaders=loader)
+
+
+def test_a_table_path_is_checked_before_training(tmp_path):
+    torch.save({"not": "a tensor"}, tmp_path / "dict.pt")
+    with pytest.raises(ValueError, match=r"takes no `model`.*Pass either `table_path` or a holdout `model`"):
+        lp.IrreducibleLoss(model=StreamClassifier(), table_path="t.pt")
+    for path, message in [("missing.pt", "is not a file"), ("dict.pt", "must hold a 1-D float tensor.*dict")]:
+        irreducible = lp.IrreducibleLoss(table_path=str(tmp_path / path))
+        trainer = small_trainer(tmp_path, callbacks=[irreducible, lp.TopKSelection(presample=4)], max_epochs=1)
+        with pytest.raises(ValueError, match=message):
+            trainer.fit(StreamClassifier(), train_dataloaders=DataLoader(Stream(), batch_size=32))
+    with pytest.raises(TypeError, match=r"index_key=3.*integer id per sample"):
+        StreamCollate(index_key=3)([(torch.zeros(2), 0, 1)])
+    with pytest.raises(TypeError, match="`index_key` must be a key"):
+        StreamCollate(index_key=1.5)  # type: ignore[arg-type]
+
+
 def test_loss_tracker_refuses_a_stream_naming_the_online_methods(tmp_path):
     trainer = small_trainer(tmp_path, callbacks=[lp.LossTracker()])
     with pytest.raises(TypeError, match=r"a stream has none: train it with an online method, `TopKSelection`"):

@@ -173,7 +173,7 @@ class OnlineSelection(Callback):
         self._extras.close()
         if self._scorer.name == "reducible":
             irreducible = find_irreducible(trainer, type(self).__name__)
-            self._scorer.attach_irreducible(irreducible.table if irreducible.table is not None else irreducible.losses)
+            self._scorer.attach_irreducible(irreducible.source())
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:

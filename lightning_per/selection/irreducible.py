@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from typing_extensions import override
 
 from lightning_per._checks import check_choice, check_int
 from lightning_per.batch import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
-from lightning_per.indexed import IndexedCollate, IndexedDataset
-from lightning_per.plumbing.distributed import all_gather_variable
-from lightning_per.plumbing.inference import quiet_inner_fit, scoring_mode
-from lightning_per.plumbing.loaders import shard_loader
+from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.requirements import require_datamodule
+from lightning_per.selection.holdout import fit_holdout_model, from_the_holdout_model, score_training_set
 
 __all__ = ["IrreducibleLoss", "IrreducibleMode", "find_irreducible", "register_reader"]
 
@@ -49,12 +47,20 @@ class IrreducibleLoss(Callback):
         train: train ``model`` on the holdout (``False``: it is already trained).
         loss_key: key of the per-sample losses in ``model``'s ``training_step`` output.
         seed: seed of the model's training (the main run's random state is left as it was).
+        mode: ``table`` (by dataset index, from a ``PrioritizedDataModule``), ``on_the_fly`` (the model's losses on
+            each presample, for a stream) or ``auto`` (``table`` with a ``PrioritizedDataModule`` or a
+            ``table_path``, else ``on_the_fly``).
+        table_path: a file of precomputed irreducible losses, one per sample id (``torch.save`` of a 1-D float
+            tensor, e.g. ``IrreducibleLoss.table`` of an earlier run): no model is trained, and each batch's losses
+            are read by its sample ids: a ``PrioritizedDataModule``'s dataset indices or, on a stream, the ids
+            ``StreamCollate(index_key=...)`` reads from a field of each sample.
 
     Raises:
         TypeError: ``model`` is not a LightningModule; at setup, training data that does not come from a
             ``PrioritizedDataModule``.
         ValueError: a bad argument; at setup, no ``model`` or no holdout; at fit start, a saved table of another
-            length, or a model whose ``training_step`` does not return one loss per sample under ``loss_key``.
+            length, or a model whose ``training_step`` does not return one loss per sample under ``loss_key``; during
+            training, a stream batch without sample ids (or with ids beyond ``table_path``'s table).
 
     Example:
         >>> from lightning_per.examples import Classifier
@@ -73,6 +79,7 @@ class IrreducibleLoss(Callback):
         loss_key: str = "per_sample_loss",
         seed: int = 0,
         mode: IrreducibleMode = "auto",
+        table_path: str | None = None,
     ) -> None:
         if model is not None and not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a LightningModule, got {type(model).__name__}.")
@@ -80,6 +87,13 @@ class IrreducibleLoss(Callback):
         check_int("batch_size", batch_size, 1, optional=True)
         check_int("seed", seed)
         check_choice("mode", mode, get_args(IrreducibleMode))
+        if table_path is not None and (mode == "on_the_fly" or model is not None):
+            raise ValueError(
+                f"IrreducibleLoss(table_path={table_path!r}) reads precomputed losses by sample id: it takes no "
+                f"`model` and no mode='on_the_fly' (got model={type(model).__name__ if model else None}, "
+                f"mode={mode!r}). Pass either `table_path` or a holdout `model`."
+            )
+        self.table_path = table_path
         self.mode = mode
         self.model = model
         self.holdout_dataset = holdout_dataset
@@ -101,9 +115,12 @@ class IrreducibleLoss(Callback):
         if stage != "fit":
             return
         indexed = isinstance(getattr(trainer, "datamodule", None), PrioritizedDataModule)
-        self._on_the_fly = self.mode == "on_the_fly" or (self.mode == "auto" and not indexed)
+        from_file = self.table_path is not None
+        self._on_the_fly = self.mode == "on_the_fly" or (self.mode == "auto" and not indexed and not from_file)
         self._trainer = trainer
         datamodule = getattr(trainer, "datamodule", None)
+        if from_file:
+            return
         if not self._on_the_fly:
             datamodule = require_datamodule(trainer, "IrreducibleLoss", why=" (the table is indexed like its samples)")
         if self.model is None:
@@ -120,6 +137,9 @@ class IrreducibleLoss(Callback):
         if self._on_the_fly:
             self._start_on_the_fly(trainer, pl_module)
             return
+        if self.table_path is not None:
+            self._load_table(getattr(trainer, "datamodule", None))
+            return
         datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
         sizes = (len(datamodule.train_dataset), len(self._holdout(datamodule) or []))  # type: ignore[arg-type]
         if self.table is not None:  # restored from a checkpoint
@@ -135,10 +155,10 @@ class IrreducibleLoss(Callback):
         start = time.perf_counter()
         assert self.model is not None
         if self.train:
-            with _from_the_holdout_model(self.model, "training it on the holdout set"):
+            with from_the_holdout_model(self.model, "training it on the holdout set"):
                 self._fit_model(trainer, pl_module, datamodule)
             self.cost_units = 3.0 * self.max_epochs * sizes[1]
-        with _from_the_holdout_model(self.model, "scoring the training set with it"):
+        with from_the_holdout_model(self.model, "scoring the training set with it"):
             self.table = self._compute_table(trainer, pl_module, datamodule)
         self.cost_units += sizes[0]
         self.seconds = time.perf_counter() - start
@@ -155,13 +175,46 @@ class IrreducibleLoss(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._readers = 0  # the readers' setups count themselves in again at the next fit
 
+    def source(self) -> Tensor | Callable[[PrioritizedBatch], Tensor]:
+        """What a ``reducible`` score subtracts: the table by dataset index, or a function of the batch."""
+        if self._on_the_fly:
+            return self.losses
+        if self.table_path is not None and not isinstance(self._trainer_datamodule(), PrioritizedDataModule):
+            return self.lookup
+        assert self.table is not None
+        return self.table
+
+    def lookup(self, batch: PrioritizedBatch) -> Tensor:
+        """The table's losses at ``batch.index``, the sample ids of a stream (one host read to check them).
+
+        Raises:
+            ValueError: a sample without an id (index -1), or an id beyond the table.
+        """
+        assert self.table is not None
+        index = batch.index
+        low, high = (int(v) for v in torch.aminmax(index)) if index.numel() else (0, 0)
+        if low < 0:
+            raise ValueError(
+                "IrreducibleLoss(table_path=...) reads each sample's irreducible loss by its id, but this batch's "
+                "samples have none (index -1): give the loader `collate_fn=StreamCollate(index_key=...)` naming the "
+                "field (a key, or a position in a tuple sample) that holds each sample's integer id."
+            )
+        if high >= self.table.numel():
+            raise ValueError(
+                f"A sample id ({high}) is beyond IrreducibleLoss's table of {self.table.numel()} losses from "
+                f"{self.table_path!r}: the ids must index that table (0 to {self.table.numel() - 1})."
+            )
+        if self.table.device != index.device:
+            self.table = self.table.to(index.device)
+        return self.table[index]
+
     def losses(self, batch: PrioritizedBatch) -> Tensor:
         """The model's per-sample losses on ``batch`` (eval mode, no gradients), charged to ``cost_units``.
 
         What the ``reducible`` score subtracts when there is no table: the samples of a stream have no index.
         """
         assert self.model is not None and self._trainer is not None
-        with scoring_mode(self.model, self._trainer), _from_the_holdout_model(self.model, "scoring a presample"):
+        with scoring_mode(self.model, self._trainer), from_the_holdout_model(self.model, "scoring a presample"):
             outputs = self.model.training_step(batch, 0)
         self.cost_units += batch.batch_size
         return self._per_sample(outputs, batch.batch_size)
@@ -172,7 +225,7 @@ class IrreducibleLoss(Callback):
         start = time.perf_counter()
         holdout = self._holdout(getattr(trainer, "datamodule", None))
         if self.train and self.cost_units == 0:  # not restored from a checkpoint
-            with _from_the_holdout_model(self.model, "training it on the holdout set"):
+            with from_the_holdout_model(self.model, "training it on the holdout set"):
                 self._fit_model(trainer, pl_module, getattr(trainer, "datamodule", None))
             self.cost_units = 3.0 * self.max_epochs * len(holdout)  # type: ignore[arg-type]
         self.model.to(pl_module.device)
@@ -181,6 +234,30 @@ class IrreducibleLoss(Callback):
             f"IrreducibleLoss: {'trained on ' + str(len(holdout)) + ' holdout samples; ' if holdout else ''}the "  # type: ignore[arg-type]
             "irreducible losses are computed on the fly for each presample (the training data has no index)."
         )
+
+    def _load_table(self, datamodule: Any) -> None:
+        """Read ``table_path`` (unless restored from a checkpoint) and check it against the training set."""
+        if self.table is None:
+            path = Path(str(self.table_path))
+            if not path.is_file():
+                raise ValueError(f"IrreducibleLoss: `table_path` {str(path)!r} is not a file.")
+            table = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(table, Tensor) or table.ndim != 1 or not table.is_floating_point():
+                got = tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__
+                raise ValueError(
+                    f"IrreducibleLoss: `table_path` {str(path)!r} must hold a 1-D float tensor (one loss per sample "
+                    f"id, saved with `torch.save`); it holds {got}."
+                )
+            self.table = table.float()
+        if isinstance(datamodule, PrioritizedDataModule) and self.table.numel() != len(datamodule.train_dataset):  # type: ignore[arg-type]
+            raise ValueError(
+                f"IrreducibleLoss: `table_path` {self.table_path!r} holds {self.table.numel()} losses, but the "
+                f"training set has {len(datamodule.train_dataset)} samples: the table must have one per sample."  # type: ignore[arg-type]
+            )
+        rank_zero_info(f"IrreducibleLoss: {self.table.numel()} irreducible losses read from {self.table_path!r}.")
+
+    def _trainer_datamodule(self) -> Any:
+        return getattr(self._trainer, "datamodule", None)
 
     def _holdout(self, datamodule: Any) -> Dataset | None:
         if self.holdout_dataset is not None:
@@ -198,58 +275,15 @@ class IrreducibleLoss(Callback):
         return losses.detach().reshape(-1).float()
 
     def _fit_model(self, trainer: Trainer, pl_module: LightningModule, datamodule: Any) -> None:
-        """Train the model on the holdout: a fit of its own on this process's device, the main RNG left untouched."""
-        assert self.model is not None
         holdout = self._holdout(datamodule)
+        assert self.model is not None and holdout is not None
         device = pl_module.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
-            indexed = isinstance(datamodule, PrioritizedDataModule)
-            loader = DataLoader(
-                IndexedDataset(holdout),  # type: ignore[arg-type]
-                batch_size=self.batch_size or (datamodule.batch_size if indexed else 32),
-                shuffle=True,
-                collate_fn=IndexedCollate(datamodule.collate_fn if indexed else None),
-                num_workers=datamodule.num_workers if indexed else 0,
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-            with quiet_inner_fit():  # the user's run prints its own banner; this fit is a step of it
-                fitter = Trainer(
-                    accelerator=type(trainer.accelerator)(),
-                    devices=[device.index or 0] if device.type == "cuda" else 1,
-                    precision=trainer.precision,
-                    max_epochs=self.max_epochs,
-                    logger=False,
-                    enable_checkpointing=False,
-                    enable_progress_bar=False,
-                    enable_model_summary=False,
-                    num_sanity_val_steps=0,
-                    limit_val_batches=0,
-                    default_root_dir=trainer.default_root_dir,
-                )
-                fitter.fit(self.model, train_dataloaders=loader)
+        fit_holdout_model(self.model, holdout, trainer, device, datamodule, self.max_epochs, self.batch_size, self.seed)
 
     def _compute_table(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> Tensor:
-        """Every training sample's loss under the model: this process's shard, gathered from every process."""
         assert self.model is not None
         model = self.model.to(pl_module.device)
-        world, rank = trainer.world_size, trainer.global_rank
-        loader = shard_loader(datamodule, rank, world, batch_size=self.batch_size)
-        index_parts, loss_parts = [], []
-        with scoring_mode(model, trainer):
-            for i, batch in enumerate(loader):
-                batch = batch.to(pl_module.device)
-                outputs = model.training_step(batch, i)
-                index_parts.append(batch.index)
-                loss_parts.append(self._per_sample(outputs, batch.batch_size))
-        device = pl_module.device
-        index = torch.cat(index_parts) if index_parts else torch.empty(0, dtype=torch.int64, device=device)
-        values = torch.cat(loss_parts) if loss_parts else torch.empty(0, device=device)
-        index = all_gather_variable(index.to(device), world).cpu()
-        values = all_gather_variable(values.to(device), world).cpu()
-        table = torch.full((len(datamodule.train_dataset),), float("nan"), dtype=torch.float32)  # type: ignore[arg-type]
-        table[index] = values
-        return table
+        return score_training_set(model, trainer, datamodule, self.batch_size, self._per_sample)
 
     def _check_restored(self, sizes: tuple[int, int]) -> None:
         assert self.table is not None
@@ -300,19 +334,3 @@ def register_reader(trainer: Trainer, owner: str) -> IrreducibleLoss:
     irreducible = find_irreducible(trainer, owner)
     irreducible._readers += 1
     return irreducible
-
-
-@contextmanager
-def _from_the_holdout_model(model: LightningModule, doing: str) -> Iterator[None]:
-    """Say that an error raised inside the holdout model's code came from it (a wrong feature size, say).
-
-    Raises:
-        ValueError: from the model's ``RuntimeError`` (shape and dtype errors), naming the model and the step.
-    """
-    try:
-        yield
-    except RuntimeError as error:
-        raise ValueError(
-            f"IrreducibleLoss: the holdout model ({type(model).__name__}) failed while {doing}: {error}. It must "
-            "take the same batches as your training set (same features and targets) and return per-sample losses."
-        ) from error

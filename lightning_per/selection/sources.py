@@ -143,22 +143,56 @@ class StreamCollate:
         collate_fn: the loader's own collate function (``None``: ``default_collate``).
         batched: the loader's dataset yields whole batches (``DataLoader(batch_size=None)``, as with webdataset's
             ``.batched(...)``): ``collate_fn`` converts one batch and its size is read from its first tensor.
+        index_key: the field of the collated batch that holds each sample's integer id (a key of a dict batch, or a
+            position in a tuple one), made the batch's ``index``, for ``IrreducibleLoss(table_path=...)``; the field
+            stays in the batch. ``None``: no ids (``index`` -1).
+
+    Raises:
+        TypeError: ``index_key`` is neither a string nor an int; at collate, a batch with no such integer field.
 
     Example:
         >>> batch = StreamCollate()([(torch.zeros(2), 0), (torch.ones(2), 1)])
         >>> batch.batch_size, batch.index.tolist(), batch.weight.tolist()
         (2, [-1, -1], [1.0, 1.0])
+        >>> StreamCollate(index_key=2)([(torch.zeros(2), 0, 17), (torch.ones(2), 1, 4)]).index.tolist()
+        [17, 4]
     """
 
-    def __init__(self, collate_fn: Callable[[Any], Any] | None = None, batched: bool = False) -> None:
+    def __init__(
+        self, collate_fn: Callable[[Any], Any] | None = None, batched: bool = False, index_key: str | int | None = None
+    ) -> None:
+        if index_key is not None and (isinstance(index_key, bool) or not isinstance(index_key, (str, int))):
+            raise TypeError(f"`index_key` must be a key (str) or a position (int), got {index_key!r}.")
         self.collate_fn = collate_fn or default_collate
         self.batched = batched
+        self.index_key = index_key
 
     def __call__(self, samples: Any) -> PrioritizedBatch:
-        """The collated batch with ``index`` -1 and ``weight`` 1 per sample."""
+        """The collated batch with ``weight`` 1 per sample and its ids (or -1) as ``index``."""
         data = self.collate_fn(samples)
         n = _first_dim(data) if self.batched else len(samples)
-        return PrioritizedBatch(data, torch.full((n,), NO_INDEX, dtype=torch.int64), torch.ones(n))
+        index = torch.full((n,), NO_INDEX, dtype=torch.int64) if self.index_key is None else self._ids(data, n)
+        return PrioritizedBatch(data, index, torch.ones(n))
+
+    def _ids(self, data: Any, n: int) -> Tensor:
+        key = self.index_key
+        try:
+            ids = data[key]
+        except (KeyError, IndexError, TypeError):
+            ids = None
+        if (
+            not isinstance(ids, Tensor)
+            or ids.shape != (n,)
+            or ids.is_floating_point()
+            or ids.is_complex()
+            or ids.dtype == torch.bool
+        ):
+            got = f"{type(ids).__name__} {tuple(ids.shape)}" if isinstance(ids, Tensor) else type(ids).__name__
+            raise TypeError(
+                f"StreamCollate(index_key={key!r}): the collated batch must hold one integer id per sample there "
+                f"(a tensor of shape ({n},)), got {got}. Name the field of each sample that holds its integer id."
+            )
+        return ids.to(torch.int64)
 
 
 def _first_dim(data: Any) -> int:
