@@ -12,6 +12,7 @@ from lightning_per.score import Score
 from lightning_per.selection.callbacks import SelectiveBackprop, TopKSelection
 from lightning_per.selection.importance import ImportanceSamplingCallback
 from lightning_per.selection.irreducible import IrreducibleLoss
+from lightning_per.selection.tokens import TokenSelection
 from lightning_per.strategy import SamplingStrategy
 from lightning_per.tracker import LossTracker
 
@@ -26,6 +27,7 @@ __all__ = [
     "SamplingStrategy",
     "Score",
     "SelectiveBackprop",
+    "TokenSelection",
     "TopKSelection",
     "release_process_group",
     "weighted_mean",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -14,13 +14,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from lightning_per._checks import check_int
+from lightning_per._checks import check_choice, check_int
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.indexed import IndexedCollate, IndexedDataset
 from lightning_per.plumbing.distributed import all_gather_variable
 from lightning_per.plumbing.inference import quiet_inner_fit, scoring_mode
 from lightning_per.plumbing.loaders import shard_loader
 from lightning_per.plumbing.requirements import require_datamodule
+from lightning_per.score import Score
 
 __all__ = ["IrreducibleLoss", "find_irreducible", "register_reader"]
 
@@ -46,6 +47,8 @@ class IrreducibleLoss(Callback):
         train: train ``model`` on the holdout (``False``: it is already trained).
         loss_key: key of the per-sample losses in ``model``'s ``training_step`` output.
         seed: seed of the model's training (the main run's random state is left as it was).
+        token_reduction: per-token losses ``(n, T)`` of sequences to one loss per sequence: ``mean`` over its real
+            tokens (as ``Score``'s default) or ``sum``; use the same as the score that reads the table.
 
     Raises:
         TypeError: ``model`` is not a LightningModule; at setup, training data that does not come from a
@@ -69,12 +72,14 @@ class IrreducibleLoss(Callback):
         train: bool = True,
         loss_key: str = "per_sample_loss",
         seed: int = 0,
+        token_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         if model is not None and not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a LightningModule, got {type(model).__name__}.")
         check_int("max_epochs", max_epochs, 1)
         check_int("batch_size", batch_size, 1, optional=True)
         check_int("seed", seed)
+        check_choice("token_reduction", token_reduction, ("mean", "sum"))
         self.model = model
         self.holdout_dataset = holdout_dataset
         self.max_epochs = max_epochs
@@ -82,6 +87,7 @@ class IrreducibleLoss(Callback):
         self.train = train
         self.loss_key = loss_key
         self.seed = seed
+        self.token_reduction = token_reduction
         self.table: Tensor | None = None
         self.cost_units = 0.0
         self.seconds = 0.0
@@ -185,6 +191,11 @@ class IrreducibleLoss(Callback):
                 batch = batch.to(pl_module.device)
                 outputs = model.training_step(batch, i)
                 losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
+                if isinstance(losses, Tensor) and losses.ndim > 1 and losses.shape[0] == batch.batch_size:
+                    reader = Score(
+                        loss_key=self.loss_key, token_reduction=self.token_reduction, owner="IrreducibleLoss"
+                    )
+                    losses = reader(outputs, batch)  # per-token losses: one per sequence, over its real tokens
                 if not isinstance(losses, Tensor) or losses.numel() != batch.batch_size:
                     got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
                     raise ValueError(
