@@ -90,3 +90,20 @@ def test_the_shipped_text_config_trains_from_yaml_at_a_tiny_size(tmp_path):
     assert selection.cost_units == 3 * 1 * 4 and selection.reference_tokens == 36 * 16  # trained on the holdout first
     metrics = cli.trainer.callback_metrics
     assert 0.6 <= float(metrics["per/kept_token_fraction"]) < 0.65 and 0 < float(metrics["val/bpb"]) < 9
+
+
+def test_the_guides_example_runs_as_written_at_a_tiny_size(tmp_path, monkeypatch):
+    page = (Path(__file__).parents[1] / "docs/guide/sequences.md").read_text()
+    code = page.split("```python\n", 1)[1].split("```", 1)[0]
+    for size in ("max_steps=200", "train_sequences=2000", "max_epochs=2"):
+        assert size in code
+    tiny = code.replace("max_steps=200", "max_steps=2, logger=False, enable_progress_bar=False")
+    tiny = tiny.replace("train_sequences=2000", "train_sequences=40, val_sequences=8").replace(
+        "max_epochs=2", "max_epochs=1"
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(tiny, "docs/guide/sequences.md", "exec"), namespace)
+    assert (
+        namespace["data"].holdout_dataset is not None and namespace["selection"].reference_tokens == 36 * 64
+    )  # 32 + 4 sequences

@@ -39,7 +39,8 @@ class ComputeBudget(Callback):
     Put it first among the callbacks: ``on_train_batch_start`` reads the incoming batch's size ``b`` before a
     selection callback replaces the batch by its chosen points. A selection callback is recognised by its
     ``last_step_was_selected`` and ``presample`` attributes, an auxiliary model by ``cost_units`` and ``seconds``
-    (``IrreducibleLoss``, trained at fit start: charged to the compute and the clock before the first step).
+    (``IrreducibleLoss``, trained at fit start: charged to the compute and the clock before the first step), a model
+    that scores every training batch by ``last_step_units`` (``TokenSelection``'s reference: 1 per sequence scored).
 
     The run's progress is its own training compute over the budget's (the auxiliary model's excluded), or the
     epoch fraction when that is larger and ``max_epochs`` is set (a method with shorter epochs then gets the whole
@@ -81,6 +82,7 @@ class ComputeBudget(Callback):
         self._start = 0.0
         self._paused = 0.0
         self._selection: Any = None
+        self._per_step: list[Any] = []
 
     @property
     def seconds(self) -> float:
@@ -98,6 +100,7 @@ class ComputeBudget(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         callbacks: list[Any] = list(trainer.callbacks)  # type: ignore[attr-defined]
         self._selection = next((c for c in callbacks if hasattr(c, "last_step_was_selected")), None)
+        self._per_step = [c for c in callbacks if hasattr(c, "last_step_units")]
         for aux in (c for c in callbacks if hasattr(c, "cost_units") and hasattr(c, "seconds")):
             self.aux_cost += float(aux.cost_units)
             self.aux_seconds += float(aux.seconds)
@@ -120,6 +123,7 @@ class ComputeBudget(Callback):
         trained = int(batch.batch_size)  # after a selection step: the chosen points
         selected = self._selection is not None and bool(self._selection.last_step_was_selected)
         scored = self._selection.presample * self._incoming if selected and self.charge_scoring else 0
+        scored += sum(int(c.last_step_units) for c in self._per_step)
         self.cost += step_cost(trained, scored)
         self.steps += 1
         self.selected_steps += int(selected)
