@@ -33,6 +33,12 @@ class TokenChoice:
         reference: ``(n, T)`` per-token losses of the reference model on this batch.
         fraction: the share of the batch's real tokens kept in the loss, by excess loss (Rho-1), in (0, 1].
         kept: set by ``weighted_mean``: the share of real tokens it kept (a 0-dim tensor), ``None`` until then.
+
+    Example:
+        >>> batch = PrioritizedBatch(None, torch.tensor([0]), torch.ones(1))
+        >>> batch.tokens = TokenChoice(reference=torch.tensor([[3.0, 1.0, 2.0, 0.0]]), fraction=0.5)
+        >>> weighted_mean(torch.tensor([[3.0, 3.0, 3.0, 3.0]]), batch), batch.tokens.kept  # the 2 largest excesses
+        (tensor(3.), tensor(0.5000))
     """
 
     reference: Tensor

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 import lightning_per as lp
 from lightning_per.examples import CausalLM
-from lightning_per.functional import sequence_losses
+from lightning_per.functional.sequences import sequence_losses
 from tests.helpers import small_trainer
 
 T = 8

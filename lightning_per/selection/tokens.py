@@ -211,7 +211,6 @@ class TokenSelection(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        assert self.reference is not None or not self._trained
         return {
             "reference": self.reference.state_dict() if self._trained and self.reference is not None else None,
             "cost_units": self.cost_units,
