@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from benchmarks import imbalance, long_training, noisy_labels, redundancy
+from benchmarks import imbalance, long_training, noisy_labels, redundancy, text_lm
 from benchmarks.protocol import render
 from benchmarks.protocol.study import Headline, Study
 from benchmarks.results_common import env_line, load
@@ -17,6 +17,7 @@ STUDIES: dict[str, Study] = {
     "noisy_labels": noisy_labels.STUDY,
     "redundancy": redundancy.STUDY,
     "imbalance": imbalance.STUDY,
+    "text_lm": text_lm.STUDY,
 }
 TITLES = {  # JSON stem: what a pending section is called
     "long_training": "Long training (large, 25 and 10 epochs)",
@@ -25,6 +26,7 @@ TITLES = {  # JSON stem: what a pending section is called
     "noisy_labels_small": "Noisy labels (small)",
     "redundancy": "Redundancy",
     "imbalance": "Imbalance",
+    "text_lm": "Text: a byte-level language model, clean and noisy",
 }
 SUPERSEDED = (
     "The JSON of the earlier protocol are kept in `bench_out/superseded/` (`long_training`, `noisy_labels`, "

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run_studies --chain long      # long training, large: 25 and 10 epochs, then 50 and 100
     python -m benchmarks.run_studies --chain others    # noisy labels (large, 30%), redundancy, imbalance, noisy (small)
+    python -m benchmarks.run_studies --chain text      # the text study (issue 24): a byte-level LM, clean and noisy
     python -m benchmarks.run_studies --print           # the plan: every command and its estimated hours
 
 Each command starts from a copy of ``HEAD`` (``git archive`` into ``--code-dir/<commit>``, whose ``bench_out`` links
@@ -42,6 +43,7 @@ CHAINS: dict[str, list[tuple[str, list[str], float]]] = {
         ("noisy_labels", ["--size", "small", "--noise", "0.3", "0.1", "0",
                           "--out", "bench_out/noisy_labels_small.json"], 6.0),
     ],
+    "text": [("text_lm", ["--evals", "10"], 5.5)],
 }  # fmt: skip
 
 

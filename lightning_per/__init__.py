@@ -13,6 +13,7 @@ from lightning_per.selection.callbacks import SelectiveBackprop, TopKSelection
 from lightning_per.selection.importance import ImportanceSamplingCallback
 from lightning_per.selection.irreducible import IrreducibleLoss
 from lightning_per.selection.sources import StreamCollate
+from lightning_per.selection.tokens import TokenSelection
 from lightning_per.strategy import SamplingStrategy
 from lightning_per.tracker import LossTracker
 
@@ -28,6 +29,7 @@ __all__ = [
     "Score",
     "SelectiveBackprop",
     "StreamCollate",
+    "TokenSelection",
     "TopKSelection",
     "release_process_group",
     "weighted_mean",

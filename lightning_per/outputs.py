@@ -1,6 +1,8 @@
 """What ``training_step`` returns, read and checked for a score: one row per sample, class labels, the right shapes.
 
-Every message names the callback (``score.owner``), the score and the keys, and says how to return what is missing.
+Per-token losses ``(n, T, ...)`` of sequences become one loss per sequence here (``per_sample_losses``), over the real
+tokens (``real_tokens``). Every message names the callback (``score.owner``), the score and the keys, and says how to
+return what is missing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Any, NoReturn
 
 from torch import Tensor
 
+from lightning_per.functional.sequences import sequence_losses
+
 __all__ = [
     "TWO_LINE_FIX",
     "check_bound_shapes",
@@ -18,6 +22,8 @@ __all__ = [
     "concatenable",
     "labels_of",
     "missing_keys",
+    "per_sample_losses",
+    "real_tokens",
     "rows",
 ]
 
@@ -57,10 +63,12 @@ def check_bound_shapes(score: Any, logits: Tensor, targets: Tensor) -> None:
     n = logits.shape[0]
     if score.bound == "cross_entropy":
         indices = targets.numel() == n and targets.shape != logits.shape  # (n,) or (n, 1) class indices
-        if logits.ndim != 2 or not (indices or targets.shape == logits.shape):
+        sequence = logits.ndim == 3 and targets.shape == logits.shape[:2] and not targets.is_floating_point()
+        if not (sequence or (logits.ndim == 2 and (indices or targets.shape == logits.shape))):
             raise ValueError(
                 f"{score.owner or 'Score'}(score='grad_norm') with `bound='cross_entropy'` needs logits of shape "
-                f"(n, C) and class indices (n,) or probabilities (n, C); got {score.logits_key!r} "
+                f"(n, C) and class indices (n,) or probabilities (n, C), or for sequences logits (n, T, C) and class "
+                f"indices (n, T); got {score.logits_key!r} "
                 f"{tuple(logits.shape)} and {score.target_key!r} {tuple(targets.shape)} ({targets.dtype}). For "
                 "other shapes use `bound='autograd'` with `loss_fn`."
             )
@@ -121,6 +129,45 @@ def rows(outputs: Mapping[str, Any], key: str, n: int, owner: str, scalar: bool 
             f"order.\n{TWO_LINE_FIX}"
         )
     return value
+
+
+def per_sample_losses(score: Any, outputs: Mapping[str, Any], n: int) -> Tensor:
+    """The losses under ``score.loss_key``, detached, one per sample.
+
+    Per-token losses ``(n, T, ...)`` become one loss per sequence, the mean (``score.token_reduction="mean"``,
+    length-normalised) or the sum over its real tokens (``real_tokens``).
+
+    Raises:
+        ValueError: not one row per sample, or a mask of another shape.
+    """
+    losses = rows(outputs, score.loss_key, n, score.owner).detach()
+    if losses.numel() == n:
+        return losses
+    return sequence_losses(losses, real_tokens(score, outputs, losses), score.token_reduction)
+
+
+def real_tokens(score: Any, outputs: Mapping[str, Any], like: Tensor) -> Tensor | None:
+    """Which tokens of per-token values ``like`` are real (bool), or ``None``: all of them.
+
+    ``outputs[score.mask_key]`` (an attention mask, bool or 0/1) when ``training_step`` returns it; else
+    ``outputs[score.target_key] != score.ignore_index`` when those are integer targets of the shape of ``like``.
+
+    Raises:
+        ValueError: a mask of another shape.
+    """
+    if score.mask_key in outputs:
+        mask = outputs[score.mask_key]
+        if not isinstance(mask, Tensor) or mask.shape != like.shape:
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(
+                f"{score.owner or 'Score'}: `training_step` returned the mask {score.mask_key!r} with shape {got}, but "
+                f"the per-token values have shape {tuple(like.shape)}: return one entry per token (True: real)."
+            )
+        return mask.detach().bool()
+    targets = outputs.get(score.target_key)
+    if isinstance(targets, Tensor) and targets.shape == like.shape and not targets.is_floating_point():
+        return targets.detach() != score.ignore_index
+    return None
 
 
 def labels_of(targets: Tensor) -> Tensor:

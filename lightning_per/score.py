@@ -3,14 +3,14 @@
 A score is a ``Score`` (a name and what it reads from ``training_step``'s output) or any function
 ``fn(outputs, batch) -> Tensor`` returning one value per sample. Every name means one thing everywhere:
 
-- ``loss``: the per-sample loss under ``loss_key``.
+- ``loss``: the per-sample loss under ``loss_key``; per-token losses ``(n, T)`` of sequences give one loss per sequence,
+  the mean over its real tokens (length-normalised; ``token_reduction="sum"``: the sum).
 - ``reducible``: that loss minus the sample's irreducible loss (``IrreducibleLoss``), RHO-LOSS.
 - ``grad_norm``: the gradient-norm bound ``||dL / dz||`` of the loss with respect to the outputs ``z`` under
-  ``logits_key`` (Katharopoulos & Fleuret), in closed form for ``bound`` ``cross_entropy``, ``bce`` and ``mse``, or
-  by ``torch.autograd.grad`` through ``loss_fn`` for ``bound="autograd"``.
+  ``logits_key`` (Katharopoulos & Fleuret), in closed form for ``bound`` ``cross_entropy`` (per sequence for logits
+  ``(n, T, C)``), ``bce`` and ``mse``, or by ``torch.autograd.grad`` through ``loss_fn`` for ``bound="autograd"``.
 - ``deviation``: ``1 - p_y``; ``margin``: ``1 - (p_y - max_{k != y} p_k)``, from ``logits_key`` and ``target_key``.
-- ``novelty``: the distance of the embedding under ``embedding_key`` from a running mean of the embeddings scored
-  before.
+- ``novelty``: the distance of the embedding under ``embedding_key`` from a running mean of earlier embeddings.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from lightning_per import functional as PF
 from lightning_per._checks import check_choice, check_int, check_number
+from lightning_per.functional.sequences import TOKEN_REDUCTIONS, TokenReduction, sequence_ce_grad_norm
 from lightning_per.outputs import (
     check_bound_shapes,
     check_class_shapes,
@@ -33,6 +34,8 @@ from lightning_per.outputs import (
     concatenable,
     labels_of,
     missing_keys,
+    per_sample_losses,
+    real_tokens,
     rows,
 )
 
@@ -66,7 +69,9 @@ class Score:
             ``loss_fn``).
         label_smoothing: of the cross-entropy (``bound="cross_entropy"``), in [0, 1].
         class_weights: per-class weights of the cross-entropy, as in ``cross_entropy(weight=...)``.
-        ignore_index: a class index the cross-entropy ignores (its samples score 0).
+        ignore_index: a class index the cross-entropy ignores (its samples, or tokens, score 0).
+        token_reduction: per-token values ``(n, T)`` to one per sequence: ``mean`` over its real tokens or ``sum``.
+        mask_key: key of the ``(n, T)`` mask of real tokens (without it: ``target != ignore_index``, else all).
         loss_fn: ``loss_fn(outputs, targets)`` for ``bound="autograd"`` (per-sample losses, or their sum or mean);
             an import path in YAML, e.g. ``torch.nn.functional.cross_entropy``.
         novelty_momentum: momentum of the running mean embedding (``novelty``), in [0, 1).
@@ -92,6 +97,8 @@ class Score:
     label_smoothing: float = 0.0
     class_weights: list[float] | None = None
     ignore_index: int = -100
+    token_reduction: TokenReduction = "mean"
+    mask_key: str = "mask"
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
     novelty_momentum: float = 0.9
     owner: str = field(default="", repr=False, compare=False)  # the callback, named in error messages
@@ -101,10 +108,11 @@ class Score:
     def __post_init__(self) -> None:
         check_choice("name", self.name, SCORE_NAMES)
         check_choice("bound", self.bound, BOUNDS)
-        for key in ("loss_key", "logits_key", "target_key", "embedding_key"):
+        check_choice("token_reduction", self.token_reduction, TOKEN_REDUCTIONS)
+        for key in ("loss_key", "logits_key", "target_key", "embedding_key", "mask_key"):
             if not isinstance(getattr(self, key), str):
                 raise TypeError(
-                    f"`{key}` must be a str (a key of what `training_step` returns), got {getattr(self, key)!r}."
+                    f"`{key}` must be a str (a key of the `training_step` output), got {getattr(self, key)!r}."
                 )
         check_number("label_smoothing", self.label_smoothing, 0.0, 1.0)
         check_int("ignore_index", self.ignore_index)
@@ -154,7 +162,7 @@ class Score:
             missing_keys(self, outputs, self.keys)
         name = self.name
         if name in ("loss", "reducible"):
-            losses = rows(outputs, self.loss_key, n, self.owner, scalar=True).detach()
+            losses = per_sample_losses(self, outputs, n)
             if name == "reducible":
                 return losses.reshape(-1).float() - self._irreducible(batch, losses.device)
             return losses
@@ -165,7 +173,11 @@ class Score:
         if name == "grad_norm":
             check_bound_shapes(self, logits, targets)
             if self.bound == "autograd":
-                return self._autograd(logits, targets, n)
+                assert self.loss_fn is not None
+                return PF.autograd_grad_norm(self.loss_fn, logits, targets)
+            mask = real_tokens(self, outputs, targets) if logits.ndim == 3 and self.mask_key in outputs else None
+            if mask is not None:  # a padded token has no loss, so no gradient: the bound reads ignore_index
+                targets = targets.masked_fill(~mask, self.ignore_index)
         else:
             check_class_shapes(self, logits, targets)
         return logits, targets
@@ -186,6 +198,10 @@ class Score:
         weights = None
         if self.class_weights is not None:
             weights = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+        if logits.ndim == 3:  # sequences: the bound of the length-normalised (or summed) loss
+            return sequence_ce_grad_norm(
+                logits, targets, self.token_reduction, self.label_smoothing, weights, self.ignore_index
+            )
         return PF.softmax_ce_grad_norm(logits, targets, self.label_smoothing, weights, self.ignore_index)
 
     def resolve_many(self, captured: Sequence[Captured]) -> Tensor:
@@ -218,32 +234,16 @@ class Score:
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _irreducible(self, batch: Any, device: torch.device) -> Tensor:
-        table: Any = self._table
-        if callable(table):  # computed on the fly (a stream: no dataset index)
+        if callable(table := self._table):  # a function of the batch (a stream: on the fly, or by its ids)
             return table(batch).to(device)
         if table is None:
             raise ValueError(
-                f"{self.owner or 'Score'}(score='reducible') needs the irreducible loss of every training sample: add "
-                "`lightning_per.IrreducibleLoss(model=...)` to the Trainer's callbacks (it trains a small model on a "
-                "holdout set once and computes them)."
+                f"{self.owner or 'Score'}(score='reducible') has no irreducible losses: add "
+                "`lightning_per.IrreducibleLoss(model=...)` to the Trainer's callbacks."
             )
         if table.device != device:
             self._table = table = table.to(device)
         return table[batch.index.to(device)]
-
-    def _autograd(self, logits: Tensor, targets: Tensor, n: int) -> Tensor:
-        assert self.loss_fn is not None
-        with torch.enable_grad():
-            z = logits.clone().requires_grad_(True)
-            losses = self.loss_fn(z, targets)
-            if not isinstance(losses, Tensor) or not (losses.ndim == 0 or losses.shape[0] == n):
-                got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-                raise ValueError(
-                    f"`loss_fn` returned {got} for a batch of {n} samples: return one loss per sample (e.g. "
-                    "`reduction='none'`) or their sum or mean."
-                )
-            (grad,) = torch.autograd.grad(losses.sum(), z)
-        return grad.reshape(n, -1).float().norm(dim=-1)
 
     def _novelty(self, embeddings: Tensor) -> Tensor:
         flat = embeddings.detach().float().reshape(embeddings.shape[0], -1)

@@ -2,7 +2,6 @@
 the JSON the issue specifies, charge the compute the protocol says, and render their sections and README cells."""
 
 import json
-import logging
 
 import pytest
 
@@ -15,16 +14,7 @@ from benchmarks import imbalance, long_training, noisy_labels, redundancy, run_a
 from benchmarks.protocol.budget import step_cost
 from benchmarks.results_studies import which_method_block
 
-LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 FIXED = ["--lrs", "0.1", "--evals", "2"]  # one rate: not searched, flagged as at an edge, never quoted
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    levels = {name: logging.getLogger(name).level for name in LOGGERS}
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 def _protocol_records(method):

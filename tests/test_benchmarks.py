@@ -4,7 +4,6 @@ The figures themselves are not checked here (speed goals live in the benchmarks,
 """
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -24,17 +23,6 @@ from benchmarks import (
     time_to_quality,
 )
 from benchmarks.results_studies import planned, readme_block, which_method_block
-
-LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The scripts quiet Lightning's loggers for good (they are programs); later tests need them back."""
-    levels = {name: logging.getLogger(name).level for name in LOGGERS}
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
 
 
 def test_overhead_writes_the_four_ratios_and_a_plot(tmp_path):

@@ -95,6 +95,7 @@ TUTORIALS = {  # example script -> its tutorial page, which includes the whole s
     "ddp": "tutorials/ddp.md",
     "own_model": "tutorials/yaml.md",
     "streaming": "guide/streaming.md",
+    "language_model": "guide/sequences.md",
 }
 HOW_TO = ["choose-a-method.md", "diagnostics.md", "troubleshooting.md", "migrating.md", "performance.md"]
 

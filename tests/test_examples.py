@@ -38,7 +38,16 @@ def run(name: str, *args: str):
 
 
 def test_every_example_has_a_docstring_with_its_run_lines_and_a_fast_mode():
-    assert set(SCRIPTS) == {"continual", "ddp", "long_tail", "noisy_labels", "own_model", "prioritized_sampling"}
+    assert set(SCRIPTS) == {
+        "continual",
+        "ddp",
+        "language_model",
+        "long_tail",
+        "noisy_labels",
+        "own_model",
+        "prioritized_sampling",
+        "streaming",
+    }
     for name in SCRIPTS:
         text = (EXAMPLES / f"{name}.py").read_text()
         doc = importlib.import_module(f"examples.{name}").__doc__
@@ -91,6 +100,17 @@ def test_continual_replay_keeps_what_fine_tuning_forgets(capsys):
         assert re.search(rf"^{re.escape(name)}\s+\d\.\d{{3}}", out, re.M), name
     assert results["ER"]["acc"] > results["fine-tune"]["acc"] + 0.1
     assert results["MER"]["steps"] > 10 * results["ER"]["steps"]  # several inner SGD steps per incoming batch
+
+
+def test_language_model_trains_uniform_prune_and_rho1_and_charges_the_reference(capsys):
+    results = run("language_model")
+    out = capsys.readouterr().out
+    assert re.search(r"method\s+val bits/byte\s+compute \(x uniform\)\s+noise in trained tokens", out)
+    for name in ("uniform", "prune", "rho-1"):
+        assert re.search(rf"^{re.escape(name)}\s+\d+\.\d{{3}}\s+\d+\.\d\d\s+\d+%", out, re.M), name
+        assert 0 < results[name]["bpb"] < 9 and 0 <= results[name]["noise"] <= 1
+    assert 0.3 < results["uniform"]["noise"] < 0.7  # half of the training sequences are random bytes
+    assert results["rho-1"]["compute"] > 1.3 * results["uniform"]["compute"]  # its reference's forwards and training
 
 
 def test_own_model_trains_through_the_cli_and_leaves_metrics_with_per_columns_and_the_config(tmp_path, capsys):

@@ -6,16 +6,17 @@ import lightning_per as lp
 from tests.helpers import TinyClassifier, blobs, fit
 
 
-def test_a_loss_with_several_values_per_sample_is_refused_by_name(tmp_path):
-    class Wide(TinyClassifier):
+def test_a_loss_with_the_wrong_number_of_rows_is_refused_by_name(tmp_path):
+    # (n, T) per-token losses are sequences (tests/test_functional_sequences.py); a loss of another length is refused
+    class Short(TinyClassifier):
         def training_step(self, batch, batch_idx):
             out = super().training_step(batch, batch_idx)
-            out["per_sample_loss"] = out["per_sample_loss"][:, None].expand(-1, 3)
+            out["per_sample_loss"] = out["per_sample_loss"][:4, None].expand(-1, 3)
             return out
 
     dm = lp.PrioritizedDataModule(blobs(16), batch_size=8, strategy="proportional")
-    with pytest.raises(ValueError, match=r"'per_sample_loss' with shape \(8, 3\).*one value per sample"):
-        fit(tmp_path, [lp.LossTracker()], datamodule=dm, model=Wide())
+    with pytest.raises(ValueError, match=r"'per_sample_loss' with shape \(4, 3\).*one row per sample"):
+        fit(tmp_path, [lp.LossTracker()], datamodule=dm, model=Short())
 
 
 def test_missing_per_sample_losses_name_the_key_and_the_fix(tmp_path):

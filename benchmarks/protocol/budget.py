@@ -39,7 +39,8 @@ class ComputeBudget(Callback):
     Put it first among the callbacks: ``on_train_batch_start`` reads the incoming batch's size ``b`` before a
     selection callback replaces the batch by its chosen points. A selection callback is recognised by its
     ``last_step_was_selected`` and ``presample`` attributes, an auxiliary model by ``cost_units`` and ``seconds``
-    (``IrreducibleLoss``, trained at fit start: charged to the compute and the clock before the first step).
+    (``IrreducibleLoss``, trained at fit start: charged to the compute and the clock before the first step), a model
+    that scores every training batch by ``last_step_units`` (``TokenSelection``'s reference: 1 per sequence scored).
 
     The run's progress is its own training compute over the budget's (the auxiliary model's excluded), or the
     epoch fraction when that is larger and ``max_epochs`` is set (a method with shorter epochs then gets the whole
@@ -82,6 +83,7 @@ class ComputeBudget(Callback):
         self._paused = 0.0
         self._selection: Any = None
         self._aux: list[Any] = []
+        self._per_step: list[Any] = []  # callbacks that say what they scored for the last step (Rho-1's reference)
         self._scored = 0  # the selection's points scored so far, as it counts them (``cost.scored``)
         self._aux_total = 0.0  # the auxiliary models' cost so far
 
@@ -103,6 +105,7 @@ class ComputeBudget(Callback):
         self._selection = next((c for c in callbacks if hasattr(c, "last_step_was_selected")), None)
         self._scored = self._selection.cost.scored if hasattr(self._selection, "cost") else 0
         self._aux = [c for c in callbacks if hasattr(c, "cost_units") and hasattr(c, "seconds")]
+        self._per_step = [c for c in callbacks if hasattr(c, "last_step_units")]
         for aux in self._aux:
             self.aux_cost += float(aux.cost_units)
             self.aux_seconds += float(aux.seconds)
@@ -129,9 +132,11 @@ class ComputeBudget(Callback):
             scored, self._scored = self._selection.cost.scored - self._scored, self._selection.cost.scored
         else:
             scored = self._selection.presample * self._incoming if selected else 0
+        scored = scored if self.charge_scoring else 0
+        scored += sum(int(c.last_step_units) for c in self._per_step)  # a reference's forward each step (Rho-1)
         aux = sum(float(a.cost_units) for a in self._aux)  # an auxiliary model working on the fly (a stream's
         extra, self._aux_total = aux - self._aux_total, aux  # irreducible losses) is charged as it works
-        self.cost += step_cost(trained, scored if self.charge_scoring else 0) + extra
+        self.cost += step_cost(trained, scored) + extra
         self.steps += 1
         self.selected_steps += int(selected)
         self.trained += trained

@@ -94,7 +94,9 @@ def method_parts(
     if "reducible" in base:
         model = Classifier(width=spec.width, optimizer="sgd", lr=spec.il_lr, momentum=spec.momentum, schedule="cosine")
         mode: Any = "on_the_fly" if base.endswith("_stream") else "auto"
-        callbacks.append(IrreducibleLoss(model=model, max_epochs=spec.il_epochs, seed=seed, mode=mode))
+        # trained at the training batch size b: in large-batch mode the DataModule's batch is the presample B
+        il = IrreducibleLoss(model=model, max_epochs=spec.il_epochs, batch_size=spec.batch_size, seed=seed, mode=mode)
+        callbacks.append(il)
     if base in ("proportional", "rank", "prune", "rank_reducible"):
         name = "rank" if base == "rank_reducible" else base
         score = "reducible" if base == "rank_reducible" else "loss"

@@ -1,7 +1,7 @@
 """The main job behind ``make demo``: MNIST-1D with the plugin, next to the uniform baseline, then a summary.
 
-Run: ``python -m lightning_per.examples.demo [--epochs N] [--configs NAME_OR_PATH ...] [--config-dir]``, from any
-directory. A config is a path to a YAML file or the name of one shipped with the package (``mnist1d``,
+Run: ``python -m lightning_per.examples.demo [--epochs N] [--configs NAME_OR_PATH ...] [--out JSON] [--config-dir]``,
+from any directory. A config is a path to a YAML file or the name of one shipped with the package (``mnist1d``,
 ``mnist1d_uniform``, ``mnist1d_rank``, ``continual_er``, ...: the files in ``CONFIG_DIR``, which
 ``--config-dir`` prints, e.g. for ``lightning-per fit --config "$(python -m lightning_per.examples.demo
 --config-dir)/mnist1d.yaml"``).
@@ -10,6 +10,8 @@ directory. A config is a path to a YAML file or the name of one shipped with the
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="config names or YAML paths")
     parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows to this JSON file")
     parser.add_argument("--config-dir", action="store_true", help="print the folder of the shipped configs and exit")
     args = parser.parse_args(argv)
     quiet_lightning_notices()
@@ -96,12 +99,21 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as error:
         parser.error(str(error))
     extra = [f"--trainer.max_epochs={args.epochs}"] if args.epochs else []
-    rows = [(c.stem, run(str(c), extra)) for c in configs]
+    rows = {c.stem: run(str(c), extra) for c in configs}
     print("\nMNIST-1D, 4000 training samples, validation accuracy on 1000 held-out samples")
     print("(published baselines on 4000 training samples: CNN ~94%, MLP ~68%)\n")
-    print(f"{'config':<24}{'val acc':>10}{'train loss (all 4000)':>24}{'seconds':>10}")
-    for name, r in rows:
-        print(f"{name:<24}{r['val_acc']:>10.2%}{r['train_loss']:>24.4f}{r['seconds']:>10.1f}")
+    print(format_table(rows))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"argv": sys.argv[1:] if argv is None else argv, "rows": rows}, indent=2) + "\n")
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """The demo's summary table: one line per config, from what ``run`` returned (or ``--out`` saved)."""
+    lines = [f"{'config':<24}{'val acc':>10}{'train loss (all 4000)':>24}{'seconds':>10}"]
+    for name, r in rows.items():
+        lines.append(f"{name:<24}{r['val_acc']:>10.2%}{r['train_loss']:>24.4f}{r['seconds']:>10.1f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Pure tensor functions: priorities from scores, importance weights, sampling, tau and gradient-norm bounds.
+"""Pure tensor functions: priorities from scores, importance weights, sampling, tau, gradient-norm bounds, sequences.
 
+Sequences (per-token losses, their weighted mean, Rho-1's token choice) are ``lightning_per.functional.sequences``.
 Nothing here holds state or touches Lightning; the stateful classes call these. Probabilities and cumulative
 sums are computed in float64 so that a table of 10^8 scores keeps its resolution.
 """
@@ -7,6 +8,7 @@ sums are computed in float64 so that a table of 10^8 scores keeps its resolution
 from __future__ import annotations
 
 from lightning_per.functional.bounds import (
+    autograd_grad_norm,
     margin_score,
     mse_grad_norm,
     prediction_deviation,
@@ -35,6 +37,7 @@ from lightning_per.functional.sampling import (
 from lightning_per.functional.variance import tau, tau_ema, tau_from_sums
 
 __all__ = [
+    "autograd_grad_norm",
     "class_frequency_factor",
     "draw_from_cdf",
     "draw_importance_sample",

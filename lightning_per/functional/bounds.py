@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["margin_score", "mse_grad_norm", "prediction_deviation", "sigmoid_bce_grad_norm", "softmax_ce_grad_norm"]
+__all__ = [
+    "autograd_grad_norm",
+    "margin_score",
+    "mse_grad_norm",
+    "prediction_deviation",
+    "sigmoid_bce_grad_norm",
+    "softmax_ce_grad_norm",
+]
 
 
 def softmax_ce_grad_norm(
@@ -75,6 +83,37 @@ def _mask_targets(norms: Tensor, outside: Tensor | None, ignored: Tensor | None)
     if outside is None or ignored is None:
         return norms
     return norms.masked_fill(outside, math.nan).masked_fill(ignored, 0.0)
+
+
+def autograd_grad_norm(loss_fn: Callable[[Tensor, Tensor], Tensor], outputs: Tensor, targets: Tensor) -> Tensor:
+    """``||dL / d outputs||_2`` per row for any loss, by one ``torch.autograd.grad`` (rows are independent).
+
+    Args:
+        loss_fn: ``loss_fn(outputs, targets)`` returning one loss per row, or their sum or mean (a mean scales every
+            norm by ``1/n``).
+        outputs: ``(n, ...)`` model outputs (detached here).
+        targets: the targets ``loss_fn`` takes.
+
+    Raises:
+        ValueError: ``loss_fn`` returns neither one loss per row nor a scalar.
+
+    Example:
+        >>> mse = lambda z, y: ((z - y) ** 2).sum(-1)
+        >>> autograd_grad_norm(mse, torch.tensor([[1.0, 1.0]]), torch.zeros(1, 2))
+        tensor([2.8284])
+    """
+    n = outputs.shape[0]
+    with torch.enable_grad():
+        z = outputs.detach().clone().requires_grad_(True)
+        losses = loss_fn(z, targets)
+        if not isinstance(losses, Tensor) or not (losses.ndim == 0 or losses.shape[0] == n):
+            got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise ValueError(
+                f"`loss_fn` returned {got} for a batch of {n} samples: return one loss per sample (e.g. "
+                "`reduction='none'`) or their sum or mean."
+            )
+        (grad,) = torch.autograd.grad(losses.sum(), z)
+    return grad.reshape(n, -1).float().norm(dim=-1)
 
 
 def sigmoid_bce_grad_norm(logits: Tensor, targets: Tensor) -> Tensor:

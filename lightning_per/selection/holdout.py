@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_per.batch import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.indexed import IndexedCollate, IndexedDataset
 from lightning_per.plumbing.distributed import all_gather_variable
@@ -68,12 +69,12 @@ def score_training_set(
     trainer: Trainer,
     datamodule: PrioritizedDataModule,
     batch_size: int | None,
-    per_sample: Callable[[Any, int], Tensor],
+    per_sample: Callable[[Any, PrioritizedBatch], Tensor],
 ) -> Tensor:
     """Every training sample's loss under ``model`` (already on the device): this process's shard, gathered.
 
-    ``per_sample(outputs, n)`` reads the ``n`` losses of a ``training_step`` output. The table is by dataset index,
-    float32, on the CPU and the same on every process; a sample no process scored is NaN.
+    ``per_sample(outputs, batch)`` reads the batch's losses, one per sample, from a ``training_step`` output. The
+    table is by dataset index, float32, on the CPU and the same on every process; a sample no process scored is NaN.
     """
     device = model.device
     world, rank = trainer.world_size, trainer.global_rank
@@ -83,7 +84,7 @@ def score_training_set(
         for i, batch in enumerate(loader):
             batch = batch.to(device)
             index_parts.append(batch.index)
-            loss_parts.append(per_sample(model.training_step(batch, i), batch.batch_size))
+            loss_parts.append(per_sample(model.training_step(batch, i), batch))
     index = torch.cat(index_parts) if index_parts else torch.empty(0, dtype=torch.int64, device=device)
     values = torch.cat(loss_parts) if loss_parts else torch.empty(0, device=device)
     index = all_gather_variable(index.to(device), world).cpu()

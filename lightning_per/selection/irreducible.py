@@ -19,6 +19,7 @@ from lightning_per.batch import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.requirements import require_datamodule
+from lightning_per.score import Score
 from lightning_per.selection.holdout import fit_holdout_model, from_the_holdout_model, score_training_set
 
 __all__ = ["IrreducibleLoss", "IrreducibleMode", "find_irreducible", "register_reader"]
@@ -43,7 +44,8 @@ class IrreducibleLoss(Callback):
         holdout_dataset: the holdout set (``None``: the DataModule's ``holdout_dataset``, from
             ``PrioritizedDataModule(holdout_fraction=...)``, which removes it from training).
         max_epochs: epochs of the model's training on the holdout.
-        batch_size: batch size of that training and of the pass over the training set (``None``: the DataModule's).
+        batch_size: batch size of that training and of the pass over the training set (``None``: the DataModule's,
+            or 32 without one; with a selection callback in ``large_batch`` mode, give the small batch ``b``).
         train: train ``model`` on the holdout (``False``: it is already trained).
         loss_key: key of the per-sample losses in ``model``'s ``training_step`` output.
         seed: seed of the model's training (the main run's random state is left as it was).
@@ -54,6 +56,8 @@ class IrreducibleLoss(Callback):
             tensor, e.g. ``IrreducibleLoss.table`` of an earlier run): no model is trained, and each batch's losses
             are read by its sample ids: a ``PrioritizedDataModule``'s dataset indices or, on a stream, the ids
             ``StreamCollate(index_key=...)`` reads from a field of each sample.
+        token_reduction: per-token losses ``(n, T)`` of sequences to one loss per sequence: ``mean`` over its real
+            tokens (as ``Score``'s default) or ``sum``; use the same as the score that reads the table.
 
     Raises:
         TypeError: ``model`` is not a LightningModule; at setup, training data that does not come from a
@@ -80,6 +84,7 @@ class IrreducibleLoss(Callback):
         seed: int = 0,
         mode: IrreducibleMode = "auto",
         table_path: str | None = None,
+        token_reduction: Literal["mean", "sum"] = "mean",
     ) -> None:
         if model is not None and not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a LightningModule, got {type(model).__name__}.")
@@ -94,6 +99,7 @@ class IrreducibleLoss(Callback):
                 f"mode={mode!r}). Pass either `table_path` or a holdout `model`."
             )
         self.table_path = table_path
+        check_choice("token_reduction", token_reduction, ("mean", "sum"))
         self.mode = mode
         self.model = model
         self.holdout_dataset = holdout_dataset
@@ -102,6 +108,7 @@ class IrreducibleLoss(Callback):
         self.train = train
         self.loss_key = loss_key
         self.seed = seed
+        self.token_reduction = token_reduction
         self.table: Tensor | None = None
         self.cost_units = 0.0
         self.seconds = 0.0
@@ -217,7 +224,7 @@ class IrreducibleLoss(Callback):
         with scoring_mode(self.model, self._trainer), from_the_holdout_model(self.model, "scoring a presample"):
             outputs = self.model.training_step(batch, 0)
         self.cost_units += batch.batch_size
-        return self._per_sample(outputs, batch.batch_size)
+        return self._per_sample(outputs, batch)
 
     def _start_on_the_fly(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Train the model on the holdout (unless trained already) and keep it on the device for ``losses``."""
@@ -264,8 +271,12 @@ class IrreducibleLoss(Callback):
             return self.holdout_dataset
         return datamodule.holdout_dataset if isinstance(datamodule, PrioritizedDataModule) else None
 
-    def _per_sample(self, outputs: Any, n: int) -> Tensor:
+    def _per_sample(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
+        n = batch.batch_size
         losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
+        if isinstance(losses, Tensor) and losses.ndim > 1 and losses.shape[0] == n:
+            reader = Score(loss_key=self.loss_key, token_reduction=self.token_reduction, owner="IrreducibleLoss")
+            losses = reader(outputs, batch)  # per-token losses: one per sequence, over its real tokens
         if not isinstance(losses, Tensor) or losses.numel() != n:
             got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
             raise ValueError(

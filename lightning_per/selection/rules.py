@@ -156,7 +156,7 @@ class ImportanceDraw:
     Example:
         >>> choice = ImportanceDraw().choose(torch.tensor([1.0, 3.0]), 4, torch.Generator().manual_seed(0))
         >>> choice.positions.tolist(), round(choice.weights[0].item(), 4), choice.stats  # weight 1 / (2 * 0.75)
-        ([1, 1, 1, 1], 0.6667, {'max_p': 0.75})
+        ([1, 1, 1, 1], 0.6667, {'max_p': 0.75, 'unique_fraction': 0.25})
     """
 
     def choose(self, scores: Tensor, b: int, generator: torch.Generator) -> Choice | None:
