@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_per._checks import check_int, check_number
@@ -93,6 +95,7 @@ class PrioritizedDataModule(LightningDataModule):
         self.train_dataset = train_dataset
         self.val_dataset = val_dataset
         self.test_dataset = test_dataset
+        self._said_no_validation = False  # the one line in place of Lightning's warning, once
         self.batch_size = batch_size
         self._strategy = strategy
         self.num_workers = num_workers
@@ -237,12 +240,18 @@ class PrioritizedDataModule(LightningDataModule):
 
     # Lightning validates (tests) when the DataModule overrides `val_dataloader` (`test_dataloader`), and checks that
     # before `setup`. These properties give Lightning's own undefined hook when there is no such set and none can
-    # come (no `setup` of a subclass may set one), so Lightning skips the loop without a word; otherwise the loader,
-    # empty while the set is missing.
+    # come (no `setup` of a subclass may set one), so Lightning skips the loop; otherwise the loader, empty while the
+    # set is missing. A module with a `validation_step` and no validation set gets one line of ours in place of
+    # Lightning's warning (muted by its message, for the process).
     @property
     def val_dataloader(self) -> Callable[[], Any]:
         """A plain loader over ``val_dataset``; undefined (no validation) when there is none."""
         if self.val_dataset is None and not self._sets_datasets_in_setup():
+            warnings.filterwarnings("ignore", message="You defined a `validation_step` but have no `val_dataloader`")
+            module = getattr(self.trainer, "lightning_module", None)
+            if module is not None and is_overridden("validation_step", module) and not self._said_no_validation:
+                self._said_no_validation = True
+                rank_zero_info("PrioritizedDataModule has no `val_dataset`: `validation_step` does not run.")
             return super().val_dataloader
         return self._val_loader
 

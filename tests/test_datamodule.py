@@ -140,3 +140,13 @@ def test_a_strategy_set_after_the_sampler_exists_is_the_one_drawn_from():
     dm.scores.update(torch.arange(16), torch.arange(16.0))
     dm.prepare_epoch(1)
     assert dm.sampler.plan().weighted
+
+
+def test_no_validation_set_says_one_line_in_place_of_lightnings_warning(tmp_path, caplog):
+    import logging
+
+    with warnings.catch_warnings(record=True) as warned, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        fit(tmp_path, datamodule=lp.PrioritizedDataModule(blobs(40), batch_size=8), max_epochs=1)  # no val_dataset
+    assert not [w for w in warned if "val_dataloader" in str(w.message)]
+    assert caplog.text.count("PrioritizedDataModule has no `val_dataset`: `validation_step` does not run.") == 1
