@@ -1,6 +1,7 @@
 """The continual benchmark: a smoke run, and the callbacks that measure and reweight the replays."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +56,11 @@ def test_continual_quick_run_writes_acc_bwt_diagonal_and_replay_figures(tmp_path
     assert 0 < result["per"]["replay_weight"] <= 1 and 0 <= result["per"]["replay_current_share"] <= 1
     assert len(data["env"]["load_average_before_after"]) == 2 and out.with_suffix(".png").exists()
     assert "| split_digits/task_il | prioritized ER | 1 |" in capsys.readouterr().out
+
+
+def test_every_committed_continual_scenario_is_learnt_before_forgetting_is_measured():
+    data = json.loads((Path(__file__).parents[1] / "bench_out" / "continual.json").read_text())
+    assert data["scenarios"]
+    for name, scenario in data["scenarios"].items():
+        for method, row in scenario["rows"].items():
+            assert row["diag"] >= 0.8, f"{name} {method}: mean diagonal {row['diag']} (tasks not learnt)"

@@ -178,6 +178,10 @@ def test_a_bad_constructor_value_reads_like_a_parser_error_with_exit_code_2(tmp_
         ("--data.strategy=proprtional", "data.strategy: expected one of 'uniform', 'proportional', 'rank', 'prune'"),
         ("--data.batch_size=abc", "data.batch_size: expected int; got 'abc'"),
         ("--data.nonexistent=3", "data: lightning_per.examples.MNIST1DDataModule takes no option 'nonexistent'"),
+        (
+            "--trainer.callbacks.score=lsos",
+            "trainer.callbacks.score: expected one of 'loss', 'reducible', 'grad_norm', 'deviation', 'margin'",
+        ),
     ],
 )
 def test_a_misspelled_option_value_is_one_line_with_exit_code_2(tmp_path, capsys, flag, said):
@@ -186,6 +190,18 @@ def test_a_misspelled_option_value_is_one_line_with_exit_code_2(tmp_path, capsys
     assert err.value.code == 2
     printed = capsys.readouterr().err
     assert f"error: {said}" in printed and len(printed.strip().splitlines()) == 2  # the usage line and the error
+
+
+def test_a_misspelling_inside_a_yaml_file_is_one_line_too(tmp_path, capsys):
+    shipped = Path(__file__).parents[1] / "lightning_per/examples/configs/mnist1d.yaml"
+    config = tmp_path / "mine.yaml"
+    config.write_text(shipped.read_text().replace("name: proportional", "name: proprtional"))
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(config), f"--data.data_dir={tmp_path}"])
+    assert err.value.code == 2
+    printed = capsys.readouterr().err
+    said = "data.strategy.name: expected one of 'uniform', 'proportional', 'rank', 'prune'; got 'proprtional'"
+    assert f"error: {said}" in printed and len(printed.strip().splitlines()) == 2
 
 
 def test_a_first_run_of_a_shipped_config_logs_the_per_metrics_with_its_config_beside_them(tmp_path, monkeypatch):

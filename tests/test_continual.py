@@ -160,3 +160,22 @@ def test_a_task_accuracy_matrix_key_the_samples_lack_is_refused_before_the_first
     with pytest.raises(ValueError, match=r"`inputs`='image'\): the evaluation samples are tuples of 3 fields"):
         trainer.fit(TinyClassifier(), datamodule=dm)
     assert trainer.global_step == 0
+
+
+def test_a_task_accuracy_matrix_key_dict_samples_lack_is_refused_naming_their_keys(tmp_path):
+    class Dicts(torch.utils.data.Dataset):
+        def __init__(self, data):
+            self.data = data
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            x, y = self.data[i]
+            return {"x": x, "y": y}
+
+    dm = TaskSequence(tasks=[Dicts(blobs(8))], test_tasks=[Dicts(blobs(8))], batch_size=4)
+    trainer = small_trainer(tmp_path, callbacks=[TaskAccuracyMatrix(inputs="image")], max_epochs=1)
+    with pytest.raises(ValueError, match=r"`inputs`='image'\): the evaluation samples are dicts with the keys \[.*'x'"):
+        trainer.fit(TinyClassifier(), datamodule=dm)
+    assert trainer.global_step == 0

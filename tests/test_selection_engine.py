@@ -165,6 +165,35 @@ def test_the_summary_and_the_loggers_report_what_the_selection_cost(tmp_path, ca
     )
 
 
+def test_selective_backprop_and_an_irreducible_loss_report_their_cost_too(tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        trainer = fit(tmp_path, [lp.SelectiveBackprop()], max_epochs=1).trainer
+    assert trainer.callback_metrics["per/scoring_units"] == 8 * 16  # each step scores its presample of 2 * 8 points
+    assert "SelectiveBackprop: 8 of 8 training steps (100%) selected" in caplog.text
+    assert "scoring cost 128 forward-sample units" in caplog.text
+    caplog.clear()
+    irreducible = lp.IrreducibleLoss(model=TinyClassifier(), max_epochs=1)
+    with caplog.at_level(logging.INFO):
+        datamodule = blob_datamodule(holdout_fraction=0.25)  # 16 held out, 48 trained
+        fit(tmp_path, [irreducible, lp.TopKSelection(presample=4)], datamodule=datamodule, max_epochs=1)
+    assert irreducible.cost_units == 3 * 16 + 48  # its training on the holdout, then one forward per trained sample
+    assert "scored 48 training samples" in caplog.text and "after IrreducibleLoss's 96 units" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("make", "shown"),
+    [
+        (lambda: lp.TopKSelection(presample=2, score="loss"), {"per/is_active"}),
+        (lambda: lp.SelectiveBackprop(), {"per/kept_fraction"}),
+        (lambda: lp.ImportanceSamplingCallback(presample=2), {"per/tau", "per/tau_th"}),
+    ],
+)
+def test_the_progress_bar_shows_one_or_two_figures_and_the_loggers_get_the_rest(tmp_path, make, shown):
+    trainer = fit(tmp_path, [make()], max_epochs=2).trainer
+    assert {k for k in trainer.progress_bar_metrics if k.startswith("per/")} == shown
+    assert shown < {k for k in trainer.callback_metrics if k.startswith("per/")}  # e.g. per/scoring_units
+
+
 def test_a_prioritized_strategy_is_refused_by_every_rule(tmp_path):
     for cb in (lp.TopKSelection(score="loss"), lp.SelectiveBackprop()):
         with pytest.raises(ValueError, match=r"got `strategy='rank'`\. Use `strategy='uniform'`"):

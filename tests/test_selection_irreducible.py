@@ -75,7 +75,13 @@ def test_an_irreducible_loss_nobody_reads_is_warned_about(tmp_path, caplog):
     dm = lp.PrioritizedDataModule(blobs(40), batch_size=8, holdout_fraction=0.25)
     irreducible = lp.IrreducibleLoss(model=Classifier(in_features=4, num_classes=3, arch="mlp"), max_epochs=1)
     trainer = small_trainer(tmp_path, callbacks=[irreducible, lp.TopKSelection(presample=2, score="loss")])
-    with caplog.at_level(logging.INFO), pytest.warns(UserWarning, match="no callback reads the irreducible losses"):
+    with (
+        caplog.at_level(logging.INFO),
+        pytest.warns(UserWarning, match="no callback reads the irreducible losses") as w,
+    ):
         trainer.fit(TinyClassifier(), datamodule=dm)
-    # its own fit is a step of the user's run: no second banner, no "max_epochs reached" of its 1 epoch
+    # its own fit is a step of the user's run: no second banner, no "max_epochs reached" of its 1 epoch, no note
+    # that its holdout model's `validation_step` has no data
     assert "`max_epochs=1` reached" not in caplog.text and caplog.text.count("GPU available") <= 1
+    told = caplog.text + "\n".join(str(warning.message) for warning in w)
+    assert "val_dataloader" not in told and told.count("does not run") == 1  # the user's fit, without a val set

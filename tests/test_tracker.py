@@ -1,5 +1,7 @@
 """lightning_per.tracker: LossTracker records scores, reports each epoch, resumes, refuses bad input."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,6 +170,19 @@ def test_prune_shortens_epochs_and_ends_with_full_epochs(tmp_path, caplog):
     assert lengths[0] == 80 and lengths[3] == 80 and all(n < 80 for n in lengths[1:3])
 
 
+def test_prune_lets_lightnings_short_epoch_note_say_once_not_at_every_new_length(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    dm = lp.PrioritizedDataModule(blobs(80), batch_size=10, strategy="prune")
+    logger = CSVLogger(tmp_path)  # the note needs a logger: 8 batches an epoch, fewer than log_every_n_steps
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        model = fit(tmp_path, [lp.LossTracker()], datamodule=dm, max_epochs=4, logger=logger).model
+    assert len({len(model.epoch_index[e]) for e in range(4)}) > 2  # the epoch length changed more than once
+    notes = [w for w in warned if "is smaller than the logging interval" in str(w.message)]
+    assert len(notes) == 1
+
+
 def test_bad_tracker_arguments_are_refused_naming_the_argument():
     with pytest.raises(ValueError, match="`score` must be one of"):
         lp.LossTracker(score="bogus")
@@ -194,6 +209,8 @@ def test_the_progress_bar_shows_the_effective_sample_size(tmp_path):
         datamodule=lp.PrioritizedDataModule(blobs(32), batch_size=8, strategy="rank", seed=0),
     ).trainer
     assert 0 < trainer.progress_bar_metrics["per/ess"] <= 1
+    assert {k for k in trainer.progress_bar_metrics if k.startswith("per/")} == {"per/ess"}  # the rest: loggers
+    assert "per/top10_mass" in trainer.callback_metrics
 
 
 class StepCounter(TinyClassifier):
@@ -292,3 +309,16 @@ def test_a_tracker_that_recorded_only_nan_says_so_instead_of_asking_for_a_tracke
     messages = [str(w.message) for w in record]
     assert any("LossTracker recorded no finite score during fit" in m and "NaN or inf" in m for m in messages)
     assert not any("add `LossTracker()`" in m for m in messages)
+
+
+def test_a_tracker_whose_every_step_returned_none_says_the_steps_were_skipped(tmp_path):
+    class SkipsEveryBatch(TinyClassifier):
+        def training_step(self, batch, batch_idx):
+            return None  # Lightning skips the optimizer step; the tracker has nothing to record
+
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8, strategy="rank")
+    with pytest.warns(UserWarning) as record:
+        small_trainer(tmp_path, callbacks=[lp.LossTracker()]).fit(SkipsEveryBatch(), datamodule=dm)
+    said = [str(w.message) for w in record if "LossTracker recorded no finite score" in str(w.message)]
+    assert len(said) == 1 and "4 training steps returned None from `training_step` (skipped)" in said[0]
+    assert not any("add `LossTracker()`" in str(w.message) for w in record)

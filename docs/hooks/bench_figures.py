@@ -2,8 +2,8 @@
 
 ``docs/benchmarks.md`` includes ``benchmarks/README.md`` (generated from ``bench_out/``), whose figures are linked as
 ``../bench_out/<name>.png``, the path that works where the page itself lives. The hook inlines the page with those
-links as ``bench_out/<name>.png`` and adds every PNG in ``bench_out/`` (and ``bench_out/gpu_check/``) to the site
-under that path.
+links as ``bench_out/<name>.png`` and adds every PNG in ``bench_out/`` (and ``bench_out/gpu_check/``,
+``bench_out/superseded/``) to the site under that path, where the other pages link them too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ INCLUDE = re.compile(r'^--8<-- "benchmarks/README.md"\s*$', flags=re.MULTILINE)
 
 def on_files(files: Files, config: Any, **kwargs: Any) -> Files:
     """Serve the benchmark figures at ``bench_out/<name>.png``."""
-    for png in [*sorted((ROOT / "bench_out").glob("*.png")), *sorted((ROOT / "bench_out").glob("gpu_check/*.png"))]:
+    for png in sorted(
+        png for folder in ("", "gpu_check/", "superseded/") for png in (ROOT / "bench_out").glob(f"{folder}*.png")
+    ):
         path = png.relative_to(ROOT).as_posix()
         files.append(File(path, str(ROOT), config["site_dir"], config["use_directory_urls"]))
     return files
