@@ -27,6 +27,7 @@ TITLES = {  # JSON stem: what a pending section is called
     "redundancy": "Redundancy",
     "imbalance": "Imbalance",
     "text_lm": "Text: a byte-level language model, clean and noisy",
+    "noisy_labels_stream_small": "Noisy labels on a stream (small): RHO-LOSS in large batches and indexed",
 }
 SUPERSEDED = (
     "The JSON of the earlier protocol are kept in `bench_out/superseded/` (`long_training`, `noisy_labels`, "
@@ -62,7 +63,10 @@ def study_sections(out: Path) -> list[str]:
             note = f"running under the protocol (about {hours:g} h of machine time); not quoted until its JSON is in."
             lines += render.pending(TITLES.get(stem, stem), command, note)
             continue
-        lines += STUDIES[study].section(data, out / f"{stem}.json")
+        section = STUDIES[study].section(data, out / f"{stem}.json")
+        if stem in TITLES and section[0].startswith("### "):  # one study's runs under several names
+            section[0] = f"### {TITLES[stem]}"
+        lines += section
         if data["pending"]:
             lines += [f"Settings still running: {', '.join(data['pending'])}.", ""]
         lines += env_line(data.get("env"), f" Code: commit `{(data.get('code_commit') or 'working tree')[:10]}`.")

@@ -3,6 +3,7 @@
     python -m benchmarks.run_studies --chain long      # long training, large: 25 and 10 epochs, then 50 and 100
     python -m benchmarks.run_studies --chain others    # noisy labels (large, 30%), redundancy, imbalance, noisy (small)
     python -m benchmarks.run_studies --chain text      # the text study (issue 24): a byte-level LM, clean and noisy
+    python -m benchmarks.run_studies --chain stream    # RHO-LOSS on a stream (large batches) and indexed, small
     python -m benchmarks.run_studies --print           # the plan: every command and its estimated hours
 
 Each command starts from a copy of ``HEAD`` (``git archive`` into ``--code-dir/<commit>``, whose ``bench_out`` links
@@ -37,13 +38,19 @@ CHAINS: dict[str, list[tuple[str, list[str], float]]] = {
                            "--out", "bench_out/long_training_long.json"], 13.0),
     ],
     "others": [
-        ("noisy_labels", ["--size", "large", "--noise", "0.3"], 9.0),
+        ("noisy_labels", ["--size", "large", "--noise", "0.3", "--methods", "uniform", "proportional", "rank", "prune",
+                          "importance", "rank_reducible", "topk_reducible", "selective_backprop",
+                          "topk_reducible_stream"], 10.5),
         ("redundancy", [], 3.0),
         ("imbalance", [], 2.5),
         ("noisy_labels", ["--size", "small", "--noise", "0.3", "0.1", "0",
                           "--out", "bench_out/noisy_labels_small.json"], 6.0),
     ],
     "text": [("text_lm", ["--evals", "10"], 5.5)],
+    "stream": [
+        ("noisy_labels", ["--size", "small", "--noise", "0.3", "--methods", "uniform", "topk_reducible",
+                          "topk_reducible_stream", "--out", "bench_out/noisy_labels_stream_small.json"], 1.0),
+    ],
 }  # fmt: skip
 
 
