@@ -129,3 +129,14 @@ def test_the_quick_start_runs_with_the_tutorial_module_and_data(tmp_path, monkey
     finally:
         torch.set_num_threads(threads)
     assert names["dm"].scores.seen > 0  # LossTracker recorded the module's per-sample losses
+
+
+def test_the_demo_table_in_the_readme_is_the_committed_output_of_the_demo():
+    import json
+
+    from lightning_per.examples.demo import format_table
+
+    committed = json.loads((ROOT / "bench_out" / "demo.json").read_text())
+    assert committed["argv"] == ["--out", "bench_out/demo.json"], "the README table is the default demo's output"
+    blocks = re.findall(r"```\n(config .*?)\n```", README.read_text(), flags=re.S)
+    assert blocks == [format_table(committed["rows"])], "regenerate: python -m lightning_per.examples.demo --out ..."
