@@ -11,6 +11,7 @@ import lightning_per as lp
 from lightning_per.cli import main
 from lightning_per.examples import CausalLM, StdlibTextDataModule
 from lightning_per.examples.text import corpus_info, stdlib_files, stdlib_sequences
+from tests.helpers import fit
 
 CONFIG = Path(__file__).parents[1] / "lightning_per/examples/configs/text_lm.yaml"
 
@@ -104,3 +105,37 @@ def test_the_holdout_stays_clean_and_noisy_is_read_by_the_training_sets_index():
     x = torch.stack([dm.train_dataset[i][0] for i in range(160)])
     cx = torch.stack([clean.train_dataset[i][0] for i in range(160)])
     assert torch.equal(x[~dm.noisy], cx[~dm.noisy]) and bool((x[dm.noisy] != cx[dm.noisy]).any(dim=1).all())
+
+
+def test_litgpts_gpt_trains_per_sequence_and_per_token_with_the_two_line_change(tmp_path):
+    pytest.importorskip("litgpt")  # optional: not installed by any extra (checked with litgpt 0.5.13)
+    import torch.nn.functional as F
+    from lightning.pytorch import LightningModule
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    class LitGPTModule(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            config = Config(block_size=16, vocab_size=256, padded_vocab_size=256, n_layer=1, n_head=2, n_embd=16)
+            self.gpt = GPT(config)
+
+        def forward(self, x):
+            return self.gpt(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            losses = F.cross_entropy(self(x).transpose(1, 2), y, reduction="none")  # (n, T)
+            return {"loss": lp.weighted_mean(losses, batch, mask=y != -100), "per_sample_loss": losses, "target": y}
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    sizes = {"context": 16, "train_sequences": 64, "val_sequences": 0, "test_sequences": 0, "batch_size": 8}
+    pruned = StdlibTextDataModule(strategy=lp.SamplingStrategy("prune", final_uniform_epochs=0), **sizes)
+    tracker = lp.LossTracker()
+    fit(tmp_path, [tracker], model=LitGPTModule(), datamodule=pruned, max_epochs=2)
+    assert pruned.scores.seen == 64 and tracker.last_stats["per/pruned_fraction"] > 0  # scored per sequence, pruned
+    selection = lp.TokenSelection(LitGPTModule(), keep=0.5)  # an untrained reference: any module of the same kind
+    trainer = fit(tmp_path, [selection], model=LitGPTModule(), datamodule=StdlibTextDataModule(**sizes)).trainer
+    assert 0.5 <= float(trainer.callback_metrics["per/kept_token_fraction"]) < 0.55
