@@ -20,7 +20,12 @@ from lightning_per.datamodule import PrioritizedDataModule
 from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.requirements import require_datamodule
 from lightning_per.score import Score
-from lightning_per.selection.holdout import fit_holdout_model, from_the_holdout_model, score_training_set
+from lightning_per.selection.holdout import (
+    fit_holdout_model,
+    from_the_holdout_model,
+    resolve_holdout,
+    score_training_set,
+)
 
 __all__ = ["IrreducibleLoss", "IrreducibleMode", "find_irreducible", "register_reader"]
 
@@ -132,7 +137,7 @@ class IrreducibleLoss(Callback):
             datamodule = require_datamodule(trainer, "IrreducibleLoss", why=" (the table is indexed like its samples)")
         if self.model is None:
             raise ValueError("IrreducibleLoss needs `model`: the small model to train on the holdout set.")
-        if self._holdout(datamodule) is None and self.train:
+        if resolve_holdout(self.holdout_dataset, datamodule) is None and self.train:
             raise ValueError(
                 "IrreducibleLoss has no holdout set to train on: pass `holdout_dataset=...`, or hold out part of the "
                 "training set with `PrioritizedDataModule(holdout_fraction=0.25)` (removed from training), or pass an "
@@ -148,7 +153,8 @@ class IrreducibleLoss(Callback):
             self._load_table(getattr(trainer, "datamodule", None))
             return
         datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
-        sizes = (len(datamodule.train_dataset), len(self._holdout(datamodule) or []))  # type: ignore[arg-type]
+        holdout = resolve_holdout(self.holdout_dataset, datamodule)
+        sizes = (len(datamodule.train_dataset), len(holdout or []))  # type: ignore[arg-type]
         if self.table is not None:  # restored from a checkpoint
             self._check_restored(sizes)
             return
@@ -162,9 +168,7 @@ class IrreducibleLoss(Callback):
         start = time.perf_counter()
         assert self.model is not None
         if self.train:
-            with from_the_holdout_model(self.model, "training it on the holdout set"):
-                self._fit_model(trainer, pl_module, datamodule)
-            self.cost_units = 3.0 * self.max_epochs * sizes[1]
+            self._fit_model(trainer, pl_module, datamodule)
         with from_the_holdout_model(self.model, "scoring the training set with it"):
             self.table = self._compute_table(trainer, pl_module, datamodule)
         self.cost_units += sizes[0]
@@ -230,11 +234,9 @@ class IrreducibleLoss(Callback):
         """Train the model on the holdout (unless trained already) and keep it on the device for ``losses``."""
         assert self.model is not None
         start = time.perf_counter()
-        holdout = self._holdout(getattr(trainer, "datamodule", None))
+        holdout = resolve_holdout(self.holdout_dataset, getattr(trainer, "datamodule", None))
         if self.train and self.cost_units == 0:  # not restored from a checkpoint
-            with from_the_holdout_model(self.model, "training it on the holdout set"):
-                self._fit_model(trainer, pl_module, getattr(trainer, "datamodule", None))
-            self.cost_units = 3.0 * self.max_epochs * len(holdout)  # type: ignore[arg-type]
+            self._fit_model(trainer, pl_module, getattr(trainer, "datamodule", None))
         self.model.to(pl_module.device)
         self.seconds = time.perf_counter() - start
         rank_zero_info(
@@ -266,11 +268,6 @@ class IrreducibleLoss(Callback):
     def _trainer_datamodule(self) -> Any:
         return getattr(self._trainer, "datamodule", None)
 
-    def _holdout(self, datamodule: Any) -> Dataset | None:
-        if self.holdout_dataset is not None:
-            return self.holdout_dataset
-        return datamodule.holdout_dataset if isinstance(datamodule, PrioritizedDataModule) else None
-
     def _per_sample(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
         n = batch.batch_size
         losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
@@ -286,10 +283,13 @@ class IrreducibleLoss(Callback):
         return losses.detach().reshape(-1).float()
 
     def _fit_model(self, trainer: Trainer, pl_module: LightningModule, datamodule: Any) -> None:
-        holdout = self._holdout(datamodule)
+        """Train the model on the holdout set; its cost becomes ``cost_units``."""
+        holdout = resolve_holdout(self.holdout_dataset, datamodule)
         assert self.model is not None and holdout is not None
-        device = pl_module.device
-        fit_holdout_model(self.model, holdout, trainer, device, datamodule, self.max_epochs, self.batch_size, self.seed)
+        with from_the_holdout_model(self.model, "training it on the holdout set"):
+            self.cost_units = fit_holdout_model(
+                self.model, holdout, trainer, pl_module.device, datamodule, self.max_epochs, self.batch_size, self.seed
+            )
 
     def _compute_table(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> Tensor:
         assert self.model is not None

@@ -15,12 +15,12 @@ from typing_extensions import override
 
 from lightning_per._checks import check_int, check_number
 from lightning_per.batch import PrioritizedBatch, TokenChoice
-from lightning_per.plumbing.inference import quiet_inner_fit, scoring_mode
+from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.internals import logs_this_step
 from lightning_per.plumbing.publish import publish
 from lightning_per.plumbing.requirements import require_batch, require_datamodule
 from lightning_per.selection.engine import OnlineSelection
-from lightning_per.selection.irreducible import IrreducibleLoss
+from lightning_per.selection.holdout import fit_holdout_model, resolve_holdout
 
 __all__ = ["TokenSelection"]
 
@@ -111,7 +111,7 @@ class TokenSelection(Callback):
         datamodule = require_datamodule(trainer, "TokenSelection", why=" (the reference losses ride on its batches)")
         if self.reference is None:
             raise ValueError("TokenSelection needs `reference`: the model whose per-token losses the excess is over.")
-        if self.train and not self._trained and self._holdout(datamodule) is None:
+        if self.train and not self._trained and resolve_holdout(self.holdout_dataset, datamodule) is None:
             raise ValueError(
                 "TokenSelection(train=True) has no holdout set to train the reference on: pass `holdout_dataset=...` "
                 "or `PrioritizedDataModule(holdout_fraction=0.1)`, or pass a trained reference with `train=False`."
@@ -129,24 +129,21 @@ class TokenSelection(Callback):
         assert self.reference is not None
         if self.train and not self._trained:
             start = time.perf_counter()
-            helper = IrreducibleLoss(
-                self.reference, self.holdout_dataset, self.max_epochs, self.batch_size, seed=self.seed
-            )
             datamodule = trainer.datamodule  # type: ignore[attr-defined]
-            with quiet_inner_fit():
-                helper._fit_model(trainer, pl_module, datamodule)
-            held = len(self._holdout(datamodule))  # type: ignore[arg-type]
-            self.cost_units = 3.0 * self.max_epochs * held
+            holdout = resolve_holdout(self.holdout_dataset, datamodule)
+            assert holdout is not None  # checked at setup
+            device = pl_module.device
+            self.cost_units = fit_holdout_model(
+                self.reference, holdout, trainer, device, datamodule, self.max_epochs, self.batch_size, self.seed
+            )
             self.seconds = time.perf_counter() - start
             self._trained = True
+            held = len(holdout)  # type: ignore[arg-type]
             rank_zero_info(
                 f"TokenSelection: trained the reference on {held} holdout sequences in {self.seconds:.2f} s "
                 f"({self.cost_units:.3g} forward-sample units)."
             )
         self.reference.to(pl_module.device)
-
-    def _holdout(self, datamodule: Any) -> Dataset | None:
-        return self.holdout_dataset if self.holdout_dataset is not None else datamodule.holdout_dataset
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
