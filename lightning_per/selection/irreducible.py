@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -17,6 +17,7 @@ from typing_extensions import override
 from lightning_per._checks import check_choice, check_int
 from lightning_per.batch import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.outputs import per_sample_losses
 from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.requirements import require_datamodule
 from lightning_per.score import Score
@@ -269,18 +270,10 @@ class IrreducibleLoss(Callback):
         return getattr(self._trainer, "datamodule", None)
 
     def _per_sample(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
-        n = batch.batch_size
-        losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
-        if isinstance(losses, Tensor) and losses.ndim > 1 and losses.shape[0] == n:
-            reader = Score(loss_key=self.loss_key, token_reduction=self.token_reduction, owner="IrreducibleLoss")
-            losses = reader(outputs, batch)  # per-token losses: one per sequence, over its real tokens
-        if not isinstance(losses, Tensor) or losses.numel() != n:
-            got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
-            raise ValueError(
-                f"IrreducibleLoss: the model's `training_step` must return one loss per sample under "
-                f"{self.loss_key!r} (e.g. `F.cross_entropy(logits, y, reduction='none')`); got {got}."
-            )
-        return losses.detach().reshape(-1).float()
+        """The model's losses, one per sample (per-token losses: one per sequence, over its real tokens)."""
+        owner = "IrreducibleLoss (the holdout model)"
+        reader = Score(loss_key=self.loss_key, token_reduction=self.token_reduction, owner=owner)
+        return per_sample_losses(reader, outputs, batch.batch_size).reshape(-1).float()
 
     def _fit_model(self, trainer: Trainer, pl_module: LightningModule, datamodule: Any) -> None:
         """Train the model on the holdout set; its cost becomes ``cost_units``."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ from typing_extensions import override
 
 from lightning_per._checks import check_int, check_number
 from lightning_per.batch import PrioritizedBatch, TokenChoice
+from lightning_per.outputs import rows
 from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.internals import logs_this_step
 from lightning_per.plumbing.publish import publish
@@ -152,12 +152,12 @@ class TokenSelection(Callback):
         start = time.perf_counter()
         with scoring_mode(self.reference, trainer):
             outputs = self.reference.training_step(batch, batch_idx)
-        losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
-        if not isinstance(losses, Tensor) or losses.ndim < 2 or losses.shape[0] != batch.batch_size:
-            got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
+        losses = rows(outputs, self.loss_key, batch.batch_size, "TokenSelection (the reference)")
+        if losses.ndim < 2:
             raise ValueError(
                 f"TokenSelection: the reference's `training_step` must return per-token losses (n, T) under "
-                f"{self.loss_key!r} (e.g. `F.cross_entropy(logits.transpose(1, 2), y, reduction='none')`); got {got}."
+                f"{self.loss_key!r} (e.g. `F.cross_entropy(logits.transpose(1, 2), y, reduction='none')`); got "
+                f"{tuple(losses.shape)}."
             )
         batch.tokens = TokenChoice(losses.detach(), self.keep)
         self.reference_seconds += time.perf_counter() - start
