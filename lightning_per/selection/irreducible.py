@@ -17,6 +17,7 @@ from typing_extensions import override
 from lightning_per._checks import check_choice, check_int
 from lightning_per.batch import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.functional.sequences import TOKEN_REDUCTIONS, TokenReduction
 from lightning_per.outputs import per_sample_losses
 from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.requirements import require_datamodule
@@ -90,7 +91,7 @@ class IrreducibleLoss(Callback):
         seed: int = 0,
         mode: IrreducibleMode = "auto",
         table_path: str | None = None,
-        token_reduction: Literal["mean", "sum"] = "mean",
+        token_reduction: TokenReduction = "mean",
     ) -> None:
         if model is not None and not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a LightningModule, got {type(model).__name__}.")
@@ -105,7 +106,7 @@ class IrreducibleLoss(Callback):
                 f"mode={mode!r}). Pass either `table_path` or a holdout `model`."
             )
         self.table_path = table_path
-        check_choice("token_reduction", token_reduction, ("mean", "sum"))
+        check_choice("token_reduction", token_reduction, TOKEN_REDUCTIONS)
         self.mode = mode
         self.model = model
         self.holdout_dataset = holdout_dataset
