@@ -17,7 +17,7 @@ from lightning_per.batch import PrioritizedBatch, TokenChoice
 from lightning_per.outputs import rows
 from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.internals import logs_this_step
-from lightning_per.plumbing.publish import publish
+from lightning_per.plumbing.publish import publish, publish_due
 from lightning_per.plumbing.requirements import require_batch, require_datamodule
 from lightning_per.selection.engine import OnlineSelection
 from lightning_per.selection.holdout import fit_holdout_model, resolve_holdout
@@ -181,7 +181,7 @@ class TokenSelection(Callback):
                 "once."
             )
         writes = logs_this_step(trainer)
-        if writes or batch_idx + 1 >= trainer.num_training_batches:
+        if publish_due(trainer, batch_idx):
             metrics = {
                 "per/reference_tokens": float(self.reference_tokens),
                 "per/reference_seconds": self.reference_seconds,
