@@ -166,6 +166,14 @@ def test_a_table_path_is_checked_before_training(tmp_path):
         StreamCollate(index_key=1.5)  # type: ignore[arg-type]
 
 
+def test_a_batched_stream_reads_its_size_from_the_first_tensor_of_any_structure():
+    collate = StreamCollate(collate_fn=lambda batch: batch, batched=True)
+    batch = collate({"names": ["a", "b", "c"], "step": torch.tensor(7), "x": (torch.zeros(3, 2), torch.ones(3))})
+    assert batch.batch_size == 3 and batch.index.tolist() == [-1, -1, -1]
+    with pytest.raises(TypeError, match="holds no tensor to read its size from: dict"):
+        collate({"names": ["a", "b"]})
+
+
 def test_loss_tracker_refuses_a_stream_naming_the_online_methods(tmp_path):
     trainer = small_trainer(tmp_path, callbacks=[lp.LossTracker()])
     with pytest.raises(TypeError, match=r"a stream has none: train it with an online method, `TopKSelection`"):
