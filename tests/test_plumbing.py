@@ -36,7 +36,7 @@ def test_the_one_data_check_names_the_callback_and_the_fix(tmp_path):
 
 
 def test_shards_cover_every_sample_once_and_the_loader_yields_indexed_batches():
-    assert sorted([*shard(7, 0, 2), *shard(7, 1, 2)]) == list(range(7)) and list(shard(2, 3, 4)) == [0, 1]
+    assert sorted([*shard(7, 0, 2), *shard(7, 1, 2)]) == list(range(7)) and list(shard(2, 3, 4)) == []
     dm = lp.PrioritizedDataModule(blobs(10), batch_size=4, eval_batch_size=3)
     batches = list(shard_loader(dm, rank=1, world=2))
     assert [b.index.tolist() for b in batches] == [[1, 3, 5], [7, 9]]
