@@ -10,17 +10,16 @@ Four set-ups train the same model from the same seed for the same number of step
   (``tau_th`` = 1e9: every step is scored, ``tau`` brought up to date every 16 steps, never switches);
 * ``importance_active``: the same callback held in its importance phase (``tau_th`` = 1e-9, ``presample`` = 3).
 
-The four set-ups run at the same time, in lock step: each in its own thread, and only one thread runs at any
-moment (a turnstile hands the turn on at the end of every training step), so the steps go plain, tracker,
-importance uniform phase, importance active, plain, ... A step's time runs from getting the turn to the end of the
-step (data loading, hooks, epoch ends included); the time spent waiting for the turn is not counted. A slow
-spell of the machine (another process, frequency changes) thus falls on all four set-ups alike instead of on
-whichever ran during it. ``ratio`` (the figure with the targets) is the median over the timed steps (after
-``warmup``) of a set-up's step time / plain's step time in the same round. ``ratio_epoch_blocks`` cuts the timed
-steps into blocks of one epoch and takes the median over blocks of a set-up's summed step time / plain's: it
-includes the epoch ends and rarer slow steps, which a median of steps leaves out. The
-theoretical cost of an importance step is ``(B + 3b) / (3b)`` uniform steps (a forward over ``B = presample * b``
-points plus a forward and a backward, about two forwards, over ``b``).
+The four set-ups run at the same time, in lock step: each in its own thread, and only one thread runs at any moment
+(a turnstile hands the turn on at the end of every training step), so the steps go plain, tracker, importance
+uniform phase, importance active, plain, ... A step's time runs from getting the turn to the end of the step (data
+loading, hooks, epoch ends included); the time spent waiting for the turn is not counted. A slow spell of the
+machine (another process, frequency changes) thus falls on all four set-ups alike instead of on whichever ran during
+it. ``ratio`` (the figure with the targets) is the median over the timed steps (after ``warmup``) of a set-up's step
+time / plain's step time in the same round. ``ratio_epoch_blocks`` cuts the timed steps into blocks of one epoch and
+takes the median over blocks of a set-up's summed step time / plain's: it includes the epoch ends and rarer slow
+steps, which a median of steps leaves out. The theoretical cost of an importance step is ``(B + 3b) / (3b)`` uniform
+steps (a forward over ``B = presample * b`` points plus a forward and a backward, about two forwards, over ``b``).
 
 ``--engine`` measures instead the engine's own cost: a model whose forward is negligible (one linear layer), so what
 an importance step costs beyond a plain step is the presample's making, scoring and drawing. Its set-ups: ``plain``
@@ -126,10 +125,7 @@ class StepClock(Callback):
         self._resumed = self.clock()
 
     def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
-        self.turnstile.pass_on(self.name, leave=True)
-
-    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
-        self.turnstile.pass_on(self.name, leave=True)
+        self.turnstile.pass_on(self.name, leave=True)  # a failed fit leaves the cycle in `run_lockstep`'s `work`
 
 
 class PlainData(LightningDataModule):

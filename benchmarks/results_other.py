@@ -23,8 +23,7 @@ CONTINUAL_ROWS = {
 def _continual(data: dict[str, Any]) -> list[str]:
     s = data["settings"]
     mer = s["mer"]
-    # replays per inner batch: `replay_batch_size` since the Reptile rates were renamed, `k - 1` before
-    replays = mer["replay_batch_size"] if "reptile_beta" in mer else mer["replay_batch_size"] - 1
+    replays = mer["replay_batch_size"]  # replays per inner batch: the paper's k - 1
     sweep = s.get("sweep_memories", [])
     lines = [
         "### Continual learning",
@@ -33,8 +32,8 @@ def _continual(data: dict[str, Any]) -> list[str]:
         f"{s['model']}; one pass, incoming batches of {s['batch_size']}, {s['memories']} "
         f"memories, {s['er']['replay_batch_size']} replays per batch; MER `variant={mer['variant']}`, "
         f"`replay_batch_size={replays}` (the paper's `k = {replays + 1}`), `s={mer['batches_per_example']}`, "
-        f"`step_batch_size={mer['step_batch_size']}`, `reptile_beta={mer.get('reptile_beta', mer.get('beta'))}`, "
-        f"`reptile_gamma={mer.get('reptile_gamma', mer.get('gamma'))}`, {data['mer_steps_per_batch']} inner steps "
+        f"`step_batch_size={mer['step_batch_size']}`, `reptile_beta={mer['reptile_beta']}`, "
+        f"`reptile_gamma={mer['reptile_gamma']}`, {data['mer_steps_per_batch']} inner steps "
         f"per incoming batch; the equal-steps rows train each incoming batch {data['mer_steps_per_batch']} times. "
         f"Mean ± std over {len(data['env'].get('seeds', [])) or 'the'} seeds. ACC: mean accuracy over all tasks "
         "after the last; BWT: mean change of a task's accuracy from right after its training to the end (negative: "

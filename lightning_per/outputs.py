@@ -38,7 +38,7 @@ def missing_keys(score: Any, outputs: Any, keys: Sequence[str]) -> NoReturn:
     Raises:
         ValueError: always.
     """
-    found = f"the keys {sorted(outputs)}" if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
+    found = _found(outputs)
     missing = [k for k in keys if not (isinstance(outputs, Mapping) and k in outputs)]
     named = " and ".join(repr(k) for k in missing)
     values = ", ".join(f'"{k}": ...' for k in missing)
@@ -118,15 +118,25 @@ def class_labels(score: Any, logits: Tensor, targets: Tensor) -> Tensor:
     return labels.long()
 
 
-def rows(outputs: Mapping[str, Any], key: str, n: int, owner: str, scalar: bool = False) -> Tensor:
-    """``outputs[key]``, checked: a tensor with one row per sample (``scalar``: one value per sample)."""
+def rows(outputs: Any, key: str, n: int, owner: str, scalar: bool = False) -> Tensor:
+    """``outputs[key]``, checked: a tensor with one row per sample (``scalar``: one value per sample).
+
+    Raises:
+        ValueError: ``outputs`` has no ``key``, or its value is not one row per sample (the message names the fix).
+    """
+    one = "value" if scalar else "row"
+    prefix = f"{owner}: " if owner else ""
+    if not isinstance(outputs, Mapping) or key not in outputs:
+        raise ValueError(
+            f"{prefix}`training_step` returned {_found(outputs)}, without {key!r}: return one {one} per sample under "
+            f"{key!r}, in batch order.\n{TWO_LINE_FIX}"
+        )
     value = outputs[key]
     if not isinstance(value, Tensor) or value.ndim == 0 or value.shape[0] != n or (scalar and value.numel() != n):
         got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(
-            f"{owner + ': ' if owner else ''}`training_step` returned {key!r} with shape {got}, but the batch has {n} "
-            f"samples: return one {'value' if scalar else 'row'} per sample (e.g. `reduction='none'`), in batch "
-            f"order.\n{TWO_LINE_FIX}"
+            f"{prefix}`training_step` returned {key!r} with shape {got}, but the batch has {n} samples: return one "
+            f"{one} per sample (e.g. `reduction='none'`), in batch order.\n{TWO_LINE_FIX}"
         )
     return value
 
@@ -168,6 +178,11 @@ def real_tokens(score: Any, outputs: Mapping[str, Any], like: Tensor) -> Tensor 
     if isinstance(targets, Tensor) and targets.shape == like.shape and not targets.is_floating_point():
         return targets.detach() != score.ignore_index
     return None
+
+
+def _found(outputs: Any) -> str:
+    """What ``training_step`` returned, for a message: its keys, or its type."""
+    return f"the keys {sorted(outputs)}" if isinstance(outputs, Mapping) else f"a {type(outputs).__name__}"
 
 
 def labels_of(targets: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ def flatten(tree: Any, n: int | None = None, like: tuple[Any, int] | None = None
 
     Args:
         tree: the batch.
-        n: its number of samples (collated reading); ``None``: stored samples, tensors only.
+        n: its number of samples (collated reading; 0: not known yet); ``None``: stored samples, tensors only.
         like: ``(tree, size)`` of the same structure and another size, to tell fields from per-sample values.
 
     Raises:

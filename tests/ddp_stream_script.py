@@ -1,4 +1,4 @@
-"""Run by tests/test_streams.py: 2 processes select from their own shares of a stream; a stopped run resumes exactly.
+"""Run by tests/test_selection_sources.py: 2 processes select from their shares of a stream; a stopped run resumes.
 
 python tests/ddp_stream_script.py OUT_DIR
 

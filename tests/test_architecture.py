@@ -101,3 +101,9 @@ def test_the_library_never_imports_the_examples_or_their_optional_packages():
 def test_no_library_file_is_over_350_lines():
     long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350}
     assert not long, long
+
+
+def test_no_benchmark_file_is_over_300_lines():
+    files = (ROOT / "benchmarks").rglob("*.py")  # benchmarks/*.py and benchmarks/**/*.py
+    long = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > 300}
+    assert not long, long

@@ -272,7 +272,7 @@ def test_replay_buffers_reports_every_operation_and_its_ratio_to_randint(tmp_pat
     assert "### Replay buffers" in run_all.render(tmp_path)
 
 
-def test_the_continual_section_counts_mer_replays_under_either_setting_name(tmp_path):
+def test_the_continual_section_counts_mer_replays_from_replay_batch_size(tmp_path):
     row = {
         "acc": 0.5,
         "acc_std": 0.1,
@@ -283,17 +283,15 @@ def test_the_continual_section_counts_mer_replays_under_either_setting_name(tmp_
         "steps_per_batch": 1,
     }
     settings = {"model": "MLP", "batch_size": 10, "memories": 200, "sweep_memories": [50, 200]}
-    before = {"replay_batch_size": 10, "beta": 0.3, "gamma": 1.0}  # k = replays + the incoming batch
-    after = {"replay_batch_size": 9, "reptile_beta": 0.3, "reptile_gamma": 1.0}  # the replays alone
-    for mer in (before, after):
-        mer = {**mer, "variant": "batch", "batches_per_example": 5, "step_batch_size": 5}
-        payload = {
-            "settings": {**settings, "er": {"replay_batch_size": 10}, "mer": mer},
-            "mer_steps_per_batch": 20,
-            "env": {"seeds": [0, 1, 2]},
-            "scenarios": {"split_digits/class_il": {"rows": {"er": row, "mer": row, "er_m50": row}}},
-        }
-        (tmp_path / "continual.json").write_text(json.dumps(payload))
-        page = run_all.render(tmp_path)
-        assert "`replay_batch_size=9` (the paper's `k = 10`)" in page and "`reptile_beta=0.3`" in page
-        assert "| split_digits/class_il | MER | 1 |" in page and "| split_digits/class_il | 0.500 ± 0.100 |" in page
+    mer = {"replay_batch_size": 9, "reptile_beta": 0.3, "reptile_gamma": 1.0}  # the replays alone: k - 1
+    mer = {**mer, "variant": "batch", "batches_per_example": 5, "step_batch_size": 5}
+    payload = {
+        "settings": {**settings, "er": {"replay_batch_size": 10}, "mer": mer},
+        "mer_steps_per_batch": 20,
+        "env": {"seeds": [0, 1, 2]},
+        "scenarios": {"split_digits/class_il": {"rows": {"er": row, "mer": row, "er_m50": row}}},
+    }
+    (tmp_path / "continual.json").write_text(json.dumps(payload))
+    page = run_all.render(tmp_path)
+    assert "`replay_batch_size=9` (the paper's `k = 10`)" in page and "`reptile_beta=0.3`" in page
+    assert "| split_digits/class_il | MER | 1 |" in page and "| split_digits/class_il | 0.500 ± 0.100 |" in page

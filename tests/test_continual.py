@@ -138,6 +138,20 @@ def test_the_matrix_evaluates_any_module_by_argmax_or_a_user_function(tmp_path: 
     assert matrix.completed == 3 and not torch.isnan(matrix.matrix).any()  # rows from the user function
 
 
+def test_a_submodule_frozen_in_eval_mode_stays_in_eval_mode_after_the_matrix_evaluates(tmp_path: Path) -> None:
+    dm = TaskSequence(tasks=toy_tasks(), test_tasks=toy_tasks(), batch_size=4)
+    dm.setup("fit")
+    model = ContinualClassifier(in_features=4, num_tasks=3, classes_per_task=2, scenario="task")
+    frozen = model.net.net[1]  # e.g. a frozen backbone layer, kept in eval mode by the user
+    frozen.eval()
+    evaluate_tasks(model, dm.eval_tasks, inputs=[0, 2])
+    assert model.training and model.net.training and not frozen.training
+    matrix = TaskAccuracyMatrix(inputs=[0, 2])  # evaluates inside the training loop, when each task ends
+    trainer = small_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[matrix])
+    trainer.fit(model, datamodule=dm)
+    assert matrix.completed == 3 and not frozen.training
+
+
 def test_the_matrix_without_evaluation_sets_is_refused_at_setup(tmp_path: Path) -> None:
     dm = TaskSequence(tasks=toy_tasks(), batch_size=4)  # no `test_tasks`
     matrix = TaskAccuracyMatrix()

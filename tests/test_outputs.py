@@ -1,8 +1,10 @@
 """lightning_per.outputs: what training_step returns is read for a score, and what is missing or mis-shaped is named."""
 
 import pytest
+import torch
 
 import lightning_per as lp
+from lightning_per.outputs import rows
 from tests.helpers import TinyClassifier, blobs, fit
 
 
@@ -65,3 +67,11 @@ def test_outputs_without_logits_say_what_was_found_and_how_to_pass_a_score_funct
 def test_logits_of_the_wrong_length_say_the_shapes_and_how_to_pass_a_score_function(tmp_path):
     with pytest.raises(ValueError, match=r"'logits' with shape \(7, 3\), but the batch has 8 samples"):
         fit(tmp_path, [lp.ImportanceSamplingCallback()], model=ShortLogits())
+
+
+def test_rows_refuses_a_missing_key_naming_what_was_returned():
+    with pytest.raises(ValueError, match=r"^Mine: `training_step` returned the keys \['loss'\], without 'losses'"):
+        rows({"loss": torch.zeros(())}, "losses", 4, "Mine")
+    with pytest.raises(ValueError, match=r"returned a Tensor, without 'losses': return one value per sample"):
+        rows(torch.zeros(4), "losses", 4, "Mine", scalar=True)
+    assert rows({"losses": torch.ones(4, 2)}, "losses", 4, "Mine").shape == (4, 2)

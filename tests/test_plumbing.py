@@ -18,13 +18,20 @@ from tests.helpers import TinyClassifier, blobs, small_trainer
 def test_the_lightning_internals_read_still_exist(tmp_path):
     """Fails loudly when a Lightning release renames what `plumbing/internals.py` reads (its fallbacks are silent)."""
     trainer = small_trainer(tmp_path, max_epochs=1)
-    trainer.fit(TinyClassifier(), datamodule=lp.PrioritizedDataModule(blobs(16), batch_size=8))
+    dm = lp.PrioritizedDataModule(blobs(16), batch_size=8)
+    trainer.fit(TinyClassifier(), datamodule=dm)
     assert hasattr(trainer, "_logger_connector") and hasattr(trainer._logger_connector, "should_update_logs")
     assert hasattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped")
     assert hasattr(ModelCheckpoint(every_n_train_steps=3), "_every_n_train_steps")
     assert internals.every_n_train_steps(ModelCheckpoint(every_n_train_steps=3)) == 3
     assert hasattr(TinyClassifier(), "_on_before_batch_transfer") and hasattr(TinyClassifier(), "_current_fx_name")
     assert internals.logger_step(trainer) == 2
+    # `train_loader_given` reads what `fit` was given from the fit loop's data source
+    assert trainer.fit_loop._data_source.instance is dm and internals.train_loader_given(trainer) is None
+    loader = shard_loader(dm, rank=0, world=1)
+    given = small_trainer(tmp_path, max_epochs=1)
+    given.fit(TinyClassifier(), train_dataloaders=loader)
+    assert given.fit_loop._data_source.instance is loader and internals.train_loader_given(given) is loader
 
 
 def test_the_one_data_check_names_the_callback_and_the_fix(tmp_path):
@@ -36,7 +43,7 @@ def test_the_one_data_check_names_the_callback_and_the_fix(tmp_path):
 
 
 def test_shards_cover_every_sample_once_and_the_loader_yields_indexed_batches():
-    assert sorted([*shard(7, 0, 2), *shard(7, 1, 2)]) == list(range(7)) and list(shard(2, 3, 4)) == [0, 1]
+    assert sorted([*shard(7, 0, 2), *shard(7, 1, 2)]) == list(range(7)) and list(shard(2, 3, 4)) == []
     dm = lp.PrioritizedDataModule(blobs(10), batch_size=4, eval_batch_size=3)
     batches = list(shard_loader(dm, rank=1, world=2))
     assert [b.index.tolist() for b in batches] == [[1, 3, 5], [7, 9]]

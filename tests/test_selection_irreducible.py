@@ -71,6 +71,17 @@ def test_an_irreducible_loss_model_of_the_wrong_size_is_named_in_the_error(tmp_p
         trainer.fit(TinyClassifier(), datamodule=dm)
 
 
+def test_a_holdout_model_without_per_sample_losses_is_refused_by_the_shared_reader(tmp_path):
+    irreducible = lp.IrreducibleLoss(model=TinyClassifier(return_mode="tensor"), max_epochs=1)  # trains, then scores
+    pattern = r"IrreducibleLoss \(the holdout model\): `training_step` returned a Tensor, without 'per_sample_loss'"
+    with pytest.raises(ValueError, match=pattern):
+        fit(
+            tmp_path,
+            [irreducible, lp.TopKSelection(presample=2)],
+            datamodule=blob_datamodule(40, holdout_fraction=0.25),
+        )
+
+
 def test_an_irreducible_loss_nobody_reads_is_warned_about(tmp_path, caplog):
     dm = lp.PrioritizedDataModule(blobs(40), batch_size=8, holdout_fraction=0.25)
     irreducible = lp.IrreducibleLoss(model=Classifier(in_features=4, num_classes=3, arch="mlp"), max_epochs=1)

@@ -18,6 +18,7 @@ from typing_extensions import override
 from lightning_per._checks import check_int
 from lightning_per.continual.tasks import TaskSequence
 from lightning_per.functional.continual import average_accuracy, backward_transfer
+from lightning_per.plumbing.inference import scoring_mode
 
 __all__ = ["TaskAccuracyMatrix", "evaluate_tasks"]
 
@@ -36,7 +37,7 @@ def evaluate_tasks(
     collate_fn: Callable[[list[Any]], Any] | None = None,
     trainer: pl.Trainer | None = None,
 ) -> Tensor:
-    """Accuracy of ``module`` on each dataset (eval mode, no gradients; the training mode is restored afterwards).
+    """Accuracy of ``module`` on each dataset (eval mode, no gradients; every submodule's mode restored afterwards).
 
     The predicted labels of a batch are ``predict(module, batch)``, by default the argmax over the last dimension of
     ``module(batch[k] for k in inputs)``; they are compared with ``batch[target]``.
@@ -63,28 +64,20 @@ def evaluate_tasks(
         tensor([0.6667])
     """
     keys = inputs if isinstance(inputs, list) else [inputs]
-    was_training = module.training
-    module.eval()
     context = trainer.precision_plugin.val_step_context() if trainer is not None else nullcontext()
     accs = []
-    try:
-        with context:
-            for dataset in datasets:
-                correct, total = 0, 0
-                for batch in DataLoader(dataset, batch_size=eval_batch_size, collate_fn=collate_fn):
-                    if trainer is not None:
-                        batch = trainer.precision_plugin.convert_input(batch)
-                    batch = move_data_to_device(batch, module.device)
-                    if predict is not None:
-                        pred = predict(module, batch)
-                    else:
-                        pred = module(*[batch[k] for k in keys]).argmax(-1)
-                    y = batch[target]
-                    correct += int((pred.reshape(y.shape) == y).sum())
-                    total += y.numel()
-                accs.append(correct / max(total, 1))
-    finally:
-        module.train(was_training)
+    with scoring_mode(module), context:  # a submodule the user keeps in eval mode (frozen) stays in it
+        for dataset in datasets:
+            correct, total = 0, 0
+            for batch in DataLoader(dataset, batch_size=eval_batch_size, collate_fn=collate_fn):
+                if trainer is not None:
+                    batch = trainer.precision_plugin.convert_input(batch)
+                batch = move_data_to_device(batch, module.device)
+                pred = predict(module, batch) if predict is not None else module(*[batch[k] for k in keys]).argmax(-1)
+                y = batch[target]
+                correct += int((pred.reshape(y.shape) == y).sum())
+                total += y.numel()
+            accs.append(correct / max(total, 1))
     return torch.tensor(accs)
 
 
@@ -280,9 +273,9 @@ class TaskAccuracyMatrix(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.matrix = state_dict.get("matrix", torch.zeros(0, 0))
-        self._next_task = int(state_dict.get("next_task", 0))
-        self._trained = int(state_dict.get("trained", self._next_task - 1))
+        self.matrix = state_dict["matrix"]
+        self._next_task = int(state_dict["next_task"])
+        self._trained = int(state_dict["trained"])
 
 
 def _check_key(name: str, key: Any) -> None:

@@ -40,6 +40,17 @@ def _real(losses: Tensor, mask: Tensor | None) -> Tensor:
     return mask.to(losses.dtype)
 
 
+def _totals(values: Tensor, real: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per sequence: the sum of its real tokens' values (each times ``weights``; ``None``: 1) and their count.
+
+    A token of weight 0 never counts, its NaN or inf included.
+    """
+    n = values.shape[0]
+    weights = real if weights is None else weights
+    totals = (values.masked_fill(weights == 0, 0.0) * weights).reshape(n, -1).sum(1)
+    return totals, real.reshape(n, -1).sum(1)
+
+
 def sequence_losses(token_losses: Tensor, mask: Tensor | None = None, reduction: TokenReduction = "mean") -> Tensor:
     """One value per sequence from per-token values ``(n, T, ...)``: the mean (or sum) over its real tokens.
 
@@ -62,12 +73,8 @@ def sequence_losses(token_losses: Tensor, mask: Tensor | None = None, reduction:
     if reduction not in TOKEN_REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {TOKEN_REDUCTIONS}, got {reduction!r}.")
     values = token_losses.float()
-    real = _real(values, mask)
-    n = values.shape[0]
-    total = (values.masked_fill(real == 0, 0.0) * real).reshape(n, -1).sum(1)
-    if reduction == "sum":
-        return total
-    return total / real.reshape(n, -1).sum(1)  # 0 / 0 is NaN: no real token
+    totals, counts = _totals(values, _real(values, mask))
+    return totals if reduction == "sum" else totals / counts  # 0 / 0 is NaN: no real token
 
 
 def sequence_weighted_mean(
@@ -113,14 +120,14 @@ def sequence_weighted_mean(
         raise ValueError(
             f"`per` must be 'sequence' (each sequence's mean, then over sequences) or 'token', got {per!r}."
         )
-    real = _real(token_losses.float(), mask)
+    values = token_losses.float()
+    real = _real(values, mask)
+    scaled = None
     if keep is not None:
         kept = real * _real(real, keep)
-        real = kept * (real.sum() / kept.sum().clamp(min=1))  # 1 / k on every kept token
-    n = token_losses.shape[0]
-    values = token_losses.float().masked_fill(real == 0, 0.0)  # a padded token's NaN or inf never counts
-    totals = (values * real).reshape(n, -1).sum(1)
-    counts = _real(values, mask).reshape(n, -1).sum(1)
+        scaled = kept * (real.sum() / kept.sum().clamp(min=1))  # 1 / k on every kept token
+    totals, counts = _totals(values, real, scaled)  # counts: every real token, kept or not
+    n = values.shape[0]
     w = torch.ones(n, dtype=totals.dtype, device=totals.device) if weights is None else weights.to(totals.dtype)
     if per == "token":
         return (w * totals).sum() / (w * counts).sum().clamp(min=torch.finfo(totals.dtype).tiny)

@@ -18,13 +18,13 @@ __all__ = ["shard", "shard_loader"]
 
 
 def shard(size: int, rank: int, world: int) -> range:
-    """The indices of process ``rank``'s share of ``size`` samples: ``rank, rank + world, ...`` (all if it has none).
+    """The indices of process ``rank``'s share of ``size`` samples: ``rank, rank + world, ...``, every sample once.
 
     Example:
-        >>> list(shard(5, 1, 2))
-        [1, 3]
+        >>> list(shard(5, 1, 2)), list(shard(2, 3, 4))
+        ([1, 3], [])
     """
-    return range(rank, size, world) if rank < size else range(size)
+    return range(rank, size, world)
 
 
 def shard_loader(
@@ -49,6 +49,6 @@ def shard_loader(
     common = dict(collate_fn=IndexedCollate(datamodule.collate_fn), num_workers=datamodule.num_workers)
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, pin_memory=pin_memory, **common)  # type: ignore[arg-type]
-    indices = list(range(rank, len(dataset), world))  # every sample once over the processes
+    indices = shard(len(dataset), rank, world)
     size = batch_size or datamodule.eval_batch_size
     return DataLoader(Subset(dataset, indices), batch_size=size, pin_memory=pin_memory, **common)  # type: ignore[arg-type]

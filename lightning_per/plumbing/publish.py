@@ -15,9 +15,17 @@ from collections.abc import Iterable, Mapping
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_per.plumbing.internals import logger_step
+from lightning_per.plumbing.internals import logger_step, logs_this_step
 
-__all__ = ["publish"]
+__all__ = ["publish", "publish_due"]
+
+
+def publish_due(trainer: Trainer, batch_idx: int) -> bool:
+    """Whether a callback publishes its step metrics: the loggers write this step, or it is the epoch's last batch.
+
+    At the epoch's last batch they reach ``callback_metrics`` and the progress bar even when the loggers skip it.
+    """
+    return logs_this_step(trainer) or batch_idx + 1 >= trainer.num_training_batches
 
 
 def publish(

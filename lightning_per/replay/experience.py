@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_per._checks import check_device, check_int
 from lightning_per.plumbing.internals import logs_this_step
-from lightning_per.plumbing.publish import publish
+from lightning_per.plumbing.publish import publish, publish_due
 from lightning_per.plumbing.requirements import require_batch, require_datamodule
 from lightning_per.plumbing.sync import checkpoint_due
 from lightning_per.replay.buffer import PrioritizedReplayBuffer, ReplayBuffer, ReservoirBuffer
@@ -164,7 +164,7 @@ class ExperienceReplay(Callback):
         if self._offer and self._incoming is not None:
             buffer.add(self._incoming)
         self._incoming = None
-        if logs_this_step(trainer) or batch_idx + 1 >= trainer.num_training_batches:
+        if publish_due(trainer, batch_idx):
             replayed = 0 if self._slots is None else int(self._slots.numel())
             fill = {"per/buffer_fill": len(buffer) / buffer.capacity, "per/replayed": float(replayed)}
             publish(trainer, fill, to_loggers=logs_this_step(trainer), prog_bar=("per/buffer_fill",))

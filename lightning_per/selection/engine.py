@@ -27,7 +27,7 @@ from lightning_per._checks import check_choice, check_int
 from lightning_per.batch import PrioritizedBatch
 from lightning_per.plumbing.inference import scoring_step
 from lightning_per.plumbing.internals import logs_this_step
-from lightning_per.plumbing.publish import publish
+from lightning_per.plumbing.publish import publish, publish_due
 from lightning_per.plumbing.requirements import require_batch
 from lightning_per.plumbing.sync import checkpoint_due
 from lightning_per.score import ScoreArg, as_score
@@ -203,10 +203,10 @@ class OnlineSelection(Callback):
         self._step_scores = None
         self._count(outputs, batch)
         writes = logs_this_step(trainer)
-        epoch_end = batch_idx + 1 >= trainer.num_training_batches
-        if writes or epoch_end or checkpoint_due(trainer) or self.switch.due():
+        due = publish_due(trainer, batch_idx)  # `writes`, or the epoch's last batch
+        if due or checkpoint_due(trainer) or self.switch.due():
             self._synchronise(trainer, pl_module)
-        if writes or (epoch_end and self._log_epoch != trainer.current_epoch):
+        if writes or (due and self._log_epoch != trainer.current_epoch):  # at an epoch's end once
             self._log(trainer, writes)
             self._log_epoch = trainer.current_epoch
 

@@ -1,4 +1,4 @@
-"""The holdout model of ``IrreducibleLoss``: its short fit of its own, its pass over the training set, its errors."""
+"""The holdout model of ``IrreducibleLoss`` and ``TokenSelection``: its holdout set, its fit, its pass, its errors."""
 
 from __future__ import annotations
 
@@ -18,7 +18,14 @@ from lightning_per.plumbing.distributed import all_gather_variable
 from lightning_per.plumbing.inference import quiet_inner_fit, scoring_mode
 from lightning_per.plumbing.loaders import shard_loader
 
-__all__ = ["fit_holdout_model", "from_the_holdout_model", "score_training_set"]
+__all__ = ["fit_holdout_model", "from_the_holdout_model", "resolve_holdout", "score_training_set"]
+
+
+def resolve_holdout(given: Dataset | None, datamodule: object) -> Dataset | None:
+    """The holdout set: ``given``, else a ``PrioritizedDataModule``'s ``holdout_dataset``, else ``None``."""
+    if given is not None:
+        return given
+    return datamodule.holdout_dataset if isinstance(datamodule, PrioritizedDataModule) else None
 
 
 def fit_holdout_model(
@@ -30,11 +37,12 @@ def fit_holdout_model(
     max_epochs: int,
     batch_size: int | None,
     seed: int,
-) -> None:
+) -> float:
     """Train ``model`` on ``holdout``: a quiet fit of its own on ``device``, the caller's RNG left untouched.
 
     It uses the main ``trainer``'s accelerator and precision, and the batch size, collate function and workers of a
-    ``PrioritizedDataModule`` (``batch_size`` overrides the batch size; 32 without a DataModule).
+    ``PrioritizedDataModule`` (``batch_size`` overrides the batch size; 32 without a DataModule). Returns its cost in
+    forward-sample units: a forward and backward (3) per holdout sample and epoch.
     """
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -62,6 +70,7 @@ def fit_holdout_model(
                 default_root_dir=trainer.default_root_dir,
             )
             fitter.fit(model, train_dataloaders=loader)
+    return 3.0 * max_epochs * len(holdout)  # type: ignore[arg-type]
 
 
 def score_training_set(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -17,10 +17,17 @@ from typing_extensions import override
 from lightning_per._checks import check_choice, check_int
 from lightning_per.batch import PrioritizedBatch
 from lightning_per.datamodule import PrioritizedDataModule
+from lightning_per.functional.sequences import TOKEN_REDUCTIONS, TokenReduction
+from lightning_per.outputs import per_sample_losses
 from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.requirements import require_datamodule
 from lightning_per.score import Score
-from lightning_per.selection.holdout import fit_holdout_model, from_the_holdout_model, score_training_set
+from lightning_per.selection.holdout import (
+    fit_holdout_model,
+    from_the_holdout_model,
+    resolve_holdout,
+    score_training_set,
+)
 
 __all__ = ["IrreducibleLoss", "IrreducibleMode", "find_irreducible", "register_reader"]
 
@@ -84,7 +91,7 @@ class IrreducibleLoss(Callback):
         seed: int = 0,
         mode: IrreducibleMode = "auto",
         table_path: str | None = None,
-        token_reduction: Literal["mean", "sum"] = "mean",
+        token_reduction: TokenReduction = "mean",
     ) -> None:
         if model is not None and not isinstance(model, LightningModule):
             raise TypeError(f"`model` must be a LightningModule, got {type(model).__name__}.")
@@ -99,7 +106,7 @@ class IrreducibleLoss(Callback):
                 f"mode={mode!r}). Pass either `table_path` or a holdout `model`."
             )
         self.table_path = table_path
-        check_choice("token_reduction", token_reduction, ("mean", "sum"))
+        check_choice("token_reduction", token_reduction, TOKEN_REDUCTIONS)
         self.mode = mode
         self.model = model
         self.holdout_dataset = holdout_dataset
@@ -132,7 +139,7 @@ class IrreducibleLoss(Callback):
             datamodule = require_datamodule(trainer, "IrreducibleLoss", why=" (the table is indexed like its samples)")
         if self.model is None:
             raise ValueError("IrreducibleLoss needs `model`: the small model to train on the holdout set.")
-        if self._holdout(datamodule) is None and self.train:
+        if resolve_holdout(self.holdout_dataset, datamodule) is None and self.train:
             raise ValueError(
                 "IrreducibleLoss has no holdout set to train on: pass `holdout_dataset=...`, or hold out part of the "
                 "training set with `PrioritizedDataModule(holdout_fraction=0.25)` (removed from training), or pass an "
@@ -148,7 +155,8 @@ class IrreducibleLoss(Callback):
             self._load_table(getattr(trainer, "datamodule", None))
             return
         datamodule: PrioritizedDataModule = trainer.datamodule  # type: ignore[attr-defined]
-        sizes = (len(datamodule.train_dataset), len(self._holdout(datamodule) or []))  # type: ignore[arg-type]
+        holdout = resolve_holdout(self.holdout_dataset, datamodule)
+        sizes = (len(datamodule.train_dataset), len(holdout or []))  # type: ignore[arg-type]
         if self.table is not None:  # restored from a checkpoint
             self._check_restored(sizes)
             return
@@ -162,9 +170,7 @@ class IrreducibleLoss(Callback):
         start = time.perf_counter()
         assert self.model is not None
         if self.train:
-            with from_the_holdout_model(self.model, "training it on the holdout set"):
-                self._fit_model(trainer, pl_module, datamodule)
-            self.cost_units = 3.0 * self.max_epochs * sizes[1]
+            self._fit_model(trainer, pl_module, datamodule)
         with from_the_holdout_model(self.model, "scoring the training set with it"):
             self.table = self._compute_table(trainer, pl_module, datamodule)
         self.cost_units += sizes[0]
@@ -230,11 +236,9 @@ class IrreducibleLoss(Callback):
         """Train the model on the holdout (unless trained already) and keep it on the device for ``losses``."""
         assert self.model is not None
         start = time.perf_counter()
-        holdout = self._holdout(getattr(trainer, "datamodule", None))
+        holdout = resolve_holdout(self.holdout_dataset, getattr(trainer, "datamodule", None))
         if self.train and self.cost_units == 0:  # not restored from a checkpoint
-            with from_the_holdout_model(self.model, "training it on the holdout set"):
-                self._fit_model(trainer, pl_module, getattr(trainer, "datamodule", None))
-            self.cost_units = 3.0 * self.max_epochs * len(holdout)  # type: ignore[arg-type]
+            self._fit_model(trainer, pl_module, getattr(trainer, "datamodule", None))
         self.model.to(pl_module.device)
         self.seconds = time.perf_counter() - start
         rank_zero_info(
@@ -266,30 +270,20 @@ class IrreducibleLoss(Callback):
     def _trainer_datamodule(self) -> Any:
         return getattr(self._trainer, "datamodule", None)
 
-    def _holdout(self, datamodule: Any) -> Dataset | None:
-        if self.holdout_dataset is not None:
-            return self.holdout_dataset
-        return datamodule.holdout_dataset if isinstance(datamodule, PrioritizedDataModule) else None
-
     def _per_sample(self, outputs: Any, batch: PrioritizedBatch) -> Tensor:
-        n = batch.batch_size
-        losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
-        if isinstance(losses, Tensor) and losses.ndim > 1 and losses.shape[0] == n:
-            reader = Score(loss_key=self.loss_key, token_reduction=self.token_reduction, owner="IrreducibleLoss")
-            losses = reader(outputs, batch)  # per-token losses: one per sequence, over its real tokens
-        if not isinstance(losses, Tensor) or losses.numel() != n:
-            got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
-            raise ValueError(
-                f"IrreducibleLoss: the model's `training_step` must return one loss per sample under "
-                f"{self.loss_key!r} (e.g. `F.cross_entropy(logits, y, reduction='none')`); got {got}."
-            )
-        return losses.detach().reshape(-1).float()
+        """The model's losses, one per sample (per-token losses: one per sequence, over its real tokens)."""
+        owner = "IrreducibleLoss (the holdout model)"
+        reader = Score(loss_key=self.loss_key, token_reduction=self.token_reduction, owner=owner)
+        return per_sample_losses(reader, outputs, batch.batch_size).reshape(-1).float()
 
     def _fit_model(self, trainer: Trainer, pl_module: LightningModule, datamodule: Any) -> None:
-        holdout = self._holdout(datamodule)
+        """Train the model on the holdout set; its cost becomes ``cost_units``."""
+        holdout = resolve_holdout(self.holdout_dataset, datamodule)
         assert self.model is not None and holdout is not None
-        device = pl_module.device
-        fit_holdout_model(self.model, holdout, trainer, device, datamodule, self.max_epochs, self.batch_size, self.seed)
+        with from_the_holdout_model(self.model, "training it on the holdout set"):
+            self.cost_units = fit_holdout_model(
+                self.model, holdout, trainer, pl_module.device, datamodule, self.max_epochs, self.batch_size, self.seed
+            )
 
     def _compute_table(self, trainer: Trainer, pl_module: LightningModule, datamodule: PrioritizedDataModule) -> Tensor:
         assert self.model is not None

@@ -65,7 +65,8 @@ class ExtraPoints:
         per_batch = (self.factor - 1) * datamodule.batch_size  # fixed, so a resumed stream draws the same batches
         size = len(datamodule.train_dataset)  # type: ignore[arg-type]
         world, rank = trainer.world_size, trainer.global_rank
-        draws = _Batches(shard(size, rank, world), per_batch, self.seed, rank, start=self.batches_drawn)
+        share = shard(size, rank, world) or range(size)  # a process without a share draws from every sample
+        draws = _Batches(share, per_batch, self.seed, rank, start=self.batches_drawn)
         return shard_loader(datamodule, rank, world, batch_sampler=draws, pin_memory=datamodule.pin_memory)
 
 

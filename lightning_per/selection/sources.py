@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from lightning_per.indexed import IndexedCollate
 from lightning_per.plumbing.internals import train_loader_given
 from lightning_per.plumbing.requirements import require_datamodule
 from lightning_per.selection.presample import ExtraPoints, derive_seed
-from lightning_per.tree import concat_batches, select
+from lightning_per.tree import concat_batches, flatten, select
 
 __all__ = ["NO_INDEX", "DeviceExtras", "LargeBatch", "StreamCollate", "keep_points", "resolve_source", "tensor_rows"]
 
@@ -196,21 +196,16 @@ class StreamCollate:
 
 
 def _first_dim(data: Any) -> int:
-    """The leading size of the first tensor in ``data`` (a batch of any structure).
+    """The leading size of the first tensor in ``data`` (a batch of any structure, walked by ``flatten``).
 
     Raises:
         TypeError: ``data`` holds no tensor.
     """
-    todo = [data]
-    while todo:
-        node = todo.pop(0)
-        if isinstance(node, Tensor) and node.ndim:
-            return int(node.shape[0])
-        if isinstance(node, Mapping):
-            todo.extend(node.values())
-        elif isinstance(node, (list, tuple)):
-            todo.extend(node)
-    raise TypeError(f"A batch of the stream holds no tensor to read its size from: {type(data).__name__}.")
+    leaves, _ = flatten(data, n=0)  # its size not known yet: every sequence that holds tensors is walked
+    sizes = [int(leaf.shape[0]) for leaf in leaves if isinstance(leaf, Tensor) and leaf.ndim]
+    if not sizes:
+        raise TypeError(f"A batch of the stream holds no tensor to read its size from: {type(data).__name__}.")
+    return sizes[0]
 
 
 def resolve_source(

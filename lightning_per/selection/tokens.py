@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -15,12 +14,13 @@ from typing_extensions import override
 
 from lightning_per._checks import check_int, check_number
 from lightning_per.batch import PrioritizedBatch, TokenChoice
-from lightning_per.plumbing.inference import quiet_inner_fit, scoring_mode
+from lightning_per.outputs import rows
+from lightning_per.plumbing.inference import scoring_mode
 from lightning_per.plumbing.internals import logs_this_step
-from lightning_per.plumbing.publish import publish
+from lightning_per.plumbing.publish import publish, publish_due
 from lightning_per.plumbing.requirements import require_batch, require_datamodule
 from lightning_per.selection.engine import OnlineSelection
-from lightning_per.selection.irreducible import IrreducibleLoss
+from lightning_per.selection.holdout import fit_holdout_model, resolve_holdout
 
 __all__ = ["TokenSelection"]
 
@@ -111,7 +111,7 @@ class TokenSelection(Callback):
         datamodule = require_datamodule(trainer, "TokenSelection", why=" (the reference losses ride on its batches)")
         if self.reference is None:
             raise ValueError("TokenSelection needs `reference`: the model whose per-token losses the excess is over.")
-        if self.train and not self._trained and self._holdout(datamodule) is None:
+        if self.train and not self._trained and resolve_holdout(self.holdout_dataset, datamodule) is None:
             raise ValueError(
                 "TokenSelection(train=True) has no holdout set to train the reference on: pass `holdout_dataset=...` "
                 "or `PrioritizedDataModule(holdout_fraction=0.1)`, or pass a trained reference with `train=False`."
@@ -129,24 +129,21 @@ class TokenSelection(Callback):
         assert self.reference is not None
         if self.train and not self._trained:
             start = time.perf_counter()
-            helper = IrreducibleLoss(
-                self.reference, self.holdout_dataset, self.max_epochs, self.batch_size, seed=self.seed
-            )
             datamodule = trainer.datamodule  # type: ignore[attr-defined]
-            with quiet_inner_fit():
-                helper._fit_model(trainer, pl_module, datamodule)
-            held = len(self._holdout(datamodule))  # type: ignore[arg-type]
-            self.cost_units = 3.0 * self.max_epochs * held
+            holdout = resolve_holdout(self.holdout_dataset, datamodule)
+            assert holdout is not None  # checked at setup
+            device = pl_module.device
+            self.cost_units = fit_holdout_model(
+                self.reference, holdout, trainer, device, datamodule, self.max_epochs, self.batch_size, self.seed
+            )
             self.seconds = time.perf_counter() - start
             self._trained = True
+            held = len(holdout)  # type: ignore[arg-type]
             rank_zero_info(
                 f"TokenSelection: trained the reference on {held} holdout sequences in {self.seconds:.2f} s "
                 f"({self.cost_units:.3g} forward-sample units)."
             )
         self.reference.to(pl_module.device)
-
-    def _holdout(self, datamodule: Any) -> Dataset | None:
-        return self.holdout_dataset if self.holdout_dataset is not None else datamodule.holdout_dataset
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -155,12 +152,12 @@ class TokenSelection(Callback):
         start = time.perf_counter()
         with scoring_mode(self.reference, trainer):
             outputs = self.reference.training_step(batch, batch_idx)
-        losses = outputs.get(self.loss_key) if isinstance(outputs, Mapping) else None
-        if not isinstance(losses, Tensor) or losses.ndim < 2 or losses.shape[0] != batch.batch_size:
-            got = tuple(losses.shape) if isinstance(losses, Tensor) else type(outputs).__name__
+        losses = rows(outputs, self.loss_key, batch.batch_size, "TokenSelection (the reference)")
+        if losses.ndim < 2:
             raise ValueError(
                 f"TokenSelection: the reference's `training_step` must return per-token losses (n, T) under "
-                f"{self.loss_key!r} (e.g. `F.cross_entropy(logits.transpose(1, 2), y, reduction='none')`); got {got}."
+                f"{self.loss_key!r} (e.g. `F.cross_entropy(logits.transpose(1, 2), y, reduction='none')`); got "
+                f"{tuple(losses.shape)}."
             )
         batch.tokens = TokenChoice(losses.detach(), self.keep)
         self.reference_seconds += time.perf_counter() - start
@@ -184,7 +181,7 @@ class TokenSelection(Callback):
                 "once."
             )
         writes = logs_this_step(trainer)
-        if writes or batch_idx + 1 >= trainer.num_training_batches:
+        if publish_due(trainer, batch_idx):
             metrics = {
                 "per/reference_tokens": float(self.reference_tokens),
                 "per/reference_seconds": self.reference_seconds,

@@ -1,4 +1,4 @@
-"""Online selection from any loader (streams included), the device-resident presample and ``tau_th="auto"``."""
+"""lightning_per.selection.sources: selection from any loader (streams too), the device presample, ``tau_th="auto"``."""
 
 import logging
 import subprocess
@@ -166,6 +166,14 @@ def test_a_table_path_is_checked_before_training(tmp_path):
         StreamCollate(index_key=1.5)  # type: ignore[arg-type]
 
 
+def test_a_batched_stream_reads_its_size_from_the_first_tensor_of_any_structure():
+    collate = StreamCollate(collate_fn=lambda batch: batch, batched=True)
+    batch = collate({"names": ["a", "b", "c"], "step": torch.tensor(7), "x": (torch.zeros(3, 2), torch.ones(3))})
+    assert batch.batch_size == 3 and batch.index.tolist() == [-1, -1, -1]
+    with pytest.raises(TypeError, match="holds no tensor to read its size from: dict"):
+        collate({"names": ["a", "b"]})
+
+
 def test_loss_tracker_refuses_a_stream_naming_the_online_methods(tmp_path):
     trainer = small_trainer(tmp_path, callbacks=[lp.LossTracker()])
     with pytest.raises(TypeError, match=r"a stream has none: train it with an online method, `TopKSelection`"):
@@ -211,8 +219,13 @@ def test_tau_th_auto_measures_the_cost_ratio_logs_it_and_can_measure_again(tmp_p
     assert ratio is not None and 0 < ratio < 100 and selection.tau_th == ratio
     assert trainer.callback_metrics["per/cost_ratio"] == pytest.approx(ratio)
     assert "an importance step cost" in caplog.text
-    selection.recalibrate()
-    assert selection.tau_switch.calibration.running
+    selection.recalibrate()  # the next fit measures the ratio again (a fit with a measured ratio does not)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        small_trainer(tmp_path, callbacks=[selection], max_epochs=1).fit(
+            TinyClassifier(), datamodule=lp.PrioritizedDataModule(blobs(96), batch_size=8)
+        )
+    assert "an importance step cost" in caplog.text and selection.tau_th == selection.cost_ratio
     with pytest.raises(ValueError, match="`recalibrate\\(\\)` needs `tau_th='auto'`"):
         lp.ImportanceSamplingCallback(tau_th=2.0).recalibrate()
 
@@ -222,7 +235,9 @@ def test_the_importance_config_measures_its_threshold():
 
     cli = main(["--config", "lightning_per/examples/configs/mnist1d_importance.yaml"], run=False)
     (selection,) = [c for c in cli.trainer.callbacks if isinstance(c, lp.ImportanceSamplingCallback)]
-    assert selection.tau_switch.calibration is not None
+    assert selection.cost_ratio is None and selection.calibration_steps == 8  # measured in the fit's first steps
+    assert selection.tau_th == pytest.approx((3 + 3) / 3)  # until then the theoretical ratio (B + 3b) / (3b)
+    selection.recalibrate()  # only `tau_th="auto"` measures: a fixed `tau_th` refuses it
 
 
 @pytest.mark.slow
