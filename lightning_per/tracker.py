@@ -135,7 +135,7 @@ class LossTracker(Callback):
                 "optimization; set `refresh_every_n_epochs=0` for a module with manual optimization."
             )
         if self._scorer.name == "reducible":
-            register_reader(trainer, "LossTracker")  # refused now rather than at the first step
+            register_reader(trainer, "LossTracker", self._scorer)  # refused now, not at a step
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

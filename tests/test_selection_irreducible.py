@@ -96,3 +96,13 @@ def test_an_irreducible_loss_nobody_reads_is_warned_about(tmp_path, caplog):
     assert "`max_epochs=1` reached" not in caplog.text and caplog.text.count("GPU available") <= 1
     told = caplog.text + "\n".join(str(warning.message) for warning in w)
     assert "val_dataloader" not in told and told.count("does not run") == 1  # the user's fit, without a val set
+
+
+def test_a_reader_whose_token_reduction_differs_from_the_irreducible_losses_is_refused(tmp_path):
+    irreducible = lp.IrreducibleLoss(model=TinyClassifier(), token_reduction="sum")
+    dm = lp.PrioritizedDataModule(blobs(40), batch_size=8, holdout_fraction=0.25)
+    for reader in (lp.TopKSelection(presample=2), lp.LossTracker(score="reducible")):
+        with pytest.raises(
+            ValueError, match=r"score takes the mean of each sequence's token losses and IrreducibleLoss"
+        ):
+            small_trainer(tmp_path, callbacks=[irreducible, reader]).fit(TinyClassifier(), datamodule=dm)

@@ -157,7 +157,7 @@ class OnlineSelection(Callback):
                 "`automatic_optimization=False`."
             )
         if self._scorer.name == "reducible":
-            register_reader(trainer, name)  # refused now rather than at the first step
+            register_reader(trainer, name, self._scorer)  # refused now, not at the first step
         start = getattr(self.switch, "start", None)
         if callable(start):
             start()

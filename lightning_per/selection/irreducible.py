@@ -334,8 +334,17 @@ def find_irreducible(trainer: Trainer, owner: str) -> IrreducibleLoss:
     return found[0]
 
 
-def register_reader(trainer: Trainer, owner: str) -> IrreducibleLoss:
-    """``find_irreducible``, counting ``owner`` as a reader of the table (called once per fit, at setup)."""
+def register_reader(trainer: Trainer, owner: str, score: object) -> IrreducibleLoss:
+    """``find_irreducible``, counting ``owner`` (reading with ``score``) as a reader (once per fit, at setup).
+
+    Raises:
+        ValueError: ``score`` reduces per-token losses otherwise than the ``IrreducibleLoss``.
+    """
     irreducible = find_irreducible(trainer, owner)
+    if irreducible.token_reduction != (token_reduction := getattr(score, "token_reduction", "mean")):
+        raise ValueError(
+            f"{owner}'s score takes the {token_reduction} of each sequence's token losses and IrreducibleLoss the "
+            f"{irreducible.token_reduction}: their difference is no reducible loss. Give both one `token_reduction`."
+        )
     irreducible._readers += 1
     return irreducible
