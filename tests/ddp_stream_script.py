@@ -12,33 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning_per as lp
-from tests.helpers import TinyClassifier, blobs, small_trainer
-
-
-class Stream(IterableDataset):
-    def __init__(self) -> None:
-        self.data = blobs(256)
-
-    def __iter__(self):
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        for i in range(rank, len(self.data), world):
-            x, y = self.data[i]
-            yield x, y, torch.tensor(i)
-
-
-class StreamClassifier(TinyClassifier):
-    def _unpack(self, batch):
-        return batch[0], batch[1]
+from tests.helpers import Stream, StreamClassifier, small_trainer
 
 
 class Trained(Callback):
@@ -58,7 +39,7 @@ def fit(out: Path, name: str, ckpt_path: Path | None = None, **limits) -> tuple[
     trainer = small_trainer(
         out / name, callbacks=callbacks, strategy="ddp", devices=2, enable_checkpointing=name == "stopped", **limits
     )
-    loader = StatefulDataLoader(Stream(), batch_size=32)
+    loader = StatefulDataLoader(Stream(256), batch_size=32)
     trainer.fit(StreamClassifier(), train_dataloaders=loader, ckpt_path=ckpt_path)
     return trained.ids, trainer.global_rank
 

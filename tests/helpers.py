@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 import lightning_per as lp
 
@@ -364,3 +365,21 @@ class SaveOnEveryProcess(Callback):
         self._seen += 1
         if self._seen == self.batches:
             trainer.save_checkpoint(self.path)
+
+
+class Stream(IterableDataset):
+    """``blobs(n)`` as a stream of ``(x, y, id)`` samples, each DDP process its own share, with no length."""
+
+    def __init__(self, n: int = 96) -> None:
+        self.data = blobs(n)
+
+    def __iter__(self):
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        for i in range(rank, len(self.data), world):
+            x, y = self.data[i]
+            yield x, y, torch.tensor(i)
+
+
+class StreamClassifier(TinyClassifier):
+    def _unpack(self, batch):
+        return batch[0], batch[1]

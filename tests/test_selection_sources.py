@@ -7,33 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from lightning.pytorch import Callback
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 import lightning_per as lp
 from lightning_per.selection.sources import StreamCollate
-from tests.helpers import TinyClassifier, blobs, run_two_processes, small_trainer
+from tests.helpers import Stream, StreamClassifier, TinyClassifier, blobs, run_two_processes, small_trainer
 
 SCRIPT = Path(__file__).with_name("ddp_stream_script.py")
-
-
-class Stream(IterableDataset):
-    """``blobs(n)`` as a stream of ``(x, y, id)`` samples, each DDP process its own share, with no length."""
-
-    def __init__(self, n: int = 96) -> None:
-        self.data = blobs(n)
-
-    def __iter__(self):
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        for i in range(rank, len(self.data), world):
-            x, y = self.data[i]
-            yield x, y, torch.tensor(i)
-
-
-class StreamClassifier(TinyClassifier):
-    def _unpack(self, batch):
-        return batch[0], batch[1]
 
 
 class Trained(Callback):
