@@ -22,7 +22,7 @@ from benchmarks import (
     select_defaults,
     time_to_quality,
 )
-from benchmarks.results_studies import planned, readme_block, which_method_block
+from benchmarks.results_studies import BEGIN, END, planned, readme_block, which_method_block
 
 
 def test_overhead_writes_the_four_ratios_and_a_plot(tmp_path):
@@ -134,8 +134,10 @@ def test_render_only_writes_the_whole_results_page_and_runs_nothing(tmp_path, mo
         raise AssertionError("--render-only ran a benchmark")
 
     monkeypatch.setattr(run_all.subprocess, "run", refuse)
-    page = tmp_path / "README.md"
-    run_all.main(["--render-only", "--out", str(tmp_path / "empty"), "--page", str(page)])
+    page, readme = tmp_path / "page.md", tmp_path / "README.md"  # never the repository's own files
+    readme.write_text(f"# A README\n\n{BEGIN}\nold\n{END}\n")
+    run_all.main(["--render-only", "--out", str(tmp_path / "empty"), "--page", str(page), "--readme", str(readme)])
+    assert readme_block(readme.read_text()) == which_method_block(tmp_path / "empty")  # its table rewritten
     text = page.read_text()
     assert text.startswith("# Benchmark results") and "make bench" in text and "--render-only" in text
     assert "## Protocol in brief" in text and "## Long runs" in text
