@@ -182,9 +182,7 @@ class NoisyLabels(Study):
 
     def goals(self, setting: Setting, methods: dict[str, Any]) -> dict[str, Any]:
         verdicts = {}
-        for m, r in methods.items():
-            if m == "uniform" or m.startswith("uniform_at_"):
-                continue
+        for m, r in render.compared(methods):
             above = r["vs_uniform"]["test_acc"]
             early = r["early_stopped"]["final_vs_uniform_early_stopped"]
             met = above["mean"] >= 0.05 and early["mean"] >= -0.01
@@ -223,9 +221,7 @@ class NoisyLabels(Study):
     def headlines(self, data: dict[str, Any]) -> list[Headline]:
         out = []
         for table in data["tables"].values():
-            for m, r in table["methods"].items():
-                if m == "uniform" or m.startswith("uniform_at_"):
-                    continue
+            for m, r in render.compared(table["methods"]):
                 diff = r["vs_uniform"]["test_acc"]
                 figure = f"{render.ci(diff, 100, signed=True)} points final clean test accuracy"
                 where = f"{table['label']} ({data['settings']['size']})"

@@ -171,9 +171,7 @@ class Redundancy(Study):
     def headlines(self, data: dict[str, Any]) -> list[Headline]:
         out = []
         for table in data["tables"].values():
-            for m, r in table["methods"].items():
-                if m == "uniform" or m.startswith("uniform_at_"):
-                    continue
+            for m, r in render.compared(table["methods"]):
                 diff, matched = r["vs_uniform"]["test_acc"], r.get("vs_matched_uniform")
                 figure = f"{render.ci(diff, 100, 2, True)} points test accuracy"
                 verdict = excludes_zero(diff)

@@ -218,9 +218,7 @@ class TextLM(Study):
 
     def goals(self, setting: Setting, methods: dict[str, Any]) -> dict[str, Any]:
         verdicts = {}
-        for m, r in methods.items():
-            if m == "uniform" or m.startswith("uniform_at_"):
-                continue
+        for m, r in render.compared(methods):
             reach = r["time_to_target"][UNIFORM_FINAL]["compute"]
             share = reach["mean"] / setting.budget if reach["n_reached"] else None
             verdicts[m] = {"compute_share_to_uniform_final": share, "n_reached": reach["n_reached"], "n": reach["n"],
@@ -262,9 +260,7 @@ class TextLM(Study):
     def headlines(self, data: dict[str, Any]) -> list[Headline]:
         out = []
         for table in data["tables"].values():
-            for m, r in table["methods"].items():
-                if m == "uniform" or m.startswith("uniform_at_"):
-                    continue
+            for m, r in render.compared(table["methods"]):
                 diff = r["vs_uniform"]["test_bpb"]
                 figure = (
                     f"{render.ci(diff, digits=3, signed=True)} test bits per byte ([text_lm](benchmarks/text_lm.py))"

@@ -91,3 +91,8 @@ def settings_line(data: dict[str, Any]) -> str:
 def pending(title: str, command: str, note: str) -> list[str]:
     """The section of a study whose protocol JSON is not there yet."""
     return [f"### {title}", "", f"**Pending**: {note} Command: `{command}`.", ""]
+
+
+def compared(methods: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The ``(name, result)`` of every method compared with uniform: all but uniform and its reduced-budget runs."""
+    return [(m, r) for m, r in methods.items() if m != "uniform" and not m.startswith("uniform_at_")]
