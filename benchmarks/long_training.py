@@ -196,9 +196,12 @@ class LongTraining(Study):
             for m, method in table["methods"].items():
                 if not m.startswith("importance"):
                     continue
-                speedup = method["time_to_target"][UNIFORM_FINAL]["speedup_vs_uniform"]["seconds"]
+                target = method["time_to_target"][UNIFORM_FINAL]
+                speedup = target["speedup_vs_uniform"]["seconds"]
                 figure = f"{render.speedup_cell(method, UNIFORM_FINAL)} as fast to uniform's final training loss"
-                verdict = 0 if speedup is None else excludes_zero(speedup, 1.0)
+                if speedup is None:  # no report seed reached it: a loss, not an open question
+                    figure = f"never reached uniform's final training loss (0 of {target['seconds']['n']} seeds)"
+                verdict = -1 if speedup is None else excludes_zero(speedup, 1.0)
                 quotable = render.quotable(method) and render.quotable(table["methods"]["uniform"])
                 where = f"long training, {size}, {key}"
                 out.append(Headline(m, where, f"{figure} ([long_training](benchmarks/long_training.py))", verdict,
