@@ -23,6 +23,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,13 +61,16 @@ def snapshot(code_dir: Path) -> tuple[Path, str]:
     sha = commit.stdout.strip()
     target = code_dir / sha
     if not target.exists():
-        partial = code_dir / f"{sha}.partial"
-        partial.mkdir(parents=True, exist_ok=True)
+        code_dir.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f"{sha}.partial-", dir=code_dir))  # chains started together: one each
         archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(partial)], input=archive.stdout, check=True)
         subprocess.run(["rm", "-rf", str(partial / "bench_out")], check=True)
         (partial / "bench_out").symlink_to(ROOT / "bench_out")
-        partial.rename(target)
+        try:
+            partial.rename(target)
+        except OSError:  # a chain started beside this one finished its copy first
+            subprocess.run(["rm", "-rf", str(partial)], check=True)
     return target, sha
 
 
