@@ -45,6 +45,20 @@ def test_long_training_writes_time_to_target_and_the_gpu_checks_ratio(tmp_path):
     assert "### Long training (small, 1 epochs)" in section and "⚠ edge" in section and "speed-up" in section
 
 
+def test_long_training_quotes_the_lowest_loss_level_uniform_reached_on_every_seed():
+    def reached(n_reached):
+        return {"seconds": {"n_reached": n_reached, "n": 3}}
+
+    uniform = {"train_loss<=0.1": reached(3), "train_loss<=0.01": reached(2), "train_loss<=0.001": reached(0)}
+    methods = {"uniform": {"time_to_target": uniform}}
+    assert long_training.lowest_common_level(methods) == "train_loss<=0.1"
+    uniform["train_loss<=0.01"] = reached(3)
+    assert long_training.lowest_common_level(methods) == "train_loss<=0.01"
+    assert long_training.lowest_common_level({"uniform": {"time_to_target": {"train_loss<=0.1": reached(1)}}}) is None
+    headers = [header for header, _ in long_training.early_columns("train_loss<=0.01")]
+    assert headers == ["speed-up to loss 0.01, seconds", "speed-up to loss 0.01, compute"]
+
+
 def test_noisy_labels_charges_the_irreducible_model_and_counts_mislabelled_points(tmp_path):
     out = tmp_path / "noisy_labels.json"
     methods = ["topk_reducible", "topk_reducible_stream", "rank_reducible", "selective_backprop"]
