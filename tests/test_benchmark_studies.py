@@ -39,6 +39,7 @@ def test_long_training_writes_time_to_target_and_the_gpu_checks_ratio(tmp_path):
             assert 12000 <= run["cost"] < 12000 + step_cost(100, 500) and run["curve"][0]["cost"] == 0
             lrs = [p for p in run["curve"] if "tau" in p]
             assert lrs and (run["curve"][-1]["tau"] is None) == (name == "uniform")
+            assert (run["tau_peak"] is None) == (name == "uniform")  # why an importance run stayed uniform, if it did
     assert methods["uniform"]["time_to_target"]["uniform_final"]["seconds"]["n_reached"] == 2
     assert data["ratio"]["uniform"]["mean"] == 1.0 and out.with_suffix(".png").exists()
     section = "\n".join(long_training.STUDY.section(data, out))

@@ -73,6 +73,7 @@ class ComputeBudget(Callback):
         self.aux_seconds = 0.0
         self.steps = 0
         self.selected_steps = 0
+        self.tau_peak: float | None = None  # the highest moving average of an importance callback's tau
         self.trained = 0
         self.epoch_sizes: list[int] = []
         self.epoch_seconds: list[float] = []
@@ -139,6 +140,9 @@ class ComputeBudget(Callback):
         self.cost += step_cost(trained, scored) + extra
         self.steps += 1
         self.selected_steps += int(selected)
+        tau = getattr(self._selection, "tau", None)  # importance sampling: how close it came to switching on
+        if tau is not None:
+            self.tau_peak = max(self.tau_peak or 0.0, float(tau))
         self.trained += trained
         self._epoch_count += trained
         if self.cost >= self.budget:
@@ -178,6 +182,7 @@ class ComputeBudget(Callback):
             "seconds": self.curve[-1]["seconds"],
             "steps": self.steps,
             "selected_step_fraction": self.selected_steps / max(1, self.steps),
+            "tau_peak": self.tau_peak,
             "trained_points": self.trained,
             "epoch_sizes": self.epoch_sizes,
         }
