@@ -47,6 +47,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
@@ -69,6 +70,7 @@ SIZES: dict[str, dict[str, Any]] = {
 TRAIN_EVAL = 10000
 LOSS_LEVELS = (1e-1, 1e-2, 1e-3)
 GOAL_SPEEDUP = 1.5
+RATIO_AT = (0.1, 0.5, 1.0)  # fractions of the budget where the loss ratio at equal compute is shown
 
 
 class LongTraining(Study):
@@ -181,9 +183,15 @@ class LongTraining(Study):
             ("final test acc (%)", lambda n, m: render.ci(m["final"]["test_acc"], 100, 2)),
         ]
         for key, table in data["tables"].items():
+            uniform = table["methods"]["uniform"]
+            columns_ratio: list[render.Column] = [(
+                "uniform's loss / the method's at " + " / ".join(f"{f:.0%}" for f in RATIO_AT) + " of the compute",
+                lambda n, m, u=uniform: " / ".join(f"{np.mean(equal_compute_ratio(u, m, f)):.2f}" for f in RATIO_AT),
+            )]  # fmt: skip
             level = lowest_common_level(table["methods"])
             early = [] if level is None else early_columns(level)
-            lines += [f"**{key}**: {table['label']}", "", *render.table(table["methods"], columns + early)]
+            rows = render.table(table["methods"], columns + early + columns_ratio)
+            lines += [f"**{key}**: {table['label']}", "", *rows]
             for m, goal in table["goals"].items():
                 verdict = "met" if goal["met"] else "missed"
                 lines.append(f"- Goal, `{m}` at least {GOAL_SPEEDUP}x sooner, test accuracy no worse: **{verdict}**.")
@@ -225,6 +233,19 @@ def lowest_common_level(methods: dict[str, Any]) -> str | None:
         if entry is not None and entry["seconds"]["n_reached"] == entry["seconds"]["n"]:
             return f"train_loss<={level:g}"
     return None
+
+
+def equal_compute_ratio(uniform: dict[str, Any], method: dict[str, Any], fraction: float) -> list[float]:
+    """Per report seed, uniform's training loss over the method's at ``fraction`` of the budget (interpolated)."""
+    ratios = []
+    for seed, run in method["runs"].items():
+        if seed not in uniform["runs"]:
+            continue
+        at = fraction * run["budget"]
+        loss = [np.interp(at, [p["cost"] for p in r["curve"]], [p["train_loss"] for p in r["curve"]])
+                for r in (uniform["runs"][seed], run)]  # fmt: skip
+        ratios.append(float(loss[0] / loss[1]))
+    return ratios
 
 
 def level_value(target: str) -> str:

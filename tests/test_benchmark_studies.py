@@ -60,6 +60,18 @@ def test_long_training_quotes_the_lowest_loss_level_uniform_reached_on_every_see
     assert headers == ["speed-up to loss 0.01, seconds", "speed-up to loss 0.01, compute"]
 
 
+def test_long_training_compares_losses_at_equal_compute_along_the_budget():
+    def run(losses):
+        points = zip((0, 50, 100), losses, strict=True)
+        return {"budget": 100.0, "curve": [{"cost": c, "train_loss": v} for c, v in points]}
+
+    uniform = {"runs": {"0": run([2.0, 1.0, 0.5]), "1": run([2.0, 0.8, 0.4])}}
+    method = {"runs": {"0": run([2.0, 0.5, 0.5]), "1": run([2.0, 0.4, 0.4]), "2": run([2.0, 0.1, 0.1])}}
+    assert long_training.equal_compute_ratio(uniform, method, 0.5) == [2.0, 2.0]  # seed 2: no uniform run to pair
+    assert long_training.equal_compute_ratio(uniform, method, 1.0) == [1.0, 1.0]
+    assert long_training.equal_compute_ratio(uniform, method, 0.25) == pytest.approx([1.5 / 1.25, 1.4 / 1.2])
+
+
 def test_noisy_labels_charges_the_irreducible_model_and_counts_mislabelled_points(tmp_path):
     out = tmp_path / "noisy_labels.json"
     methods = ["topk_reducible", "topk_reducible_stream", "rank_reducible", "selective_backprop"]
