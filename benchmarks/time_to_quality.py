@@ -42,7 +42,7 @@ from benchmarks.common import bench_trainer, protocol, quiet, save_figure, save_
 from benchmarks.common import parser as make_parser
 from benchmarks.protocol.budget import ComputeBudget, epochs_budget
 from benchmarks.protocol.data import Augment, consecutive_splits, predict
-from benchmarks.protocol.plots import mean_curve
+from benchmarks.protocol.plots import seed_curve
 from lightning_per import ImportanceSamplingCallback, LossTracker, PrioritizedDataModule, SamplingStrategy
 from lightning_per.examples.models import Classifier
 from lightning_per.score import ScoreName
@@ -173,7 +173,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         runs = {seed: {"curve": curve} for seed, curve in result["curves"].items()}
         for col, x in enumerate(("seconds", "cost")):
             for row, y in enumerate(("train_loss", "test_acc")):
-                axes[row][col].plot(*mean_curve(runs, x, y), label=method)
+                axes[row][col].plot(*seed_curve(runs, x, y, how="mean"), label=method)
                 xlabel = "training seconds" if x == "seconds" else "cost (forward = 1, backward = 2)"
                 axes[row][col].set(xlabel=xlabel, ylabel=y, yscale="log" if y == "train_loss" else "linear")
     axes[0][0].legend()

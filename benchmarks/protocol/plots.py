@@ -10,8 +10,14 @@ from benchmarks.common import save_figure
 COLOURS = "tab10"
 
 
-def mean_curve(runs: dict[str, dict[str, Any]], x: str, y: str, points: int = 60) -> tuple[Any, Any]:
-    """The mean over the runs of ``y`` against ``x``, on a common grid up to the shortest run's end."""
+def seed_curve(
+    runs: dict[str, dict[str, Any]], x: str, y: str, how: str = "median", points: int = 60
+) -> tuple[Any, Any]:
+    """The median (or mean) over the runs of ``y`` against ``x``, on a common grid up to the shortest run's end.
+
+    The protocol's figures take the median: on the seconds axis, a seed slowed by the machine's load would pull a
+    mean down to a level no run was at.
+    """
     import numpy as np
 
     curves = [[p for p in r["curve"] if p.get(y) is not None] for r in runs.values()]
@@ -20,23 +26,23 @@ def mean_curve(runs: dict[str, dict[str, Any]], x: str, y: str, points: int = 60
         return np.array([]), np.array([])
     grid = np.linspace(0.0, min(c[-1][x] for c in curves), points)
     ys = np.stack([np.interp(grid, [p[x] for p in c], [p[y] for p in c]) for c in curves])
-    return grid, ys.mean(0)
+    return grid, np.median(ys, axis=0) if how == "median" else ys.mean(0)
 
 
 def draw_curves(ax: Any, methods: dict[str, Any], x: str, y: str, log: bool = False) -> None:
-    """One line per method (uniform black and on top), mean over the report seeds."""
+    """One line per method (uniform black and on top), median over the report seeds."""
     import matplotlib.pyplot as plt
 
     colours = plt.get_cmap(COLOURS)
     for i, (name, method) in enumerate(methods.items()):
-        grid, mean = mean_curve(method["runs"], x, y)
+        grid, median = seed_curve(method["runs"], x, y)
         if not len(grid):
             continue
         style: dict[str, Any] = {"color": colours(i % 10), "lw": 1.3}
         if name == "uniform":
             style.update(color="black", lw=2.0, zorder=3)
         scale = 1e-6 if x == "cost" else 1.0
-        ax.plot(grid * scale, mean, label=name, **style)
+        ax.plot(grid * scale, median, label=name, **style)
     ax.set_xlabel("training seconds" if x == "seconds" else "compute (M forward-sample units)")
     ax.set_ylabel(y)
     if log:
@@ -78,5 +84,6 @@ def standard_figure(data: dict[str, Any], path: Path, y: str, log: bool, target:
         draw_bars(axes[row][2], methods, target)
         axes[row][0].set_title(f"{key}: {table['label']}", fontsize=9)
         axes[row][0].legend(fontsize=7)
-    fig.suptitle(f"{data['study']}: mean over the report seeds (from {path.with_suffix('.json').name})")
+    source = path.with_suffix(".json").name
+    fig.suptitle(f"{data['study']}: curves the median, bars the mean over the report seeds (from {source})")
     save_figure(fig, path)
