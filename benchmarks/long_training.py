@@ -169,7 +169,8 @@ class LongTraining(Study):
             f"batch {s['batch_size']}; importance sampling against uniform at equal compute (an importance step "
             "charged B + 3b). Time to target: training seconds (evaluations excluded) and compute until the training "
             "loss first reaches uniform's final loss of the same seed, or a fixed level; speed-up: uniform's time "
-            "over the method's, paired by seed. " + render.settings_line(data),
+            "over the method's, paired by seed (a seed that never reached the target counts at its bound, as if it had "
+            "reached it at its last point). " + render.settings_line(data),
             "",
         ]
         columns: list[render.Column] = [

@@ -48,7 +48,7 @@ def reach_cell(method: dict[str, Any], target: str, unit: str, scale: float = 1.
 
 
 def speedup_cell(method: dict[str, Any], target: str, unit: str = "seconds") -> str:
-    """Uniform's time to ``target`` over the method's, paired by seed: ``1.8x [1.5, 2.1]``."""
+    """Uniform's time to ``target`` over the method's, paired by seed: ``1.8x [1.5, 2.1]``, and the seeds at a bound."""
     entry = method["time_to_target"].get(target)
     stats = entry["speedup_vs_uniform"][unit] if entry else None
     if stats is None:
@@ -56,7 +56,8 @@ def speedup_cell(method: dict[str, Any], target: str, unit: str = "seconds") -> 
     text = f"{stats['mean']:.2f}x"
     if stats.get("ci95"):
         text += f" [{stats['ci95'][0]:.2f}, {stats['ci95'][1]:.2f}]"
-    return text + ("" if stats["n"] == entry[unit]["n"] else f" ({stats['n']} seeds)")
+    bounded = entry["speedup_vs_uniform"].get("bounded", [])
+    return text + (f" ({len(bounded)} of {stats['n']} seeds at their bound: never reached)" if bounded else "")
 
 
 def table(methods: dict[str, dict[str, Any]], columns: list[Column]) -> list[str]:

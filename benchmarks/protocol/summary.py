@@ -80,21 +80,36 @@ def summarize_method(
         levels = by_seed(uniform, target.key) if target.value is None else None
         mine_t = time_to_target({s: r["curve"] for s, r in runs.items()}, target, levels)
         base_t = time_to_target({s: r["curve"] for s, r in uniform.items()}, target, levels)
-        speedup = {}
-        for unit in ("seconds", "compute"):
-            field = "seconds" if unit == "seconds" else "cost"
-            pairs = {
-                int(s): base_t["per_seed"][s][field] / hit[field]
-                for s, hit in mine_t["per_seed"].items()
-                if hit and base_t["per_seed"].get(s) and hit[field] > 0
-            }
-            speedup[unit] = _describe(pairs)
         out["time_to_target"][target.name] = {
             "key": target.key,
             "level": target.value if levels is None else _describe(levels),
             **mine_t,
-            "speedup_vs_uniform": speedup,
+            "speedup_vs_uniform": speedups(mine_t, base_t, runs),
         }
     out.update(study.extras(setting, method, runs))
     out["runs"] = {str(s): r for s, r in sorted(runs.items())}
+    return out
+
+
+def speedups(mine: dict[str, Any], base: dict[str, Any], runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Uniform's time to a target over the method's, paired by seed, in seconds and in compute.
+
+    A seed on which the method never reached the target (and uniform did) is not dropped: it counts with the
+    speed-up it would have had reaching the target at its last point, an upper bound on its true one, and is listed
+    under ``"bounded"``. ``None`` when no seed reached the target.
+    """
+    out: dict[str, Any] = {"bounded": []}
+    for unit in ("seconds", "compute"):
+        field = "seconds" if unit == "seconds" else "cost"
+        pairs: dict[int, float] = {}
+        for s, hit in mine["per_seed"].items():
+            reference = base["per_seed"].get(s)
+            if not reference:
+                continue
+            if hit is None and unit == "seconds":
+                out["bounded"].append(int(s))
+            at = hit[field] if hit else runs[int(s)]["curve"][-1][field]
+            if at > 0:
+                pairs[int(s)] = reference[field] / at
+        out[unit] = _describe(pairs) if mine["compute"]["n_reached"] else None
     return out
