@@ -57,7 +57,7 @@ def speedup_cell(method: dict[str, Any], target: str, unit: str = "seconds") -> 
     if stats.get("ci95"):
         text += f" [{stats['ci95'][0]:.2f}, {stats['ci95'][1]:.2f}]"
     bounded = entry["speedup_vs_uniform"].get("bounded", [])
-    return text + (f" ({len(bounded)} of {stats['n']} seeds at their bound: never reached)" if bounded else "")
+    return text + (f" ({len(bounded)} of {stats['n']} seeds never reached it: at most 1x each)" if bounded else "")
 
 
 def table(methods: dict[str, dict[str, Any]], columns: list[Column]) -> list[str]:

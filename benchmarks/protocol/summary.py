@@ -95,8 +95,10 @@ def speedups(mine: dict[str, Any], base: dict[str, Any], runs: dict[int, dict[st
     """Uniform's time to a target over the method's, paired by seed, in seconds and in compute.
 
     A seed on which the method never reached the target (and uniform did) is not dropped: it counts with the
-    speed-up it would have had reaching the target at its last point, an upper bound on its true one, and is listed
-    under ``"bounded"``. ``None`` when no seed reached the target.
+    speed-up it would have had reaching the target at its last point (an upper bound on its true one), at most 1 (it
+    did not get where uniform got, so it is credited with no gain; a method that stops early would otherwise be
+    credited with the compute it did not spend), and is listed under ``"bounded"``. ``None`` when no seed reached
+    the target.
     """
     out: dict[str, Any] = {"bounded": []}
     for unit in ("seconds", "compute"):
@@ -110,6 +112,6 @@ def speedups(mine: dict[str, Any], base: dict[str, Any], runs: dict[int, dict[st
                 out["bounded"].append(int(s))
             at = hit[field] if hit else runs[int(s)]["curve"][-1][field]
             if at > 0:
-                pairs[int(s)] = reference[field] / at
+                pairs[int(s)] = reference[field] / at if hit else min(1.0, reference[field] / at)
         out[unit] = _describe(pairs) if mine["compute"]["n_reached"] else None
     return out
