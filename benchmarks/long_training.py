@@ -184,14 +184,9 @@ class LongTraining(Study):
             ("final test acc (%)", lambda n, m: render.ci(m["final"]["test_acc"], 100, 2)),
         ]
         for key, table in data["tables"].items():
-            uniform = table["methods"]["uniform"]
-            columns_ratio: list[render.Column] = [(
-                "uniform's loss / the method's at " + " / ".join(f"{f:.0%}" for f in RATIO_AT) + " of the compute",
-                lambda n, m, u=uniform: " / ".join(f"{np.mean(equal_compute_ratio(u, m, f)):.2f}" for f in RATIO_AT),
-            )]  # fmt: skip
             level = lowest_common_level(table["methods"])
             early = [] if level is None else early_columns(level)
-            rows = render.table(table["methods"], columns + early + columns_ratio)
+            rows = render.table(table["methods"], [*columns, *early, ratio_column(table["methods"]["uniform"])])
             lines += [f"**{key}**: {table['label']}", "", *rows]
             for m, goal in table["goals"].items():
                 verdict = "met" if goal["met"] else "missed"
@@ -247,6 +242,15 @@ def equal_compute_ratio(uniform: dict[str, Any], method: dict[str, Any], fractio
                 for r in (uniform["runs"][seed], run)]  # fmt: skip
         ratios.append(float(loss[0] / loss[1]))
     return ratios
+
+
+def ratio_column(uniform: dict[str, Any]) -> render.Column:
+    """Uniform's training loss over the method's at equal compute, at each of ``RATIO_AT``, means over seeds."""
+
+    def cell(name: str, method: dict[str, Any]) -> str:
+        return " / ".join(f"{np.mean(equal_compute_ratio(uniform, method, f)):.2f}" for f in RATIO_AT)
+
+    return "uniform's loss / the method's at " + " / ".join(f"{f:.0%}" for f in RATIO_AT) + " of the compute", cell
 
 
 def level_value(target: str) -> str:
