@@ -170,7 +170,7 @@ class LongTraining(Study):
             "charged B + 3b). Time to target: training seconds (evaluations excluded) and compute until the training "
             "loss first reaches uniform's final loss of the same seed, or a fixed level; speed-up: uniform's time "
             "over the method's, paired by seed (a seed that never reached the target counts at its bound, as if it had "
-            "reached it at its last point). " + render.settings_line(data),
+            "reached it at its last point, and at most 1x). " + render.settings_line(data),
             "",
         ]
         columns: list[render.Column] = [

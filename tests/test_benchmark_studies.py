@@ -123,6 +123,29 @@ def test_redundancy_gives_uniform_the_compute_prune_used(tmp_path):
     assert headline.method == "prune_r0.7" and not headline.quotable and "of uniform's compute" in headline.figure
 
 
+def test_redundancy_credits_a_full_epoch_method_that_reaches_uniforms_final_accuracy_sooner():
+    def method(diff_ci, reach_ci):
+        reach = {"mean": sum(reach_ci) / 2, "n": 5, "ci95": reach_ci}
+        target = {"uniform_final": {"speedup_vs_uniform": {"bounded": [], "compute": reach}}}
+        diff = {"test_acc": {"mean": sum(diff_ci) / 2, "ci95": diff_ci}}
+        seeds = {"report": [0, 1, 2, 3, 4]}
+        return {"lr": {"at_edge": False}, "seeds": seeds, "compute_fraction": {"mean": 1.0}, "vs_uniform": diff,
+                "time_to_target": target}  # fmt: skip
+
+    methods = {
+        "uniform": method([0.0, 0.0], [1.0, 1.0]),
+        "proportional": method([-0.0004, 0.0007], [1.16, 1.64]),
+        "rank": method([-0.0008, 0.0011], [0.88, 1.26]),
+        "lower": method([-0.004, -0.001], [1.1, 1.3]),
+    }
+    data = {"tables": {"8ep": {"label": "8 uniform epochs of compute", "goals": {}, "methods": methods}}}
+    cells = {h.method: h for h in redundancy.STUDY.headlines(data)}
+    paid = cells["proportional"]
+    assert paid.verdict == 1 and "to uniform's final accuracy 1.40x [1.16, 1.64] in compute" in paid.figure
+    assert cells["rank"].verdict == 0  # level at the end, and no clear gain on the way
+    assert cells["lower"].verdict == -1  # lower at the end: an early arrival does not make up for it
+
+
 def test_imbalance_records_per_class_accuracy_and_switches_deferred_balancing(tmp_path):
     out = tmp_path / "imbalance.json"
     sizes = ["--signals", "4000", "--largest", "100", "--val-per-class", "20", "--test-per-class", "50"]

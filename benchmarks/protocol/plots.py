@@ -66,8 +66,15 @@ def draw_bars(ax: Any, methods: dict[str, Any], target: str, unit: str = "second
     ax.set_ylabel(f"{unit} to {target}")
 
 
-def standard_figure(data: dict[str, Any], path: Path, y: str, log: bool, target: str = "uniform_final") -> None:
-    """Per setting (a row): ``y`` against seconds, against compute, and the seconds to ``target``."""
+def standard_figure(
+    data: dict[str, Any],
+    path: Path,
+    y: str,
+    log: bool,
+    target: str = "uniform_final",
+    ylim: tuple[float, float] | None = None,
+) -> None:
+    """Per setting (a row): ``y`` against seconds, against compute (within ``ylim``), and the seconds to ``target``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,6 +89,9 @@ def standard_figure(data: dict[str, Any], path: Path, y: str, log: bool, target:
         draw_curves(axes[row][0], methods, "seconds", y, log)
         draw_curves(axes[row][1], methods, "cost", y, log)
         draw_bars(axes[row][2], methods, target)
+        if ylim is not None:
+            axes[row][0].set_ylim(*ylim)
+            axes[row][1].set_ylim(*ylim)
         axes[row][0].set_title(f"{key}: {table['label']}", fontsize=9)
         axes[row][0].legend(fontsize=7)
     source = path.with_suffix(".json").name
