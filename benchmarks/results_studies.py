@@ -21,7 +21,7 @@ STUDIES: dict[str, Study] = {
 }
 TITLES = {  # JSON stem: what a pending section is called
     "long_training": "Long training (large, 25 and 10 epochs)",
-    "long_training_long": "Long training (large, 50 and 100 epochs)",
+    "long_training_long": "Long training (large, 50 and 100 epochs, cosine, presample 3)",
     "noisy_labels": "Noisy labels (large)",
     "noisy_labels_small": "Noisy labels (small)",
     "redundancy": "Redundancy",
