@@ -167,7 +167,7 @@ class PrioritizedSampler(DistributedSampler):
 def schedule_notices(
     strategy: SamplingStrategy, max_epochs: int | None, saved: int | None, epoch: int
 ) -> tuple[str | None, str | None]:
-    """What to tell the user about the schedule: it cannot anneal without ``max_epochs``; a resume rescaled it.
+    """What to tell the user about the schedule: it cannot anneal, or never applies; a resume rescaled it.
 
     Args:
         strategy: the sampling strategy.
@@ -187,6 +187,14 @@ def schedule_notices(
             f"The sampling strategy anneals {', '.join(annealed)} over the Trainer's `max_epochs`, but "
             f"`max_epochs={max_epochs}` (training stops by `max_steps` or `max_time`), so they stay at their "
             "start values. Set `Trainer(max_epochs=...)`, or set the `*_final` values to None for constant ones."
+        )
+    final = strategy.uniform_epochs_at_end(max_epochs)
+    length = max_epochs if max_epochs is not None and max_epochs > 0 and strategy.name != "uniform" else None
+    if length is not None and strategy.initial_uniform_epochs >= length - final:
+        missing = (
+            f"The sampling strategy {strategy.name!r} never applies: `initial_uniform_epochs="
+            f"{strategy.initial_uniform_epochs}` and {final} final uniform epochs leave no prioritized epoch of "
+            f"`max_epochs={max_epochs}`, so every epoch is a uniform pass. Lower them or raise `max_epochs`."
         )
     if saved is None or saved == max_epochs or unknown or strategy.name == "uniform":
         return missing, None

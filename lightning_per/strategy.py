@@ -36,9 +36,10 @@ class SamplingStrategy:
       dropped with probability ``prune_ratio`` and the kept ones weighted ``1 / (1 - prune_ratio)``; a shuffled
       pass over what is kept, so epochs get shorter.
 
-    Drawn samples get importance weights ``(N p_i)^-beta``. Epoch 0 is uniform (nothing is scored yet); ``alpha``,
-    ``beta`` and ``uniform_mix`` move linearly from their values in epoch 1 to their ``*_final`` values in the last
-    prioritized epoch, which needs the Trainer's ``max_epochs`` (without it they stay at their start values).
+    Drawn samples get importance weights ``(N p_i)^-beta``. Epoch 0 is uniform (nothing is scored yet), and so are
+    the first ``initial_uniform_epochs``; ``alpha``, ``beta`` and ``uniform_mix`` move linearly from their values in
+    the first prioritized epoch to their ``*_final`` values in the last, which needs the Trainer's ``max_epochs``
+    (without it they stay at their start values).
 
     Args:
         name: ``uniform``, ``proportional``, ``rank`` or ``prune``.
@@ -49,6 +50,8 @@ class SamplingStrategy:
         alpha_final: anneal ``alpha`` to this value (``None``: constant).
         beta_final: anneal ``beta`` to this value (``None``: constant); by default 0.4 annealed to 1.0.
         uniform_mix_final: anneal ``uniform_mix`` to this value (``None``: constant).
+        initial_uniform_epochs: uniform epochs at the start of training, scored but not prioritized: defers the
+            strategy, e.g. class-balanced draws in the last quarter only (deferred re-sampling).
         final_uniform_epochs: uniform epochs at the end of training (``None``: 0, or ``max_epochs // 8`` for
             ``prune``, as in InfoBatch).
         normalize_weights: divide weights by the largest weight of the distribution (Schaul et al.; then <= 1).
@@ -74,6 +77,7 @@ class SamplingStrategy:
     alpha_final: float | None = None
     beta_final: float | None = 1.0
     uniform_mix_final: float | None = None
+    initial_uniform_epochs: int = 0
     final_uniform_epochs: int | None = None
     normalize_weights: bool = False
     num_samples: int | None = None
@@ -87,6 +91,7 @@ class SamplingStrategy:
         for key in ("beta", "beta_final", "uniform_mix", "uniform_mix_final", "prune_ratio"):
             check_number(key, getattr(self, key), 0.0, 1.0, optional=key.endswith("_final"))
         check_number("eps", self.eps, 0.0)
+        check_int("initial_uniform_epochs", self.initial_uniform_epochs, 0)
         check_int("final_uniform_epochs", self.final_uniform_epochs, 0, optional=True)
         check_int("num_samples", self.num_samples, 1, optional=True)
         check_number("prune_quantile", self.prune_quantile, 0.0, 1.0, low_open=True, high_open=True, optional=True)
@@ -130,9 +135,10 @@ class SamplingStrategy:
     def scheduled(self, epoch: int, max_epochs: int | None) -> tuple[float, float, float]:
         """``(alpha, beta, uniform_mix)`` at ``epoch``, moving linearly to the ``*_final`` values.
 
-        The schedule spans the prioritized epochs: epoch 0 is uniform (no sample has a score yet), so epoch 1 uses the
-        start values and the last epoch before the ``final_uniform_epochs`` uses the ``*_final`` values (with a single
-        prioritized epoch, the final ones). Without ``max_epochs`` the start values hold throughout.
+        The schedule spans the prioritized epochs: the first after the ``initial_uniform_epochs`` (at least epoch 1:
+        epoch 0 has no scores yet) uses the start values and the last before the ``final_uniform_epochs`` uses the
+        ``*_final`` values (with a single prioritized epoch, the final ones). Without ``max_epochs`` the start values
+        hold throughout.
 
         Example:
             >>> s = SamplingStrategy("proportional", beta=0.4, beta_final=1.0)
@@ -141,8 +147,8 @@ class SamplingStrategy:
         """
         progress = 0.0
         if max_epochs is not None and max_epochs > 0:
-            last = max_epochs - self.uniform_epochs_at_end(max_epochs) - 1  # the last prioritized epoch
-            progress = min(1.0, max(0.0, (epoch - 1) / (last - 1))) if last > 1 else 1.0
+            first, last = max(1, self.initial_uniform_epochs), max_epochs - self.uniform_epochs_at_end(max_epochs) - 1
+            progress = min(1.0, max(0.0, (epoch - first) / (last - first))) if last > first else 1.0
 
         def at(start: float, final: float | None) -> float:
             return start if final is None else start + (final - start) * progress
@@ -227,12 +233,13 @@ def build_plan(
         max_epochs = None
     final = strategy.uniform_epochs_at_end(max_epochs)
     in_final = max_epochs is not None and epoch >= max_epochs - final
-    if strategy.name == "uniform" or in_final or scores is None or bool(torch.isnan(scores).all()):
+    uniform = strategy.name == "uniform" or epoch < strategy.initial_uniform_epochs or in_final
+    if uniform or scores is None or bool(torch.isnan(scores).all()):
         return _uniform_plan(dataset_size, generator)
     alpha, beta, lam = strategy.scheduled(epoch, max_epochs)
     filled = PF.fill_unseen(scores)
     # the highest-scored tenth (more with ties), for `top10_mass`; its own generator leaves the plan's draws as they are
-    top_threshold = _quantile(filled, 0.9, torch.Generator().manual_seed(0))
+    top_threshold = PF.sampled_quantile(filled, 0.9, torch.Generator().manual_seed(0))
     if strategy.name == "prune":
         return _prune_plan(filled, filled >= top_threshold, strategy, generator)
     if strategy.name == "proportional":
@@ -241,11 +248,11 @@ def build_plan(
         priorities = PF.rank_priorities(filled, alpha)
     del filled
     # in place from here on: the plan holds one float64 per sample at its peak (8 bytes, then the CDF); no other
-    # sample-sized tensor is alive with it (`_plan_stats` reads in chunks), so the peak stays near 8 bytes per sample
+    # sample-sized tensor is alive with it (`smallest_and_top_mass` reads in chunks): the peak stays near 8 bytes each
     p = PF.mix_uniform(PF.to_probabilities(priorities, inplace=True), lam, inplace=True)
     del priorities
     n = p.numel()
-    min_p, top_mass = _plan_stats(p, scores, top_threshold)
+    min_p, top_mass = PF.smallest_and_top_mass(p, scores, top_threshold)
     ess = PF.effective_sample_size(p)
     largest = float(torch.tensor(n * min_p, dtype=torch.float64).pow(-beta))  # inf, not OverflowError, if huge
     max_weight = largest if strategy.normalize_weights and math.isfinite(largest) else None
@@ -266,33 +273,11 @@ def build_plan(
     )
 
 
-def _plan_stats(p: Tensor, scores: Tensor, top_threshold: float, chunk: int = 1 << 20) -> tuple[float, float]:
-    """The smallest positive probability and the mass on the top-scored samples, read a chunk at a time.
-
-    A sample is top-scored when its filled score is at or above ``top_threshold``: a scored sample by its score, an
-    unseen (NaN) one always, since it is filled with the largest seen score, which no quantile exceeds. Whole-tensor
-    forms (``p[p > 0].min()``, ``p[filled >= t].sum()``) allocate a mask, an int64 index and a float64 copy, up to 18
-    bytes per sample on top of the plan's 8; here every temporary is at most ``chunk`` entries long.
-
-    Example:
-        >>> p = torch.tensor([0.0, 0.25, 0.75], dtype=torch.float64)
-        >>> _plan_stats(p, torch.tensor([0.0, 1.0, float("nan")]), top_threshold=2.0, chunk=2)
-        (0.25, 0.75)
-    """
-    smallest, mass = math.inf, 0.0
-    for start in range(0, p.numel(), chunk):
-        part = p[start : start + chunk]
-        smallest = min(smallest, float(torch.where(part > 0, part, math.inf).min()))
-        top = ~(scores[start : start + chunk] < top_threshold)  # NaN (unseen) compares False: top
-        mass += float(torch.where(top, part, 0.0).sum())
-    return smallest, mass
-
-
 def _prune_plan(scores: Tensor, top: Tensor, strategy: SamplingStrategy, generator: torch.Generator) -> SamplingPlan:
     if strategy.prune_quantile is None:
         threshold = float(scores.double().mean())
     else:
-        threshold = _quantile(scores, strategy.prune_quantile, generator)
+        threshold = PF.sampled_quantile(scores, strategy.prune_quantile, generator)
     uniforms = torch.rand(scores.numel(), generator=generator)
     keep, below = PF.prune_keep_mask(scores, strategy.prune_ratio, threshold, uniforms)
     del uniforms
@@ -317,13 +302,6 @@ def _prune_plan(scores: Tensor, top: Tensor, strategy: SamplingStrategy, generat
             "prune_threshold": threshold,
         },
     )
-
-
-def _quantile(values: Tensor, q: float, generator: torch.Generator, max_points: int = 1 << 20) -> float:
-    """Quantile of ``values``; estimated from a fixed-size random subset above ``max_points`` entries."""
-    if values.numel() > max_points:
-        values = values[torch.randint(values.numel(), (max_points,), generator=generator)]
-    return float(torch.quantile(values.double(), q))
 
 
 def as_strategy(strategy: Any) -> SamplingStrategy:

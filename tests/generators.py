@@ -68,7 +68,7 @@ ALPHAS = st.sampled_from([0.0, 0.5, 1.0, 2.0]) | st.floats(0.0, 1e4)
 
 @st.composite
 def sampling_strategies(draw: st.DrawFn, names: tuple[str, ...] = NAMES) -> SamplingStrategy:
-    """Any valid strategy: every name, annealed or constant parameters, final uniform epochs, normalisation."""
+    """Any valid strategy: every name, annealed or constant parameters, uniform epochs first and last, normalisation."""
     return SamplingStrategy(
         draw(st.sampled_from(names)),
         alpha=draw(ALPHAS),
@@ -78,6 +78,7 @@ def sampling_strategies(draw: st.DrawFn, names: tuple[str, ...] = NAMES) -> Samp
         alpha_final=draw(st.none() | ALPHAS),
         beta_final=draw(st.none() | UNIT),
         uniform_mix_final=draw(st.none() | UNIT),
+        initial_uniform_epochs=draw(st.sampled_from([0]) | st.integers(0, 6)),
         final_uniform_epochs=draw(st.none() | st.integers(0, 5)),
         normalize_weights=draw(st.booleans()),
         num_samples=draw(st.none() | st.integers(1, 150)),

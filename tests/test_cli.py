@@ -79,13 +79,13 @@ data:
   init_args:
     batch_size: 7
     seed: 3
-    strategy: {name: rank, alpha: 0.3, beta: 0.5, beta_final: 1.0, normalize_weights: true}
+    strategy: {name: rank, alpha: 0.3, beta: 0.5, beta_final: 1.0, normalize_weights: true, initial_uniform_epochs: 3}
 """
     )
     cli = main(["--config", str(cfg)], run=False)
     assert isinstance(cli.datamodule, lp.PrioritizedDataModule) and cli.datamodule.batch_size == 7
     assert cli.datamodule.strategy == lp.SamplingStrategy(
-        "rank", alpha=0.3, beta=0.5, beta_final=1.0, normalize_weights=True
+        "rank", alpha=0.3, beta=0.5, beta_final=1.0, normalize_weights=True, initial_uniform_epochs=3
     )
 
 

@@ -1,5 +1,6 @@
 """lightning_per.strategy: sampling strategies, their schedules and the plan of an epoch."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from lightning_per import SamplingStrategy
 from lightning_per import functional as PF
+from lightning_per.sampler import schedule_notices
 from lightning_per.strategy import build_plan
 from tests.generators import (
     EPOCHS,
@@ -39,6 +41,7 @@ pytestmark = pytest.mark.filterwarnings(PRUNE_ONE_WARNING)
         (dict(num_samples=0), "`num_samples` must be an integer >= 1"),
         (dict(eps=float("inf")), "`eps` must be a finite number >= 0, got inf"),
         (dict(prune_quantile=1.0), "`prune_quantile`"),
+        (dict(initial_uniform_epochs=-1), "`initial_uniform_epochs` must be an integer >= 0, got -1"),
     ],
 )
 def test_strategy_rejects_bad_arguments(kwargs, match):
@@ -69,6 +72,26 @@ def test_annealing_schedules_and_final_uniform_epochs():
     plan = build_plan(scores, s, 10, 12, torch.Generator(), 10)
     assert plan.cdf is None and sorted(plan.order.tolist()) == list(range(10))
     assert SamplingStrategy("prune").uniform_epochs_at_end(16) == 2
+
+
+def test_initial_uniform_epochs_defer_the_strategy_and_its_schedule():
+    s = SamplingStrategy("proportional", beta=0.4, beta_final=1.0, uniform_mix=0.0, initial_uniform_epochs=3)
+    scores = torch.rand(10)
+    for epoch in range(3):  # uniform passes, scored or not
+        plan = build_plan(scores, s, epoch, 8, torch.Generator(), 10)
+        assert plan.cdf is None and sorted(plan.order.tolist()) == list(range(10)) and not plan.weighted
+    assert build_plan(scores, s, 3, 8, torch.Generator(), 10).cdf is not None  # the strategy from epoch 3 on
+    assert [round(s.scheduled(e, 8)[1], 2) for e in range(3, 8)] == [0.4, 0.55, 0.7, 0.85, 1.0]  # epochs 3 to 7
+    with pytest.raises(TypeError, match=r"`initial_uniform_epochs` must be an integer >= 0, got 2\.5"):
+        SamplingStrategy(initial_uniform_epochs=2.5)
+
+
+def test_a_strategy_left_no_prioritized_epoch_is_warned_naming_both_counts():
+    s = SamplingStrategy("prune", initial_uniform_epochs=7)  # prune: 8 // 8 = 1 final uniform epoch
+    notice, _ = schedule_notices(s, 8, None, 0)
+    assert "never applies" in notice and "`initial_uniform_epochs=7` and 1 final uniform epochs" in notice
+    assert schedule_notices(dataclasses.replace(s, initial_uniform_epochs=6), 8, None, 0)[0] is None
+    assert schedule_notices(SamplingStrategy("uniform", initial_uniform_epochs=9), 8, None, 0)[0] is None
 
 
 def test_prune_plan_is_shorter_and_weights_the_kept_below_samples():
@@ -201,8 +224,6 @@ def test_proportional_plans_survive_powers_outside_float64(scores, alpha, eps, e
 
 
 def test_plan_statistics_read_in_chunks_equal_the_whole_tensor_forms():
-    from lightning_per.strategy import _plan_stats, _quantile
-
     g = torch.Generator().manual_seed(3)
     p = torch.rand(1000, generator=g, dtype=torch.float64)
     p[::5] = 0.0  # never drawn: not the smallest probability
@@ -210,7 +231,7 @@ def test_plan_statistics_read_in_chunks_equal_the_whole_tensor_forms():
     scores = torch.rand(1000, generator=g) ** 3
     scores[::7] = float("nan")  # unseen: filled with the largest score, so top-scored
     filled = PF.fill_unseen(scores)
-    threshold = _quantile(filled, 0.9, torch.Generator().manual_seed(0))
-    smallest, mass = _plan_stats(p, scores, threshold, chunk=64)
+    threshold = PF.sampled_quantile(filled, 0.9, torch.Generator().manual_seed(0))
+    smallest, mass = PF.smallest_and_top_mass(p, scores, threshold, chunk=64)
     assert smallest == float(p[p > 0].min())
     assert mass == pytest.approx(float(p[filled >= threshold].sum()), rel=1e-12, abs=0)

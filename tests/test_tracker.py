@@ -70,6 +70,20 @@ def test_each_epochs_statistics_describe_that_epoch_and_the_schedule_spans_the_p
     assert tracker.last_plan is not None and tracker.last_plan.beta == 1.0
 
 
+def test_initial_uniform_epochs_train_uniform_passes_first_and_start_the_schedule_after_them(tmp_path):
+    strategy = lp.SamplingStrategy("proportional", initial_uniform_epochs=2)  # beta 0.4 -> 1.0 over epochs 2-4
+    dm = lp.PrioritizedDataModule(blobs(64), batch_size=16, strategy=strategy, seed=0)
+    logger = RecordingLogger()
+    model = fit(tmp_path, [lp.LossTracker()], datamodule=dm, max_epochs=5, logger=logger).model
+    rows = [w for w in logger.writes if "per/ess" in w]
+    assert [r["per/ess"] for r in rows[:2]] == [1.0, 1.0] and all("per/beta" not in r for r in rows[:2])
+    assert [r["per/beta"] for r in rows[2:]] == pytest.approx([0.4, 0.7, 1.0])
+    for epoch in range(5):  # scored all along, weighted only once the strategy applies
+        drawn = [w for ws in model.seen_weight[4 * epoch : 4 * epoch + 4] for w in ws]
+        assert (max(drawn) > 1.0) == (epoch >= 2)
+    assert bool(torch.isfinite(dm.scores.scores).all())
+
+
 @pytest.mark.parametrize("wrap", [DictDataset, ListDataset])
 def test_dict_and_list_samples_are_scored(tmp_path, wrap):
     dm = lp.PrioritizedDataModule(wrap(blobs(32)), batch_size=8, strategy="rank")

@@ -24,6 +24,8 @@ from lightning_per.functional.priorities import (
     proportional_priorities,
     prune_keep_mask,
     rank_priorities,
+    sampled_quantile,
+    smallest_and_top_mass,
     to_probabilities,
 )
 from lightning_per.functional.sampling import (
@@ -53,7 +55,9 @@ __all__ = [
     "proportional_priorities",
     "prune_keep_mask",
     "rank_priorities",
+    "sampled_quantile",
     "sigmoid_bce_grad_norm",
+    "smallest_and_top_mass",
     "softmax_ce_grad_norm",
     "sorted_uniforms",
     "tau",

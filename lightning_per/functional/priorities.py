@@ -15,6 +15,8 @@ __all__ = [
     "proportional_priorities",
     "prune_keep_mask",
     "rank_priorities",
+    "sampled_quantile",
+    "smallest_and_top_mass",
     "to_probabilities",
 ]
 
@@ -222,3 +224,37 @@ def class_frequency_factor(labels: Tensor, targets: Tensor, gamma: float) -> Ten
     factor = torch.ones_like(counts)
     factor[present] = (counts[present] / counts[present].mean()).pow(-gamma)
     return factor[targets.long()].float()
+
+
+def smallest_and_top_mass(p: Tensor, scores: Tensor, top_threshold: float, chunk: int = 1 << 20) -> tuple[float, float]:
+    """The smallest positive probability and the mass on the top-scored samples, read a chunk at a time.
+
+    A sample is top-scored when its filled score is at or above ``top_threshold``: a scored sample by its score, an
+    unseen (NaN) one always, since it is filled with the largest seen score, which no quantile exceeds. Whole-tensor
+    forms (``p[p > 0].min()``, ``p[filled >= t].sum()``) allocate a mask, an int64 index and a float64 copy, up to 18
+    bytes per sample on top of the plan's 8; here every temporary is at most ``chunk`` entries long.
+
+    Example:
+        >>> p = torch.tensor([0.0, 0.25, 0.75], dtype=torch.float64)
+        >>> smallest_and_top_mass(p, torch.tensor([0.0, 1.0, float("nan")]), top_threshold=2.0, chunk=2)
+        (0.25, 0.75)
+    """
+    smallest, mass = math.inf, 0.0
+    for start in range(0, p.numel(), chunk):
+        part = p[start : start + chunk]
+        smallest = min(smallest, float(torch.where(part > 0, part, math.inf).min()))
+        top = ~(scores[start : start + chunk] < top_threshold)  # NaN (unseen) compares False: top
+        mass += float(torch.where(top, part, 0.0).sum())
+    return smallest, mass
+
+
+def sampled_quantile(values: Tensor, q: float, generator: torch.Generator, max_points: int = 1 << 20) -> float:
+    """The ``q`` quantile of ``values``, estimated from ``max_points`` entries drawn with ``generator`` above that size.
+
+    Example:
+        >>> sampled_quantile(torch.arange(5.0), 0.5, torch.Generator())
+        2.0
+    """
+    if values.numel() > max_points:
+        values = values[torch.randint(values.numel(), (max_points,), generator=generator)]
+    return float(torch.quantile(values.double(), q))
