@@ -19,7 +19,8 @@ undoes the re-balancing in expectation). ``proportional_cb_biased``: the same sc
 class-re-weighted objective). ``balanced``: class-balanced sampling from epoch 1 (``LossTracker(score=constant)``
 makes every score the class factor; ``SamplingStrategy("proportional", alpha=1, beta=0, uniform_mix=0)``).
 ``deferred_balanced``: deferred re-sampling (Cao et al. 2019): uniform, then ``balanced`` for the last quarter of the
-scheduled epochs (a callback here switches the DataModule's strategy; the library has no strategy schedule).
+scheduled epochs (a callback here switches the DataModule's strategy once the run's epoch count is known from its
+budget: the draws of ``SamplingStrategy(initial_uniform_epochs=...)``, which a user with a fixed ``max_epochs`` sets).
 ``importance``: ``ImportanceSamplingCallback()`` at its defaults. ``topk_reducible`` is not run by default: it lost
 by more than 2 standard deviations at both ratios in the earlier runs (-33.2 ± 3.0 and -15.3 ± 2.1 balanced points;
 its holdout takes a quarter of a 20-signal tail).

@@ -75,11 +75,13 @@ def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-
     if alpha == 0:
         return torch.ones_like(priorities)
     if alpha != 1:
-        # relative to the largest, so that (s + eps)^alpha cannot leave float64's range (the distribution is the same)
+        # relative to the largest, so that (s + eps)^alpha cannot leave float64's range (the distribution is the same);
+        # in log space, so that a subnormal ratio (a tiny eps over a large score) is raised to alpha, not rounded to 0
         largest = float(priorities.max()) if priorities.numel() else 0.0
         if largest > 0:
-            priorities.div_(largest)
-        priorities.pow_(alpha)
+            priorities.log_().sub_(math.log(largest)).mul_(alpha).exp_()
+        else:
+            priorities.pow_(alpha)
     return priorities
 
 
