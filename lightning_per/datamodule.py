@@ -108,7 +108,7 @@ class PrioritizedDataModule(LightningDataModule):
         self._scores: ScoreTable | None = None
         self._sampler: PrioritizedSampler | None = None
         self._pending_state: dict[str, Any] | None = None
-        self._warned_schedule = False
+        self._warned_schedule: str | None = None
         self._saved_max_epochs: int | None = None  # of the run a checkpoint came from
         self.recorded_by: str | None = None  # the callback that records scores into the table (set at its setup)
 
@@ -330,11 +330,11 @@ class PrioritizedDataModule(LightningDataModule):
         return seed
 
     def _check_schedule(self, max_epochs: int | None) -> None:
-        """Warn once when the schedule needs ``max_epochs`` the Trainer lacks, or a resumed run changed it."""
+        """Warn once when the schedule cannot anneal or never applies; warn when a resume changed it."""
         saved, self._saved_max_epochs = self._saved_max_epochs, None
         unknown, rescaled = schedule_notices(self.strategy, max_epochs, saved, self.sampler.epoch)
-        if unknown and not self._warned_schedule:
-            self._warned_schedule = True
+        if unknown and unknown != self._warned_schedule:  # each distinct notice once
+            self._warned_schedule = unknown
             rank_zero_warn(unknown)
         if rescaled:
             rank_zero_warn(rescaled)

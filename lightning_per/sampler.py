@@ -196,7 +196,8 @@ def schedule_notices(
             f"{strategy.initial_uniform_epochs}` and {final} final uniform epochs leave no prioritized epoch of "
             f"`max_epochs={max_epochs}`, so every epoch is a uniform pass. Lower them or raise `max_epochs`."
         )
-    if saved is None or saved == max_epochs or unknown or strategy.name == "uniform":
+    first = max(1, strategy.initial_uniform_epochs)  # nothing was drawn by the saved schedule before this epoch
+    if saved is None or saved == max_epochs or unknown or strategy.name == "uniform" or epoch <= first:
         return missing, None
     changes = [*annealed]
     if strategy.uniform_epochs_at_end(saved) or strategy.uniform_epochs_at_end(max_epochs):

@@ -120,7 +120,7 @@ class LossTracker(Callback):
         varies = strategy.name == "prune" or (strategy.num_samples is not None and strategy.name != "uniform")
         self._varies = varies
         if varies and trainer.reload_dataloaders_every_n_epochs != 1:  # type: ignore[attr-defined]
-            # the epoch length changes (a pruned epoch, or `num_samples` draws after the uniform epoch 0):
+            # the epoch length changes (a pruned epoch, or `num_samples` draws after the uniform epochs):
             # Lightning must re-read the loader's length every epoch
             previous = trainer.reload_dataloaders_every_n_epochs  # type: ignore[attr-defined]
             trainer.reload_dataloaders_every_n_epochs = 1  # type: ignore[attr-defined]

@@ -94,6 +94,19 @@ def test_a_strategy_left_no_prioritized_epoch_is_warned_naming_both_counts():
     assert schedule_notices(SamplingStrategy("uniform", initial_uniform_epochs=9), 8, None, 0)[0] is None
 
 
+def test_a_resume_before_the_first_prioritized_epoch_is_not_said_to_change_the_draws():
+    s = SamplingStrategy("proportional", initial_uniform_epochs=3)  # beta anneals from epoch 3 on
+    assert schedule_notices(s, 8, 2, 3)[1] is None  # only uniform passes so far: nothing drawn differs
+    assert "from epoch 4 on" in schedule_notices(s, 8, 6, 4)[1]
+
+
+def test_the_largest_proportional_priority_is_exactly_one_at_any_alpha():
+    scores = torch.tensor([1.0083152560319986, 0.5, 0.0], dtype=torch.float64)  # torch.log, math.log differ by an ulp
+    for alpha in (0.5, 3.0, 1e17, 1e300):
+        priorities = PF.proportional_priorities(scores, alpha, eps=0.0)
+        assert priorities[0] == 1.0 and bool((priorities[1:] < 1.0).all()), alpha
+
+
 def test_prune_plan_is_shorter_and_weights_the_kept_below_samples():
     scores = torch.cat([torch.zeros(500), torch.ones(500)])
     plan = build_plan(

@@ -82,6 +82,9 @@ def test_initial_uniform_epochs_train_uniform_passes_first_and_start_the_schedul
         drawn = [w for ws in model.seen_weight[4 * epoch : 4 * epoch + 4] for w in ws]
         assert (max(drawn) > 1.0) == (epoch >= 2)
     assert bool(torch.isfinite(dm.scores.scores).all())
+    short = lp.PrioritizedDataModule(blobs(64), batch_size=16, strategy=strategy, seed=0)
+    with pytest.warns(UserWarning, match="never applies: `initial_uniform_epochs=2`.*`max_epochs=2`"):
+        fit(tmp_path / "short", [lp.LossTracker()], datamodule=short, max_epochs=2)
 
 
 @pytest.mark.parametrize("wrap", [DictDataset, ListDataset])

@@ -76,10 +76,12 @@ def proportional_priorities(scores: Tensor, alpha: float = 1.0, eps: float = 1e-
         return torch.ones_like(priorities)
     if alpha != 1:
         # relative to the largest, so that (s + eps)^alpha cannot leave float64's range (the distribution is the same);
-        # in log space, so that a subnormal ratio (a tiny eps over a large score) is raised to alpha, not rounded to 0
+        # in log space, so that a subnormal ratio (a tiny eps over a large score) is raised to alpha, not rounded to 0;
+        # the largest log is subtracted from the logs themselves, so the largest priority is exactly 1 at any alpha
         largest = float(priorities.max()) if priorities.numel() else 0.0
         if largest > 0:
-            priorities.log_().sub_(math.log(largest)).mul_(alpha).exp_()
+            priorities.log_()
+            priorities.sub_(float(priorities.max())).mul_(alpha).exp_()
         else:
             priorities.pow_(alpha)
     return priorities
