@@ -83,7 +83,9 @@ def test_initial_uniform_epochs_train_uniform_passes_first_and_start_the_schedul
         assert (max(drawn) > 1.0) == (epoch >= 2)
     assert bool(torch.isfinite(dm.scores.scores).all())
     short = lp.PrioritizedDataModule(blobs(64), batch_size=16, strategy=strategy, seed=0)
-    with pytest.warns(UserWarning, match="never applies: `initial_uniform_epochs=2`.*`max_epochs=2`"):
+    with pytest.warns(UserWarning, match="anneals beta from 0.4 to 1.0 over the Trainer's `max_epochs`"):
+        fit(tmp_path / "steps", [lp.LossTracker()], datamodule=short, max_epochs=-1, max_steps=4)
+    with pytest.warns(UserWarning, match="never applies: `initial_uniform_epochs=2`.*`max_epochs=2`"):  # not silenced
         fit(tmp_path / "short", [lp.LossTracker()], datamodule=short, max_epochs=2)
 
 
