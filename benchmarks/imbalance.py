@@ -270,7 +270,7 @@ class Imbalance(Study):
         return out
 
     def plot(self, data: dict[str, Any], path: Path) -> None:
-        standard_figure(data, path, "test_balanced_acc", log=False, target=UNIFORM_FINAL)
+        standard_figure(data, path, "test_balanced_acc", log=False, target=UNIFORM_FINAL, ylim=(0.6, 1.0))
 
 
 STUDY = Imbalance()

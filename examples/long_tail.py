@@ -12,8 +12,8 @@ schedules are compared by balanced (mean per-class) and worst-class test accurac
   Cao et al. 2019): the balanced strategy with ``initial_uniform_epochs``;
 - ``annealed``: ``uniform_mix`` annealed from 1 (uniform) to 0 (balanced) over the epochs.
 
-On this library's long-tailed benchmark deferred re-sampling did best (+1.2 points balanced, +5 worst-class at ratio
-100, 3 seeds) and balanced sampling from the start did worse than uniform: it trains the few tail samples thousands
+On this library's long-tailed benchmark deferred re-sampling did best (+1.1 points balanced, +4.7 worst-class at
+ratio 100) and balanced sampling from the start did worse than uniform: it trains the few tail samples thousands
 of times and the model memorises them. One seed of this script is noisy; compare over seeds before deciding.
 
 Run from the repository root (needs the ``examples`` extra)::
