@@ -135,6 +135,15 @@ class Imbalance(Study):
     default_lrs = (0.025, 0.05, 0.1)
     default_methods = METHODS[:-1]
     all_methods = METHODS
+    legend = (
+        ("proportional_cb", '`SamplingStrategy("proportional")` with `LossTracker(class_balance=1.0)`'),
+        ("rank_cb", '`SamplingStrategy("rank")` with `LossTracker(class_balance=1.0)`'),
+        ("prune_cb", '`SamplingStrategy("prune")` with `LossTracker(class_balance=1.0)`'),
+        ("proportional_cb_biased", "`proportional_cb` without weights (`beta=0, beta_final=None`)"),
+        ("balanced", 'class-balanced draws from epoch 1: `SamplingStrategy("proportional", alpha=1.0, beta=0.0, '
+                     "beta_final=None, uniform_mix=0.0)` with `LossTracker(score=<a constant>, class_balance=1.0)`"),
+        ("deferred_balanced", "`balanced` with `initial_uniform_epochs` at three quarters of the epochs"),
+    )  # fmt: skip
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--ratios", type=float, nargs="+", default=[100.0, 10.0], help="largest / smallest class")

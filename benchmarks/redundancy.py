@@ -68,6 +68,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {  # method: (library method, 
     "importance": ("importance", {}),
 }
 DEFAULT = ("uniform", "prune", "prune_r0.7", "rank", "proportional", "importance")
+LEGEND = (
+    ("prune_r0.7", '`SamplingStrategy("prune", prune_ratio=0.7)` with `LossTracker()`'),
+    ("prune_r0.9", '`SamplingStrategy("prune", prune_ratio=0.9)` with `LossTracker()`'),
+    ("prune_q0.7_r0.9", '`SamplingStrategy("prune", prune_ratio=0.9, prune_quantile=0.7)` with `LossTracker()`'),
+)
 SIZES = {"train": 200000, "val": 5000, "test": 10000}
 TRAIN_EVAL = 5000
 VAL_LEVELS = (0.98, 0.99)
@@ -80,6 +85,7 @@ class Redundancy(Study):
     default_lrs = (0.1, 0.2, 0.4)
     default_methods = DEFAULT
     all_methods = tuple(VARIANTS)
+    legend = LEGEND
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--epochs", type=int, nargs="+", default=[3, 8], help="budgets, in uniform epochs")

@@ -8,6 +8,7 @@ from typing import Any
 
 from benchmarks import imbalance, long_training, noisy_labels, redundancy, text_lm
 from benchmarks.protocol import render
+from benchmarks.protocol.methods import LEGEND
 from benchmarks.protocol.study import Headline, Study
 from benchmarks.results_common import env_line, load
 from benchmarks.run_studies import CHAINS
@@ -87,6 +88,11 @@ def headlines(out: Path) -> tuple[list[Headline], list[str]]:
     return cells, pending
 
 
+def legend() -> dict[str, str]:
+    """What every method name of the studies runs, in the library's terms: the shared ones and each study's own."""
+    return {**LEGEND, **{name: text for study in STUDIES.values() for name, text in study.legend}}
+
+
 def which_method_block(out: Path) -> str:
     """The README's generated table: per method, where it paid, where it lost, where no difference showed."""
     cells, pending = headlines(out)
@@ -113,6 +119,9 @@ def which_method_block(out: Path) -> str:
             f"Not quoted (learning rate at its grid's edge after the cap, or under 3 seeds): {', '.join(unquoted)}.",
             "",
         ]
+    named = [m for m in dict.fromkeys(c.method for c in cells) if m in legend()]
+    if named:
+        lines += ["Method names: " + "; ".join(f"`{m}`: {legend()[m]}" for m in named) + ".", ""]
     if pending:
         lines += [f"Pending (running under the protocol): {'; '.join(pending)}.", ""]
     wrapped = [line if line.startswith(("|", "<!--")) else textwrap.fill(line, 120) for line in lines]

@@ -123,6 +123,7 @@ class TextLM(Study):
     default_lrs = (0.002, 0.004, 0.008)  # uniform, noisy, seed 1000: 0.001 3.35, 0.002 3.14, 0.004 2.91 bpb
     default_methods = METHODS
     all_methods = METHODS
+    legend = (("rho1", "Rho-1's token selection, `TokenSelection(keep=0.6)`"),)
 
     def __init__(self) -> None:
         self._data: dict[tuple[Any, ...], Any] = {}

@@ -2,6 +2,7 @@
 the JSON the issue specifies, charge the compute the protocol says, and render their sections and README cells."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ import torch
 
 from benchmarks import imbalance, long_training, noisy_labels, redundancy, run_all
 from benchmarks.protocol.budget import step_cost
-from benchmarks.results_studies import which_method_block
+from benchmarks.results_studies import headlines, legend, which_method_block
 
 FIXED = ["--lrs", "0.1", "--evals", "2"]  # one rate: not searched, flagged as at an edge, never quoted
 
@@ -179,3 +180,10 @@ def test_the_page_renders_a_protocol_json_and_the_readme_block_marks_the_rest_pe
     assert "Pending (running under the protocol): Long training" in block and "Imbalance;" not in block
     assert "Not quoted" in block and "`balanced` (imbalance ratio 10)" in block  # a fixed rate is never quoted
     assert torch.get_num_threads() >= 1
+
+
+def test_every_method_the_committed_studies_quote_is_said_in_the_library_s_terms():
+    cells, _ = headlines(Path(__file__).resolve().parents[1] / "bench_out")
+    assert cells and not {c.method for c in cells} - set(legend()), "add the name to a study's `legend`"
+    block = which_method_block(Path(__file__).resolve().parents[1] / "bench_out")
+    assert "`deferred_balanced`: `balanced` with `initial_uniform_epochs`" in " ".join(block.split())  # unwrapped

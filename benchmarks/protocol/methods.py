@@ -1,13 +1,9 @@
 """The library's methods as the studies run them, and one budgeted training run of the examples' 1D CNN.
 
-Method names: ``uniform``; ``proportional``, ``rank``, ``prune`` (``SamplingStrategy(name)`` with ``LossTracker()``,
-the per-sample loss of the training pass, free); ``rank_reducible`` (``LossTracker(score="reducible")`` with
-``rank``); ``importance`` and ``importance_p5`` (``ImportanceSamplingCallback(presample=3 / 5)``: the
-``grad_norm`` bound and the tau switch); ``topk_reducible`` (RHO-LOSS: ``TopKSelection`` on the loss minus the
-irreducible loss); ``topk_reducible_stream`` (the same rule in large-batch mode, as on a stream: the loader yields
-``B = presample * b`` points, no extra draws, and the irreducible losses come from the holdout model's forward on each
-large batch, charged as it runs); ``topk_loss`` (``TopKSelection(score="loss")``); ``selective_backprop``
-(``SelectiveBackprop()``). The reducible-loss methods add ``IrreducibleLoss``: the same CNN trained on the
+Method names: ``LEGEND`` (the README's which-method table prints it). The per-sample loss ``LossTracker()`` records is
+the training pass's, free. ``topk_reducible_stream`` is large-batch mode, as on a stream: the loader yields ``B =
+presample * b`` points, no extra draws, and the irreducible losses come from the holdout model's forward on each large
+batch, charged as it runs. The reducible-loss methods add ``IrreducibleLoss``: the same CNN trained on the
 DataModule's holdout.
 """
 
@@ -34,19 +30,20 @@ from lightning_per import (
 )
 from lightning_per.examples.models import Classifier
 
-LIBRARY_METHODS = (
-    "uniform",
-    "proportional",
-    "rank",
-    "prune",
-    "rank_reducible",
-    "importance",
-    "importance_p5",
-    "topk_reducible",
-    "topk_reducible_stream",
-    "topk_loss",
-    "selective_backprop",
-)
+LEGEND: dict[str, str] = {  # method name: what it runs, in the library's terms
+    "uniform": 'shuffled passes, `SamplingStrategy("uniform")`',
+    "proportional": '`SamplingStrategy("proportional")` with `LossTracker()`',
+    "rank": '`SamplingStrategy("rank")` with `LossTracker()`',
+    "prune": '`SamplingStrategy("prune")` (InfoBatch, `prune_ratio=0.5`) with `LossTracker()`',
+    "rank_reducible": '`SamplingStrategy("rank")` with `LossTracker(score="reducible")` and `IrreducibleLoss`',
+    "importance": "`ImportanceSamplingCallback(presample=3)`",
+    "importance_p5": "`ImportanceSamplingCallback(presample=5)`",
+    "topk_reducible": "RHO-LOSS, `TopKSelection` of the highest reducible losses (loss minus `IrreducibleLoss`'s)",
+    "topk_reducible_stream": '`topk_reducible` in large-batch mode, as on a stream (`mode="large_batch"`)',
+    "topk_loss": '`TopKSelection(score="loss")`',
+    "selective_backprop": "`SelectiveBackprop()`",
+}
+LIBRARY_METHODS = tuple(LEGEND)
 
 
 class ScheduledDataModule(PrioritizedDataModule):

@@ -53,6 +53,7 @@ class Study:
     default_lrs: tuple[float, ...] = (0.05, 0.1, 0.2)
     default_methods: tuple[str, ...] = ()
     all_methods: tuple[str, ...] = ()
+    legend: tuple[tuple[str, str], ...] = ()  # (name, what it runs) of the study's own methods, beyond LEGEND's
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The study's own options."""
