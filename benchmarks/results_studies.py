@@ -57,7 +57,8 @@ def _protocol_json(out: Path, stem: str) -> dict[str, Any] | None:
 
 def study_sections(out: Path) -> list[str]:
     """Each planned study's section from its JSON, or a pending note with its command."""
-    lines = ["## Studies under the protocol", ""]
+    names = "; ".join(f"`{m}`: {text}" for m, text in legend().items())
+    lines = ["## Studies under the protocol", "", f"Method names: {names}.", ""]
     for study, stem, command, hours in planned():
         data = _protocol_json(out, stem)
         if data is None:
