@@ -165,7 +165,7 @@ class PrioritizedSampler(DistributedSampler):
 
 
 def schedule_notices(
-    strategy: SamplingStrategy, max_epochs: int | None, saved: int | None, epoch: int
+    strategy: SamplingStrategy, max_epochs: int | None, saved: int | None, epoch: int, scored: bool = False
 ) -> tuple[str | None, str | None]:
     """What to tell the user about the schedule: it cannot anneal, or never applies; a resume rescaled it.
 
@@ -174,6 +174,7 @@ def schedule_notices(
         max_epochs: the Trainer's ``max_epochs`` (``None`` or negative: training stops by steps or time).
         saved: the ``max_epochs`` of the run a checkpoint came from (``None``: not resumed).
         epoch: the epoch the run goes on from.
+        scored: whether the score table holds scores already (a second ``fit``), so epoch 0 can be prioritized.
 
     Example:
         >>> schedule_notices(SamplingStrategy("rank"), None, None, 0)[0] is not None  # beta anneals to 1.0
@@ -188,13 +189,14 @@ def schedule_notices(
             f"`max_epochs={max_epochs}` (training stops by `max_steps` or `max_time`), so they stay at their "
             "start values. Set `Trainer(max_epochs=...)`, or set the `*_final` values to None for constant ones."
         )
-    final = strategy.uniform_epochs_at_end(max_epochs)
+    final, initial = strategy.uniform_epochs_at_end(max_epochs), strategy.initial_uniform_epochs
     length = max_epochs if max_epochs is not None and max_epochs > 0 and strategy.name != "uniform" else None
-    if length is not None and strategy.initial_uniform_epochs >= length - final:
+    if length is not None and (initial if scored or initial else 1) >= length - final:
+        start = f"`initial_uniform_epochs={initial}`" if initial else "epoch 0 (nothing is scored yet)"
         missing = (
-            f"The sampling strategy {strategy.name!r} never applies: `initial_uniform_epochs="
-            f"{strategy.initial_uniform_epochs}` and {final} final uniform epochs leave no prioritized epoch of "
-            f"`max_epochs={max_epochs}`, so every epoch is a uniform pass. Lower them or raise `max_epochs`."
+            f"The sampling strategy {strategy.name!r} never applies: {start} and {final} final uniform epochs leave "
+            f"no prioritized epoch of `max_epochs={max_epochs}`, so every epoch is a uniform pass. Raise `max_epochs` "
+            "or lower the uniform epochs."
         )
     first = max(1, strategy.initial_uniform_epochs)  # nothing was drawn by the saved schedule before this epoch
     if saved is None or saved == max_epochs or unknown or strategy.name == "uniform" or epoch <= first:

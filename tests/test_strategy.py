@@ -92,6 +92,10 @@ def test_a_strategy_left_no_prioritized_epoch_is_warned_naming_both_counts():
     assert "never applies" in notice and "`initial_uniform_epochs=7` and 1 final uniform epochs" in notice
     assert schedule_notices(dataclasses.replace(s, initial_uniform_epochs=6), 8, None, 0)[0] is None
     assert schedule_notices(SamplingStrategy("uniform", initial_uniform_epochs=9), 8, None, 0)[0] is None
+    one_epoch = SamplingStrategy("rank", beta_final=None)  # a fresh 1-epoch run: epoch 0 has nothing to draw by
+    assert "never applies: epoch 0 (nothing is scored yet) and 0 final" in schedule_notices(one_epoch, 1, None, 0)[0]
+    assert schedule_notices(one_epoch, 1, None, 0, scored=True)[0] is None  # a second fit prioritizes epoch 0
+    assert "never applies" in schedule_notices(dataclasses.replace(one_epoch, final_uniform_epochs=1), 2, None, 0)[0]
 
 
 def test_a_resume_before_the_first_prioritized_epoch_is_not_said_to_change_the_draws():
