@@ -4,6 +4,7 @@ The site itself is built by `make docs` (`mkdocs build --strict`), not here.
 """
 
 import importlib
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,19 @@ def test_every_snippet_include_names_a_file_and_section_that_exist():
                 text = (ROOT / path).read_text()
                 for mark in ("start", "end"):
                     assert f"--8<-- [{mark}:{section}]" in text, f"{page.name}: {path} has no [{mark}:{section}]"
+
+
+def test_no_list_item_is_swallowed_by_an_indented_image_or_code_fence_before_it():
+    # Markdown continues an indented image or a closing fence's paragraph into the next line: "- item" then renders
+    # as text ("- ...") inside it, unless a blank line separates them
+    swallowed = []
+    for page in _pages():
+        lines = page.read_text().splitlines()
+        for number, (line, following) in enumerate(itertools.pairwise(lines), start=1):
+            indented_end = line.startswith(" ") and line.strip().startswith(("![", "```"))
+            if indented_end and following.lstrip().startswith("- "):
+                swallowed.append(f"{page.relative_to(ROOT)}:{number + 1}")
+    assert not swallowed, f"put a blank line before these list items: {swallowed}"
 
 
 def test_every_figure_and_benchmark_json_the_docs_cite_exists():
