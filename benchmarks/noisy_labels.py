@@ -11,7 +11,9 @@ holdout, whose labels are as noisy as the rest.
 
 Training. The examples' 1D CNN (large: width 128, the long-training study's; small: 32), SGD with momentum 0.9,
 batch ``b`` 64 (small: 32), no augmentation, one torch thread; the learning rate follows a cosine from its peak to 0
-over the run's own training compute (the irreducible-loss model's cost excluded). Every run gets ``--epochs``
+over the run's own training compute (the irreducible-loss model's cost excluded), or with ``--schedule constant``
+stays at its peak (the setting where uniform training fits the noise late in the run, in which RHO-LOSS paid under
+the earlier protocol). Every run gets ``--epochs``
 uniform epochs of compute over the trained part (large 20: 3M forward-sample units; small 37: 1M) and stops after
 the step that spends it. The ``LossTracker`` strategies anneal over the epochs the budget pays for; ``prune`` goes
 on with uniform epochs until the budget is spent (equal compute, no saving).
@@ -39,6 +41,8 @@ and no more than 1 point below uniform's early-stopped accuracy (means of the pa
 
     python -m benchmarks.noisy_labels --size large --noise 0.3
     python -m benchmarks.noisy_labels --size small --noise 0.3 0.1 0 --out bench_out/noisy_labels_small.json
+    python -m benchmarks.noisy_labels --size small --noise 0.3 --schedule constant \
+        --methods uniform rank_reducible topk_reducible --out bench_out/noisy_labels_constant_small.json
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from benchmarks.protocol.cli import main as run_main
 from benchmarks.protocol.data import consecutive_splits, flip_labels, predict
 from benchmarks.protocol.methods import LIBRARY_METHODS, RunSpec, train_method
 from benchmarks.protocol.plots import standard_figure
+from benchmarks.protocol.schedules import SCHEDULES
 from benchmarks.protocol.stats import excludes_zero
 from benchmarks.protocol.study import Headline, Setting, Study
 from benchmarks.protocol.targets import UNIFORM_FINAL, Target
@@ -106,6 +111,7 @@ class NoisyLabels(Study):
         parser.add_argument("--epochs", type=float, default=None, help="budget in uniform epochs (default: the size's)")
         parser.add_argument("--il-epochs", type=int, default=20, help="epochs of the irreducible-loss model")
         parser.add_argument("--il-lr", type=float, default=0.05, help="peak learning rate of that model")
+        parser.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="the learning rate over a run")
         parser.add_argument("--signals", type=int, default=None, help="a smaller training part (tests)")
 
     def check(self, args: argparse.Namespace) -> str | None:
@@ -138,7 +144,7 @@ class NoisyLabels(Study):
         y_noisy, flipped = flip_labels(y_clean, setting.options["noise"], CLASSES, 1000 + seed)
         spec = RunSpec(
             TensorDataset(x, y_noisy), size["batch"], size["width"], evals=args.evals, accelerator=args.accelerator,
-            holdout_fraction=size["holdout"], il_epochs=args.il_epochs, il_lr=args.il_lr,
+            holdout_fraction=size["holdout"], il_epochs=args.il_epochs, il_lr=args.il_lr, schedule=args.schedule,
         )  # fmt: skip
         extra: dict[str, Any] = {}
 
@@ -195,9 +201,9 @@ class NoisyLabels(Study):
             f"### Noisy labels ({s['size']})",
             "",
             f"MNIST-1D {s['size']} with a share of the training labels flipped, clean validation and test labels, "
-            f"{s['epochs']:g} uniform epochs of compute per run (the irreducible-loss model charged), cosine learning "
-            "rate. Early-stopped: the test accuracy at the evaluation point of best clean validation accuracy. "
-            + render.settings_line(data),
+            f"{s['epochs']:g} uniform epochs of compute per run (the irreducible-loss model charged), "
+            f"{s.get('schedule', 'cosine')} learning rate. Early-stopped: the test accuracy at the evaluation point of "
+            "best clean validation accuracy. " + render.settings_line(data),
             "",
         ]
         columns: list[render.Column] = [

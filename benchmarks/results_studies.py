@@ -25,6 +25,7 @@ TITLES = {  # JSON stem: what a pending section is called
     "long_training_long": "Long training (large, 50 and 100 epochs, cosine, presample 3)",
     "noisy_labels": "Noisy labels (large)",
     "noisy_labels_small": "Noisy labels (small)",
+    "noisy_labels_constant_small": "Noisy labels (small, constant learning rate)",
     "redundancy": "Redundancy",
     "imbalance": "Imbalance",
     "text_lm": "Text: a byte-level language model, clean and noisy",

@@ -101,6 +101,21 @@ def test_noisy_labels_charges_the_irreducible_model_and_counts_mislabelled_point
     assert "**30% of training labels flipped**" in "\n".join(noisy_labels.STUDY.section(data, out))
 
 
+def test_noisy_labels_runs_under_the_schedule_it_is_given(tmp_path, monkeypatch):
+    seen, real = [], noisy_labels.train_method
+
+    def spy(method, seed, lr, budget, spec, prepare):
+        seen.append(spec.schedule)
+        return real(method, seed, lr, budget, spec, prepare)
+
+    monkeypatch.setattr(noisy_labels, "train_method", spy)
+    out = tmp_path / "constant.json"
+    args = ["--size", "small", "--signals", "400", "--epochs", "1", "--seeds", "1", "--extra-seeds", "0"]
+    data = noisy_labels.main([*args, *FIXED, "--methods", "uniform", "--schedule", "constant", "--out", str(out)])
+    assert seen and set(seen) == {"constant"} and data["settings"]["schedule"] == "constant"
+    assert "constant learning rate" in "\n".join(noisy_labels.STUDY.section(data, out))
+
+
 def test_redundancy_gives_uniform_the_compute_prune_used(tmp_path):
     out = tmp_path / "redundancy.json"
     sizes = ["--train-size", "2000", "--val-size", "500", "--test-size", "500", "--epochs", "2"]
