@@ -44,11 +44,11 @@ CHAINS: dict[str, list[tuple[str, list[str], float]]] = {
                           "topk_reducible_stream"], 10.5),
         ("redundancy", [], 3.0),
         ("imbalance", [], 2.5),
-        ("noisy_labels", ["--size", "small", "--noise", "0.3", "0.1", "0",
-                          "--out", "bench_out/noisy_labels_small.json"], 6.0),
         ("noisy_labels", ["--size", "small", "--noise", "0.3", "--schedule", "constant", "--methods", "uniform",
                           "rank_reducible", "topk_reducible", "--out", "bench_out/noisy_labels_constant_small.json"],
          1.5),
+        ("noisy_labels", ["--size", "small", "--noise", "0.3", "0.1", "0",
+                          "--out", "bench_out/noisy_labels_small.json"], 6.0),
     ],
     "text": [("text_lm", ["--evals", "10"], 5.5)],
     "stream": [
