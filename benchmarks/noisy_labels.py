@@ -230,7 +230,9 @@ class NoisyLabels(Study):
             for m, r in render.compared(table["methods"]):
                 diff = r["vs_uniform"]["test_acc"]
                 figure = f"{render.ci(diff, 100, signed=True)} points final clean test accuracy"
-                where = f"{table['label']} ({data['settings']['size']})"
+                schedule = data["settings"].get("schedule", "cosine")
+                rate = "" if schedule == "cosine" else f", {schedule} learning rate"
+                where = f"{table['label']} ({data['settings']['size']}{rate})"
                 quotable = render.quotable(r) and render.quotable(table["methods"]["uniform"])
                 out.append(Headline(m, where, f"{figure} ([noisy_labels](benchmarks/noisy_labels.py))",
                                     excludes_zero(diff), quotable))  # fmt: skip
