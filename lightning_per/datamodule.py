@@ -332,10 +332,10 @@ class PrioritizedDataModule(LightningDataModule):
     def _check_schedule(self, max_epochs: int | None) -> None:
         """Warn once when the schedule cannot anneal or never applies; warn when a resume changed it."""
         saved, self._saved_max_epochs = self._saved_max_epochs, None
-        unknown, rescaled = schedule_notices(self.strategy, max_epochs, saved, self.sampler.epoch, self.scores.seen > 0)
-        if unknown and unknown != self._warned_schedule:  # each distinct notice once
-            self._warned_schedule = unknown
-            rank_zero_warn(unknown)
+        notice, rescaled = schedule_notices(self.strategy, max_epochs, saved, self.sampler.epoch, self.scores.seen > 0)
+        if notice and notice != self._warned_schedule:  # each distinct notice once
+            self._warned_schedule = notice
+            rank_zero_warn(notice)
         if rescaled:
             rank_zero_warn(rescaled)
 

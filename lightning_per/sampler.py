@@ -191,14 +191,14 @@ def schedule_notices(
         )
     final, initial = strategy.uniform_epochs_at_end(max_epochs), strategy.initial_uniform_epochs
     length = max_epochs if max_epochs is not None and max_epochs > 0 and strategy.name != "uniform" else None
-    if length is not None and (initial if scored or initial else 1) >= length - final:
+    if length is not None and strategy.first_prioritized_epoch(scored) >= length - final:
         start = f"`initial_uniform_epochs={initial}`" if initial else "epoch 0 (nothing is scored yet)"
         missing = (
             f"The sampling strategy {strategy.name!r} never applies: {start} and {final} final uniform epochs leave "
             f"no prioritized epoch of `max_epochs={max_epochs}`, so every epoch is a uniform pass. Raise `max_epochs` "
             "or lower the uniform epochs."
         )
-    first = max(1, strategy.initial_uniform_epochs)  # nothing was drawn by the saved schedule before this epoch
+    first = strategy.first_prioritized_epoch()  # nothing was drawn by the saved schedule before this epoch
     if saved is None or saved == max_epochs or unknown or strategy.name == "uniform" or epoch <= first:
         return missing, None
     changes = [*annealed]

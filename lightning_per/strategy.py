@@ -117,6 +117,16 @@ class SamplingStrategy:
             return max_epochs // 8
         return 0
 
+    def first_prioritized_epoch(self, scored: bool = False) -> int:
+        """The first epoch that may be prioritized: after the initial uniform epochs, not epoch 0 unless ``scored``.
+
+        Example:
+            >>> s = SamplingStrategy("rank")
+            >>> s.first_prioritized_epoch(), s.first_prioritized_epoch(scored=True)
+            (1, 0)
+        """
+        return self.initial_uniform_epochs or (0 if scored else 1)
+
     def annealed(self) -> list[str]:
         """What this strategy anneals over ``max_epochs``, in words (empty: nothing).
 
@@ -147,7 +157,7 @@ class SamplingStrategy:
         """
         progress = 0.0
         if max_epochs is not None and max_epochs > 0:
-            first, last = max(1, self.initial_uniform_epochs), max_epochs - self.uniform_epochs_at_end(max_epochs) - 1
+            first, last = self.first_prioritized_epoch(), max_epochs - self.uniform_epochs_at_end(max_epochs) - 1
             progress = min(1.0, max(0.0, (epoch - first) / (last - first))) if last > first else 1.0
 
         def at(start: float, final: float | None) -> float:
