@@ -26,6 +26,7 @@ TITLES = {  # JSON stem: what a pending section is called
     "noisy_labels": "Noisy labels (large)",
     "noisy_labels_small": "Noisy labels (small)",
     "noisy_labels_constant_small": "Noisy labels (small, constant learning rate)",
+    "noisy_labels_weights": "Noisy labels (small): what rank-based sampling on reducible loss owes its weights",
     "redundancy": "Redundancy",
     "imbalance": "Imbalance",
     "text_lm": "Text: a byte-level language model, clean and noisy",
@@ -109,8 +110,9 @@ def which_method_block(out: Path) -> str:
     if quoted:
         lines += ["| method | where it paid | where it did not | no clear difference |", "|---|---|---|---|"]
         for method in dict.fromkeys(c.method for c in quoted):
-            columns = [[f"{c.where}: {c.figure}" for c in quoted if c.method == method and c.verdict == v]
-                       for v in (1, -1, 0)]  # fmt: skip
+            # a study that re-runs a method of another (same seeds, same grid) gives the same cell: said once
+            columns = [list(dict.fromkeys(f"{c.where}: {c.figure}" for c in quoted if c.method == method
+                                          and c.verdict == v)) for v in (1, -1, 0)]  # fmt: skip
             lines.append(f"| `{method}` | " + " | ".join("; ".join(col) for col in columns) + " |")
         lines.append("")
     else:

@@ -1,7 +1,7 @@
 """Run the four studies under the protocol, one after another, each from a frozen copy of the committed code.
 
     python -m benchmarks.run_studies --chain long      # long training, large: 25 and 10 epochs, then 50 and 100
-    python -m benchmarks.run_studies --chain others    # noisy labels (large), redundancy, imbalance, noisy (small) x2
+    python -m benchmarks.run_studies --chain others    # noisy labels (large), redundancy, imbalance, noisy (small) x3
     python -m benchmarks.run_studies --chain text      # the text study (issue 24): a byte-level LM, clean and noisy
     python -m benchmarks.run_studies --chain stream    # RHO-LOSS on a stream (large batches) and indexed, small
     python -m benchmarks.run_studies --print           # the plan: every command and its estimated hours
@@ -49,6 +49,9 @@ CHAINS: dict[str, list[tuple[str, list[str], float]]] = {
          1.5),
         ("noisy_labels", ["--size", "small", "--noise", "0.3", "0.1", "0",
                           "--out", "bench_out/noisy_labels_small.json"], 6.0),
+        ("noisy_labels", ["--size", "small", "--noise", "0.3", "--methods", "uniform", "rank_reducible",
+                          "rank_reducible_b0", "rank_reducible_b1", "--out", "bench_out/noisy_labels_weights.json"],
+         0.8),
     ],
     "text": [("text_lm", ["--evals", "10"], 5.5)],
     "stream": [

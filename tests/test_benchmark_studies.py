@@ -104,9 +104,9 @@ def test_noisy_labels_charges_the_irreducible_model_and_counts_mislabelled_point
 def test_noisy_labels_runs_under_the_schedule_it_is_given(tmp_path, monkeypatch):
     seen, real = [], noisy_labels.train_method
 
-    def spy(method, seed, lr, budget, spec, prepare):
+    def spy(method, seed, lr, budget, spec, prepare, parts=None):
         seen.append(spec.schedule)
-        return real(method, seed, lr, budget, spec, prepare)
+        return real(method, seed, lr, budget, spec, prepare, parts)
 
     monkeypatch.setattr(noisy_labels, "train_method", spy)
     out = tmp_path / "constant.json"
@@ -114,6 +114,23 @@ def test_noisy_labels_runs_under_the_schedule_it_is_given(tmp_path, monkeypatch)
     data = noisy_labels.main([*args, *FIXED, "--methods", "uniform", "--schedule", "constant", "--out", str(out)])
     assert seen and set(seen) == {"constant"} and data["settings"]["schedule"] == "constant"
     assert "constant learning rate" in "\n".join(noisy_labels.STUDY.section(data, out))
+
+
+def test_noisy_labels_weight_variants_say_what_share_of_the_weight_the_mislabelled_points_got(tmp_path):
+    out = tmp_path / "weights.json"
+    args = ["--size", "small", "--signals", "400", "--epochs", "3", "--il-epochs", "1", "--seeds", "1"]
+    methods = ["rank_reducible_b0", "rank_reducible_b1"]
+    data = noisy_labels.main([*args, "--extra-seeds", "0", *FIXED, "--methods", *methods, "--out", str(out)])
+    table = data["tables"]["0.3"]["methods"]
+    for name in ("uniform", "rank_reducible_b0"):  # every weight is 1: the weighted share is the drawn share
+        assert table[name]["mean_weight"] == pytest.approx(1.0)
+        assert table[name]["noisy_weight_share"] == pytest.approx(table[name]["noisy_trained_share"])
+    b1 = table["rank_reducible_b1"]
+    assert b1["mean_weight"] != pytest.approx(1.0, abs=1e-6)  # weighted epochs after the uniform first one
+    assert 0 <= b1["noisy_weight_share"] <= 1
+    section = "\n".join(noisy_labels.STUDY.section(data, out))
+    assert "mislabelled share of the weight" in section
+    assert dict(noisy_labels.LEGEND).keys() == set(methods)
 
 
 def test_redundancy_gives_uniform_the_compute_prune_used(tmp_path):
@@ -202,3 +219,11 @@ def test_every_method_the_committed_studies_quote_is_said_in_the_library_s_terms
     assert cells and not {c.method for c in cells} - set(legend()), "add the name to a study's `legend`"
     block = which_method_block(Path(__file__).resolve().parents[1] / "bench_out")
     assert "`deferred_balanced`: `balanced` with `initial_uniform_epochs`" in " ".join(block.split())  # unwrapped
+
+
+def test_a_result_two_studies_share_is_said_once_in_its_row():
+    block = which_method_block(Path(__file__).resolve().parents[1] / "bench_out")
+    for row in (line for line in block.splitlines() if line.startswith("| `")):
+        for column in row.split(" | ")[1:]:
+            cells = [c for c in column.strip(" |").split("; ") if c]
+            assert len(cells) == len(set(cells)), row
