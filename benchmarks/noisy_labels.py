@@ -258,13 +258,14 @@ class NoisyLabels(Study):
         for table in data["tables"].values():
             for m, r in render.compared(table["methods"]):
                 diff = r["vs_uniform"]["test_acc"]
-                figure = f"{render.ci(diff, 100, signed=True)} points final clean test accuracy"
+                off = render.never_switched_on(r)
+                figure = off or f"{render.ci(diff, 100, signed=True)} points final clean test accuracy"
                 schedule = data["settings"].get("schedule", "cosine")
                 rate = "" if schedule == "cosine" else f", {schedule} learning rate"
                 where = f"{table['label']} ({data['settings']['size']}{rate})"
                 quotable = render.quotable(r) and render.quotable(table["methods"]["uniform"])
                 out.append(Headline(m, where, f"{figure} ([noisy_labels](benchmarks/noisy_labels.py))",
-                                    excludes_zero(diff), quotable))  # fmt: skip
+                                    0 if off else excludes_zero(diff), quotable))  # fmt: skip
         return out
 
     def plot(self, data: dict[str, Any], path: Path) -> None:

@@ -19,6 +19,7 @@ from benchmarks.protocol import (
     first_reach,
     is_close,
     paired,
+    render,
     rotation,
     search_lr,
     step_cost,
@@ -228,3 +229,14 @@ def test_a_killed_study_resumes_from_its_store_and_summarize_only_trains_nothing
     assert none.calls == [] and set(data["tables"]) == {"s"}
     empty = run_study(Synthetic(), _args(tmp_path / "other", summarize_only=True))
     assert empty == {}
+
+
+def test_a_selection_method_that_never_switched_on_is_said_to_be_uniform_not_compared():
+    def method(*fractions):
+        return {"runs": {str(i): {"selected_step_fraction": f, "tau_peak": 1.2 + i} for i, f in enumerate(fractions)}}
+
+    said = render.never_switched_on(method(0.0, 0.0))
+    assert said is not None and "never switched on" in said and "2.20" in said
+    assert render.never_switched_on(method(0.0, 0.3)) is None
+    no_switch = {"runs": {"0": {"selected_step_fraction": 0.0, "tau_peak": None}}}
+    assert render.never_switched_on(no_switch) is None  # a method without a tau switch (a sampling strategy)

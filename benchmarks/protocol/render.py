@@ -97,3 +97,15 @@ def pending(title: str, command: str, note: str) -> list[str]:
 def compared(methods: dict[str, Any]) -> list[tuple[str, Any]]:
     """The ``(name, result)`` of every method compared with uniform: all but uniform and its reduced-budget runs."""
     return [(m, r) for m, r in methods.items() if m != "uniform" and not m.startswith("uniform_at_")]
+
+
+def never_switched_on(method: dict[str, Any]) -> str | None:
+    """What to say of importance sampling that took no importance step in any run (``None``: it took some).
+
+    ``None`` too for a method without a ``tau`` switch. Such a method trained exactly as uniform did, so a difference of 0 is not a comparison of two methods.
+    """
+    runs = list(method.get("runs", {}).values())
+    peaks = [run["tau_peak"] for run in runs if run.get("tau_peak") is not None]
+    if not peaks or any(run.get("selected_step_fraction") != 0 for run in runs):
+        return None
+    return f"never switched on (`tau` peaked at {max(peaks):.2f}, below its threshold): every run was uniform's"
