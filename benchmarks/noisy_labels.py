@@ -34,8 +34,8 @@ Learning rate: per method and noise level on the final clean validation accuracy
 early-stopped figure needs them too. Evaluation points (``--evals`` and the end): clean validation and test
 accuracy; over the first 10,000 trained signals (eval mode, the labels trained on) the mean loss of the mislabelled
 and the clean ones and the share of mislabelled ones predicted as their wrong label (memorised); since the previous
-point, the share of trained points that were mislabelled, their share of the importance weight (what the gradient
-sees), and the mean weight.
+point, the share of trained points that were mislabelled, their share of the importance weight (of the weighted
+loss), and the mean weight.
 
 Reported per noise level: final and early-stopped clean test accuracy (at the point of best clean validation
 accuracy), their paired differences to uniform's final and early-stopped accuracy, the compute and seconds to
@@ -79,8 +79,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {  # method: (library method, 
     "rank_reducible_b1": ("rank_reducible", {"beta": 1.0, "beta_final": None}),
 }
 LEGEND = (
-    ("rank_reducible_b0", "`rank_reducible` without importance weights (`beta=0, beta_final=None`)"),
-    ("rank_reducible_b1", "`rank_reducible` with unbiased weights from the first epoch (`beta=1, beta_final=None`)"),
+    ("rank_reducible_b0", "`rank_reducible` without importance weights (`beta=0`, not annealed)"),
+    ("rank_reducible_b1", "`rank_reducible` with unbiased weights throughout (`beta=1`, not annealed)"),
 )
 METHODS = ("uniform", "proportional", "rank", "prune", "importance", "rank_reducible", "topk_reducible",
            "selective_backprop")  # fmt: skip
@@ -97,8 +97,8 @@ CLASSES = 10
 class NoisyShare(Callback):
     """The mislabelled share of the trained points (after selection), by count and by weight, since the last read.
 
-    The weighted share is what the gradient sees: a method that draws mislabelled points often but weights them down
-    gives them less of each step than its drawn share says.
+    The weighted share is their share of the weighted loss: a method that draws mislabelled points often but weights
+    them down gives them less of each step than its drawn share says.
     """
 
     def __init__(self, flipped: Tensor) -> None:
@@ -246,7 +246,8 @@ class NoisyLabels(Study):
         ]  # fmt: skip
         weighted: render.Column = ("mislabelled share of the weight", lambda n, m: f"{m['noisy_weight_share']:.3f}")
         for table in data["tables"].values():
-            has_weights = all(m.get("noisy_weight_share") is not None for m in table["methods"].values())
+            runs = [run for m in table["methods"].values() for run in m["runs"].values()]
+            has_weights = all(run.get("noisy_weight_share") is not None for run in runs)  # not for older runs
             lines += [f"**{table['label']}**", "", *render.table(table["methods"], columns + [weighted] * has_weights)]
             goal = table["goals"]
             lines += [f"Goal (+5 points over uniform's final, within 1 of its early-stopped): **"

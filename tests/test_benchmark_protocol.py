@@ -232,11 +232,13 @@ def test_a_killed_study_resumes_from_its_store_and_summarize_only_trains_nothing
 
 
 def test_a_selection_method_that_never_switched_on_is_said_to_be_uniform_not_compared():
-    def method(*fractions):
-        return {"runs": {str(i): {"selected_step_fraction": f, "tau_peak": 1.2 + i} for i, f in enumerate(fractions)}}
+    def method(*fractions, diff=0.0):
+        runs = {str(i): {"selected_step_fraction": f, "tau_peak": 1.2 + i} for i, f in enumerate(fractions)}
+        return {"runs": runs, "vs_uniform": {"test_acc": {"mean": diff, "std": abs(diff)}, "val_acc": None}}
 
     said = render.never_switched_on(method(0.0, 0.0))
     assert said is not None and "never switched on" in said and "2.20" in said
     assert render.never_switched_on(method(0.0, 0.3)) is None
+    assert render.never_switched_on(method(0.0, 0.0, diff=0.01)) is None  # another rate: a real comparison
     no_switch = {"runs": {"0": {"selected_step_fraction": 0.0, "tau_peak": None}}}
     assert render.never_switched_on(no_switch) is None  # a method without a tau switch (a sampling strategy)

@@ -11,9 +11,11 @@ pytest.importorskip("mnist1d")
 
 import torch
 
-from benchmarks import imbalance, long_training, noisy_labels, redundancy, run_all
+from benchmarks import imbalance, long_training, noisy_labels, redundancy, results_studies, run_all
 from benchmarks.protocol.budget import step_cost
+from benchmarks.protocol.study import Headline
 from benchmarks.results_studies import headlines, legend, which_method_block
+from lightning_per import PrioritizedBatch
 
 FIXED = ["--lrs", "0.1", "--evals", "2"]  # one rate: not searched, flagged as at an edge, never quoted
 
@@ -221,9 +223,20 @@ def test_every_method_the_committed_studies_quote_is_said_in_the_library_s_terms
     assert "`deferred_balanced`: `balanced` with `initial_uniform_epochs`" in " ".join(block.split())  # unwrapped
 
 
-def test_a_result_two_studies_share_is_said_once_in_its_row():
-    block = which_method_block(Path(__file__).resolve().parents[1] / "bench_out")
-    for row in (line for line in block.splitlines() if line.startswith("| `")):
-        for column in row.split(" | ")[1:]:
-            cells = [c for c in column.strip(" |").split("; ") if c]
-            assert len(cells) == len(set(cells)), row
+def test_a_result_two_studies_share_is_said_once_in_its_row(tmp_path, monkeypatch):
+    same = Headline("rank", "30% flipped (small)", "+1.0 [+0.5, +1.5] points", 1)
+    other = Headline("rank", "10% flipped (small)", "+1.0 [+0.5, +1.5] points", 1)
+    monkeypatch.setattr(results_studies, "headlines", lambda out: ([same, other, same], []))
+    row = next(line for line in which_method_block(tmp_path).splitlines() if line.startswith("| `rank`"))
+    assert row.count("30% flipped (small)") == 1 and row.count("10% flipped (small)") == 1
+
+
+def test_noisy_share_weighs_the_mislabelled_points_by_their_importance_weights():
+    share = noisy_labels.NoisyShare(torch.tensor([True, False, False]))
+    batch = PrioritizedBatch(data=None, index=torch.tensor([0, 1]), weight=torch.tensor([2.0, 1.0]))
+    share.on_train_batch_end(None, None, None, batch, 0)  # type: ignore[arg-type]
+    batch = PrioritizedBatch(data=None, index=torch.tensor([2, 2]), weight=torch.tensor([0.5, 0.5]))
+    share.on_train_batch_end(None, None, None, batch, 1)  # type: ignore[arg-type]
+    expected = {"noisy_trained_share": 1 / 4, "noisy_weight_share": 2 / 4, "mean_weight": 1.0}
+    assert share.read() == pytest.approx(expected)
+    assert share.read() == {"noisy_trained_share": None, "noisy_weight_share": None, "mean_weight": None}

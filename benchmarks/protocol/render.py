@@ -102,10 +102,14 @@ def compared(methods: dict[str, Any]) -> list[tuple[str, Any]]:
 def never_switched_on(method: dict[str, Any]) -> str | None:
     """What to say of importance sampling that took no importance step in any run (``None``: it took some).
 
-    ``None`` too for a method without a ``tau`` switch. Such a method trained exactly as uniform did, so a difference of 0 is not a comparison of two methods.
+    ``None`` too for a method without a ``tau`` switch, and for one whose results differ from uniform's (another
+    learning rate). Otherwise it trained exactly as uniform did, and a difference of 0 compares nothing.
     """
     runs = list(method.get("runs", {}).values())
     peaks = [run["tau_peak"] for run in runs if run.get("tau_peak") is not None]
     if not peaks or any(run.get("selected_step_fraction") != 0 for run in runs):
         return None
-    return f"never switched on (`tau` peaked at {max(peaks):.2f}, below its threshold): every run was uniform's"
+    diffs = [d for d in (method.get("vs_uniform") or {}).values() if d is not None]
+    if not diffs or any(d["mean"] != 0 or d["std"] != 0 for d in diffs):
+        return None
+    return f"never switched on (`tau` peaked at {max(peaks):.2f}): every run was uniform's"
