@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks.results_common import load, wall
 from benchmarks.results_other import gpu_section, other_sections
 from benchmarks.results_quick import quick_sections
-from benchmarks.results_studies import planned, study_sections
+from benchmarks.results_studies import planned, seconds_noise, study_sections
 
 # name, command, the JSON it writes (relative to --out), the wall time where its JSON does not record one
 OTHER_RUNS: list[tuple[str, str, str, str]] = [
@@ -90,7 +90,8 @@ def long_runs(out: Path) -> list[str]:
 
 def render(out: Path) -> str:
     """The whole results page (Markdown) from the JSON files in ``out``."""
-    lines = [HEADER, *study_sections(out), *quick_sections(out), *long_runs(out), *other_sections(out)]
+    lines = [HEADER.rstrip("\n"), *seconds_noise(out), *study_sections(out), *quick_sections(out), *long_runs(out)]
+    lines += other_sections(out)
     lines += gpu_section(out)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,42 @@ def study_sections(out: Path) -> list[str]:
             lines += [f"Settings still running: {', '.join(data['pending'])}.", ""]
         lines += env_line(data.get("env"), f" Code: commit `{(data.get('code_commit') or 'working tree')[:10]}`.")
     return [*lines, SUPERSEDED, ""]
+
+
+def null_timings(studies: list[tuple[str, dict[str, Any]]]) -> tuple[list[float], list[str]]:
+    """Seed by seed, a never-switched-on importance run's training seconds over uniform's, and the studies they are in.
+
+    Such a run is uniform's computation timed again, so the ratios show what the clock alone varies on the machine.
+    """
+    ratios: list[float] = []
+    stems: list[str] = []
+    for stem, data in studies:
+        for table in data["tables"].values():
+            uniform = table["methods"]["uniform"]["runs"]
+            for _, method in render.compared(table["methods"]):
+                if render.never_switched_on(method) is None:
+                    continue
+                pairs = [(run["seconds"], uniform[s]["seconds"]) for s, run in method["runs"].items() if s in uniform]
+                ratios += [mine / theirs for mine, theirs in pairs if mine and theirs]
+                stems += [stem] * bool(pairs)
+    return ratios, list(dict.fromkeys(stems))
+
+
+def seconds_noise(out: Path) -> list[str]:
+    """The protocol bullet that says how noisy the training seconds are, from the committed JSON (none: no data)."""
+    found = [(stem, data) for _, stem, _, _ in planned() if (data := _protocol_json(out, stem)) is not None]
+    ratios, stems = null_timings(found)
+    if not ratios:
+        return []
+    ratios.sort()
+    text = (
+        f"- **How noisy the seconds are.** Where importance sampling never switched on, its runs were uniform's "
+        f"computation timed again: their training seconds were {ratios[0]:.2f} to {ratios[-1]:.2f} times uniform's, "
+        f"seed by seed (median {statistics.median(ratios):.2f}; {len(ratios)} pairs in "
+        f"{', '.join(f'`{stem}`' for stem in stems)}). One seed's ratio in seconds can be off by that much; the "
+        "intervals over seeds carry this noise, and the compute ratios do not depend on the clock."
+    )
+    return [textwrap.fill(text, 120, subsequent_indent="  "), ""]
 
 
 def headlines(out: Path) -> tuple[list[Headline], list[str]]:

@@ -240,3 +240,21 @@ def test_noisy_share_weighs_the_mislabelled_points_by_their_importance_weights()
     expected = {"noisy_trained_share": 1 / 4, "noisy_weight_share": 2 / 4, "mean_weight": 1.0}
     assert share.read() == pytest.approx(expected)
     assert share.read() == {"noisy_trained_share": None, "noisy_weight_share": None, "mean_weight": None}
+
+
+def test_never_switched_on_importance_runs_calibrate_the_clock():
+    def runs(seconds, fraction=0.0, tau=1.2):
+        return {
+            str(s): {"seconds": t, "selected_step_fraction": fraction, "tau_peak": tau} for s, t in enumerate(seconds)
+        }
+
+    level = {"test_acc": {"mean": 0.0, "std": 0.0}}
+    table = {"methods": {
+        "uniform": {"runs": runs([10.0, 20.0], tau=None)},
+        "importance": {"runs": runs([5.0, 30.0]), "vs_uniform": level},  # uniform's computation, timed again
+        "importance_p5": {"runs": runs([1.0, 1.0], fraction=0.5), "vs_uniform": level},  # switched on: not a null
+    }}  # fmt: skip
+    ratios, stems = results_studies.null_timings([("a", {"tables": {"0.3": table}}), ("b", {"tables": {}})])
+    assert ratios == [0.5, 1.5] and stems == ["a"]
+    line = " ".join(results_studies.seconds_noise(Path(__file__).resolve().parents[1] / "bench_out"))
+    assert "How noisy the seconds are" in line  # the committed noisy-label studies hold such runs
