@@ -70,7 +70,7 @@ from benchmarks.protocol.data import consecutive_splits, flip_labels, predict
 from benchmarks.protocol.methods import LIBRARY_METHODS, RunSpec, method_parts, train_method
 from benchmarks.protocol.plots import standard_figure
 from benchmarks.protocol.schedules import SCHEDULES
-from benchmarks.protocol.stats import excludes_zero
+from benchmarks.protocol.stats import excludes_zero, mean_of
 from benchmarks.protocol.study import Headline, Setting, Study
 from benchmarks.protocol.targets import UNIFORM_FINAL, Target
 
@@ -271,12 +271,6 @@ class NoisyLabels(Study):
 
     def plot(self, data: dict[str, Any], path: Path) -> None:
         standard_figure(data, path, "test_acc", log=False)
-
-
-def mean_of(records: list[dict[str, Any]], key: str) -> float | None:
-    """The mean of ``key`` over the records that have it (``None`` when none has: runs stored before it existed)."""
-    values = [r[key] for r in records if r.get(key) is not None]
-    return sum(values) / len(values) if values else None
 
 
 STUDY = NoisyLabels()

@@ -160,9 +160,10 @@ def which_method_block(out: Path) -> str:
             f"Not quoted (learning rate at its grid's edge after the cap, or under 3 seeds): {', '.join(unquoted)}.",
             "",
         ]
-    named = [m for m in dict.fromkeys(c.method for c in cells) if m in legend()]
+    names = legend()
+    named = [m for m in dict.fromkeys(c.method for c in cells) if m in names]
     if named:
-        lines += ["Method names: " + "; ".join(f"`{m}`: {legend()[m]}" for m in named) + ".", ""]
+        lines += ["Method names: " + "; ".join(f"`{m}`: {names[m]}" for m in named) + ".", ""]
     if pending:
         lines += [f"Pending (running under the protocol): {'; '.join(pending)}.", ""]
     wrapped = [line if line.startswith(("|", "<!--")) else textwrap.fill(line, 120) for line in lines]

@@ -61,7 +61,7 @@ from benchmarks.protocol.budget import ComputeBudget, epochs_budget
 from benchmarks.protocol.cli import main as run_main
 from benchmarks.protocol.methods import ScheduledDataModule
 from benchmarks.protocol.plots import standard_figure
-from benchmarks.protocol.stats import excludes_zero
+from benchmarks.protocol.stats import excludes_zero, mean_of
 from benchmarks.protocol.study import Headline, Setting, Study
 from benchmarks.protocol.targets import UNIFORM_FINAL
 from lightning_per import IrreducibleLoss, LossTracker, SamplingStrategy, TokenSelection, TopKSelection
@@ -210,12 +210,10 @@ class TextLM(Study):
         meter = ComputeBudget(budget, lr, "cosine", evaluate, args.evals)
         cap = 10 * datamodule.schedule_epochs + 1  # only a cap: the budget stops the run
         bench_trainer(args.accelerator, [meter, counter, *callbacks], max_epochs=cap).fit(model, datamodule=datamodule)
-        shares = [p["noisy_token_share"] for p in meter.curve if p.get("noisy_token_share") is not None]
-        return {**meter.record(), "noisy_token_share": sum(shares) / len(shares) if shares else None}
+        return {**meter.record(), "noisy_token_share": mean_of(meter.curve, "noisy_token_share")}
 
     def extras(self, setting: Setting, method: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
-        shares = [r["noisy_token_share"] for r in runs.values() if r.get("noisy_token_share") is not None]
-        return {"noisy_token_share": sum(shares) / len(shares) if shares else None}
+        return {"noisy_token_share": mean_of(list(runs.values()), "noisy_token_share")}
 
     def goals(self, setting: Setting, methods: dict[str, Any]) -> dict[str, Any]:
         verdicts = {}

@@ -29,6 +29,7 @@ from benchmarks.protocol import (
 from benchmarks.protocol.records import RunStore, runs_path
 from benchmarks.protocol.runner import run_study
 from benchmarks.protocol.schedules import lr_factor
+from benchmarks.protocol.stats import mean_of
 
 
 def peaked(at: float):
@@ -242,3 +243,8 @@ def test_a_selection_method_that_never_switched_on_is_said_to_be_uniform_not_com
     assert render.never_switched_on(method(0.0, 0.0, diff=0.01)) is None  # another rate: a real comparison
     no_switch = {"runs": {"0": {"selected_step_fraction": 0.0, "tau_peak": None}}}
     assert render.never_switched_on(no_switch) is None  # a method without a tau switch (a sampling strategy)
+
+
+def test_mean_of_skips_records_without_the_key_and_is_none_when_none_has_it():
+    assert mean_of([{"x": 1.0}, {"x": None}, {}, {"x": 3.0}], "x") == 2.0  # older runs lack the key
+    assert mean_of([{}, {"x": None}], "x") is None and mean_of([], "x") is None

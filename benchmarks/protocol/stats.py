@@ -21,6 +21,15 @@ def t975(df: int) -> float:
     return T975[df - 1] if df <= len(T975) else 1.96
 
 
+def mean_of(records: Sequence[dict[str, Any]], key: str) -> float | None:
+    """The mean of ``key`` over the records (runs or evaluation points) that have it; ``None`` when none has.
+
+    A record may lack a key when it was measured before the key existed, or when the quantity is undefined there.
+    """
+    values = [r[key] for r in records if r.get(key) is not None]
+    return math.fsum(values) / len(values) if values else None
+
+
 def describe(values: Sequence[float]) -> dict[str, Any]:
     """Mean, sample std, n, min, max and the 95% t-interval of the mean (``None`` bounds for one value)."""
     if not values:
